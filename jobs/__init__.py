@@ -1,0 +1,1 @@
+"""Nightly uplift targeting pipeline: the importable jobs behind the DAG and the CLI."""

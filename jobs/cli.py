@@ -1,0 +1,93 @@
+"""`uplift`: every pipeline step as a command, exactly as the DAG runs it, plus model operations."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from jobs import steps
+from jobs.settings import load_settings
+
+app = typer.Typer(
+    help="Nightly uplift targeting pipeline.", no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="The registered model: status, promotion, rollback.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+RunDate = Annotated[
+    datetime, typer.Option("--run-date", formats=["%Y-%m-%d"], help="Logical date ds (YYYY-MM-DD).")
+]
+
+
+def _step_command(step: str):
+    def command(run_date: RunDate) -> None:
+        steps.run(step, run_date.date())
+
+    command.__doc__ = f"Run the `{step}` step for one run date."
+    return command
+
+
+for _step in steps.STEPS:
+    app.command(_step)(_step_command(_step))
+
+
+@app.command()
+def nightly(run_date: RunDate) -> None:
+    """Run every step in order for one run date, without Airflow (same code as the DAG tasks)."""
+    settings = load_settings()
+    for step in steps.STEPS:
+        steps.run(step, run_date.date(), settings)
+
+
+@app.command()
+def generate(
+    last_day: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day of landed data.")],
+    customers: Annotated[int, typer.Option(min=10)] = 20_000,
+    days: Annotated[int, typer.Option(min=1)] = 30,
+    sends_per_day: Annotated[int, typer.Option(min=1)] = 4_000,
+    seed: int = 7,
+) -> None:
+    """Land a demo dataset (users, sends, responses) in the raw zone, and its ground truth apart."""
+    from jobs.generate import generate as run_generate
+
+    result = run_generate(
+        load_settings(), customers=customers, days=days, sends_per_day=sends_per_day,
+        last_day=last_day.date(), seed=seed,
+    )
+    typer.echo(json.dumps(result.__dict__, default=str))
+
+
+@model_app.command("status")
+def model_status() -> None:
+    """Show the champion and previous versions."""
+    from jobs.registry import status
+
+    typer.echo(json.dumps(status(load_settings()), indent=2))
+
+
+@model_app.command("promote")
+def model_promote(version: Annotated[str, typer.Option(help="Model version to make champion.")]) -> None:
+    """Make a version the champion by hand (the current champion becomes previous)."""
+    from jobs.registry import promote
+
+    typer.echo(json.dumps(promote(load_settings(), version), indent=2))
+
+
+@model_app.command("rollback")
+def model_rollback() -> None:
+    """Restore the previous version as champion."""
+    from jobs.registry import rollback
+
+    typer.echo(json.dumps(rollback(load_settings()), indent=2))
+
+
+@app.callback()
+def _logging(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("great_expectations", "py4j", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,167 @@
+"""Demo data: users, sends and responses of a randomized e-mail test with known true effects.
+
+The true response probability of a customer depends only on their attributes, so the
+ground truth (one row per customer, one probability per arm) gives every customer's true
+uplift. It is written under `paths.ground_truth`, apart from the lake: the pipeline never
+reads it; tests and benchmarks do.
+
+Effects (probability points added to the control probability):
+- subject_1: +6 for customers under 30, **-4 for customers 60 and over** (it harms them),
+  +1 otherwise.
+- subject_2: **+10 for regular customers with at least a year of tenure** (it clearly beats
+  the other messages there), +1 otherwise.
+- subject_3: +7 for gmail.com addresses, +3 for occasional customers, otherwise 0.
+Control: 6% base, +4 for vip, +2 under 30.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from jobs.settings import Settings
+
+DEMO_ARMS = ("subject_1", "subject_2", "subject_3")
+DOMAINS = np.array(["gmail.com", "yahoo.com", "outlook.com", "corp.example"])
+DOMAIN_P = [0.45, 0.2, 0.25, 0.1]
+TYPES = np.array(["regular", "vip", "occasional"])
+TYPE_P = [0.55, 0.1, 0.35]
+
+
+@dataclass(frozen=True)
+class GeneratedData:
+    customers: int
+    sends: int
+    responses: int
+    first_day: date
+    last_day: date
+
+
+def true_probabilities(users: pd.DataFrame, as_of: date) -> pd.DataFrame:
+    """P(respond | x, arm) for each user and each arm, control included."""
+    age = users["age"].to_numpy()
+    tenure = (pd.Timestamp(as_of) - pd.to_datetime(users["signup_date"])).dt.days.to_numpy()
+    ctype = users["customer_type"].to_numpy()
+    domain = users["email"].str.split("@").str[1].to_numpy()
+    p_control = 0.06 + 0.04 * (ctype == "vip") + 0.02 * (age < 30)
+    lift = {
+        "subject_1": np.where(age < 30, 0.06, np.where(age >= 60, -0.04, 0.01)),
+        "subject_2": np.where((ctype == "regular") & (tenure >= 365), 0.10, 0.01),
+        "subject_3": 0.07 * (domain == "gmail.com") + 0.03 * (ctype == "occasional"),
+    }
+    probs = {"customer_id": users["customer_id"].to_numpy(), "p_control": p_control}
+    for arm, effect in lift.items():
+        probs[f"p_{arm}"] = np.clip(p_control + effect, 0.001, 0.95)
+    return pd.DataFrame(probs)
+
+
+def _users(rng: np.random.Generator, n: int, last_day: date, days: int) -> pd.DataFrame:
+    # Most customers joined in the last three years; a few join during the experiment.
+    offsets = np.where(rng.random(n) < 0.05, rng.integers(0, days, n), rng.integers(days, 3 * 365, n))
+    signup = pd.to_datetime(last_day) - pd.to_timedelta(offsets, unit="D")
+    ids = np.char.add("C", np.char.zfill(np.arange(1, n + 1).astype(str), 7))
+    return pd.DataFrame(
+        {
+            "customer_id": ids,
+            "signup_date": signup.date,
+            "age": np.where(rng.random(n) < 0.02, rng.integers(15, 18, n), rng.integers(18, 80, n)),
+            "gender": rng.choice(np.array(["F", "M", "U"]), n, p=[0.48, 0.48, 0.04]),
+            "customer_type": rng.choice(TYPES, n, p=TYPE_P),
+            "email": np.char.add(np.char.add(ids.astype(str), "@"), rng.choice(DOMAINS, n, p=DOMAIN_P)),
+        }
+    )
+
+
+def _write(frame: pd.DataFrame, folder: Path, fmt: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        frame.to_csv(folder / "part-0.csv", index=False)
+    else:
+        frame.to_parquet(folder / "part-0.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
+
+
+def _deliver(settings: Settings, source: str, frame: pd.DataFrame, day: date) -> None:
+    """Write one day's delivery of a source under the delivered column names from conf."""
+    conf = settings.sources[source]
+    delivered = frame.rename(columns=conf.columns)
+    _write(delivered, settings.paths.lake / "raw" / source / f"dt={day.isoformat()}", conf.format)
+
+
+def generate(
+    settings: Settings, *, customers: int, days: int, sends_per_day: int, last_day: date, seed: int
+) -> GeneratedData:
+    """Land `days` daily deliveries ending on last_day, and write the ground truth."""
+    if tuple(settings.experiment.arms) != DEMO_ARMS:
+        raise ValueError(f"the demo generator knows arms {DEMO_ARMS}, conf has {settings.experiment.arms}")
+    rng = np.random.default_rng(seed)
+    first_day = last_day - timedelta(days=days - 1)
+    users = _users(rng, customers, last_day, days)
+    truth = true_probabilities(users, last_day)
+    truth_dir = settings.paths.ground_truth
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    truth.to_parquet(truth_dir / "customers.parquet", index=False)
+
+    arms = np.array(settings.experiment.all_arms)
+    split = np.array([settings.experiment.expected_split[a] for a in arms])
+    arm_prob = truth[[f"p_{a}" for a in arms]].to_numpy()
+    signup = pd.to_datetime(users["signup_date"]).to_numpy()
+    window = settings.experiment.attribution_window_days
+    n_sends = n_responses = 0
+    responses_by_day: dict[date, list[pd.DataFrame]] = {}
+    for i in range(days):
+        day = first_day + timedelta(days=i)
+        day_ts = np.datetime64(day)
+        _deliver(settings, "users", users[signup <= day_ts], day)
+        eligible = np.flatnonzero((signup < day_ts) & (users["age"].to_numpy() >= 18))
+        who = rng.choice(eligible, size=min(sends_per_day, eligible.size), replace=False)
+        arm_idx = rng.choice(arms.size, size=who.size, p=split)
+        sent_at = pd.Timestamp(day) + pd.to_timedelta(rng.integers(8 * 3600, 20 * 3600, who.size), unit="s")
+        sends = pd.DataFrame(
+            {
+                "send_id": [f"S{n_sends + k:09d}" for k in range(who.size)],
+                "campaign_id": f"cmp_{day:%Y%m%d}",
+                "customer_id": users["customer_id"].to_numpy()[who],
+                "sent_at": sent_at,
+                "arm": arms[arm_idx],
+            }
+        )
+        _deliver(settings, "sends", sends, day)
+        n_sends += who.size
+
+        responded = rng.random(who.size) < arm_prob[who, arm_idx]
+        delay = pd.to_timedelta(rng.exponential(1.5, who.size).clip(0.01, window - 0.01), unit="D")
+        qualifying = pd.DataFrame(
+            {
+                "customer_id": sends["customer_id"],
+                "responded_at": sends["sent_at"] + delay,
+                "response_type": rng.choice(np.array(["click", "purchase"]), who.size, p=[0.7, 0.3]),
+            }
+        )[responded]
+        # Opens are responses too, but not qualifying ones: the label must ignore them.
+        opened = (arm_idx > 0) & (rng.random(who.size) < 0.3)
+        opens = pd.DataFrame(
+            {
+                "customer_id": sends["customer_id"],
+                "responded_at": sends["sent_at"] + pd.to_timedelta(rng.random(who.size), unit="D"),
+                "response_type": "open",
+            }
+        )[opened]
+        for frame in (qualifying, opens):
+            for day_out, part in frame.groupby(frame["responded_at"].dt.date):
+                if day_out <= last_day:
+                    responses_by_day.setdefault(day_out, []).append(part)
+
+    for day in sorted(responses_by_day):
+        frame = pd.concat(responses_by_day[day]).sort_values("responded_at", kind="stable")
+        frame.insert(0, "response_id", [f"R{n_responses + k:09d}" for k in range(len(frame))])
+        n_responses += len(frame)
+        _deliver(settings, "responses", frame, day)
+    return GeneratedData(customers, n_sends, n_responses, first_day, last_day)
+
+
+def parse_day(value: str) -> date:
+    return datetime.strptime(value, "%Y-%m-%d").date()

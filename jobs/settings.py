@@ -1,0 +1,196 @@
+"""Pipeline settings: YAML in conf/base, overlays from conf/local and $UPLIFT_CONF, validated.
+
+A wrong key or a wrong type fails at load time with the file and the key named, so a typo
+in a user's column mapping never turns into a silent empty join.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("users", "sends", "responses")
+CANONICAL_COLUMNS = {
+    "users": ("customer_id", "signup_date", "age", "gender", "customer_type", "email"),
+    "sends": ("send_id", "campaign_id", "customer_id", "sent_at", "arm"),
+    "responses": ("response_id", "customer_id", "responded_at", "response_type"),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Strict):
+    lake: Path
+    reports: Path
+    ground_truth: Path
+
+
+class Source(_Strict):
+    format: Literal["parquet", "csv"]
+    columns: dict[str, str]
+
+
+class Experiment(_Strict):
+    control: str
+    arms: list[str] = Field(min_length=1)
+    expected_split: dict[str, float]
+    attribution_window_days: int = Field(gt=0)
+    qualifying_response_types: list[str] = Field(min_length=1)
+    srm_p_value_min: float = Field(ge=0, lt=1)
+
+    @property
+    def all_arms(self) -> list[str]:
+        return [self.control, *self.arms]
+
+    @model_validator(mode="after")
+    def _split_covers_arms(self) -> Experiment:
+        if set(self.expected_split) != set(self.all_arms):
+            raise ValueError(
+                f"expected_split keys {sorted(self.expected_split)} must be exactly "
+                f"control + arms {sorted(self.all_arms)}"
+            )
+        if abs(sum(self.expected_split.values()) - 1.0) > 1e-6:
+            raise ValueError("expected_split shares must sum to 1")
+        return self
+
+
+class Features(_Strict):
+    eligibility: str
+
+
+class Training(_Strict):
+    seed: int
+    holdout_fraction: float = Field(gt=0, lt=1)
+    lightgbm: dict[str, float | int | str]
+
+
+class Gate(_Strict):
+    qini_floor: float
+    bootstrap_rounds: int = Field(ge=20)
+    champion_tolerance: float = Field(ge=0)
+
+
+class Mlflow(_Strict):
+    tracking_uri: str
+    artifact_root: str
+    experiment: str
+    registered_model: str
+
+
+class Targeting(_Strict):
+    value_per_response: float = Field(gt=0)
+    cost_per_send: dict[str, float]
+    min_uplift: float
+    max_sends: int | None = Field(default=None, gt=0)
+
+
+class Drift(_Strict):
+    sample_rows: int = Field(gt=0)
+    seed: int
+    drifted_share_warn: float = Field(gt=0, le=1)
+
+
+class Spark(_Strict):
+    master: str
+    shuffle_partitions: int = Field(gt=0)
+    driver_memory: str
+
+
+class Schedule(_Strict):
+    cron: str
+    timezone: str
+    retries: int = Field(ge=0)
+    retry_delay_minutes: float = Field(gt=0)
+
+
+class Settings(_Strict):
+    paths: Paths
+    sources: dict[Literal["users", "sends", "responses"], Source]
+    experiment: Experiment
+    features: Features
+    training: Training
+    gate: Gate
+    mlflow: Mlflow
+    targeting: Targeting
+    drift: Drift
+    spark: Spark
+    schedule: Schedule
+
+    @model_validator(mode="after")
+    def _complete(self) -> Settings:
+        for source in SOURCES:
+            if source not in self.sources:
+                raise ValueError(f"sources.{source} is missing")
+            missing = set(CANONICAL_COLUMNS[source]) - set(self.sources[source].columns)
+            if missing:
+                raise ValueError(f"sources.{source}.columns lacks a mapping for {sorted(missing)}")
+        if set(self.targeting.cost_per_send) != set(self.experiment.arms):
+            raise ValueError("targeting.cost_per_send must give a cost for every arm")
+        return self
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _absolute(path: Path, root: Path) -> Path:
+    return path if path.is_absolute() else (root / path).resolve()
+
+
+def config_files(conf_dir: Path | None = None) -> list[Path]:
+    """The YAML files that make up the settings, in merge order (later wins)."""
+    conf_dir = conf_dir or PROJECT_ROOT / "conf"
+    files = sorted((conf_dir / "base").glob("*.yml")) + sorted((conf_dir / "local").glob("*.yml"))
+    if extra := os.environ.get("UPLIFT_CONF"):
+        files += [Path(p) for p in extra.split(os.pathsep) if p]
+    return files
+
+
+def load_settings(conf_dir: Path | None = None) -> Settings:
+    """Merge and validate the settings; relative paths become absolute under UPLIFT_HOME."""
+    raw: dict = {}
+    for path in config_files(conf_dir):
+        raw = _merge(raw, _read_yaml(path))
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as err:
+        files = ", ".join(str(p) for p in config_files(conf_dir))
+        raise ValueError(f"invalid pipeline settings (from {files}):\n{err}") from None
+    root = Path(os.environ.get("UPLIFT_HOME", PROJECT_ROOT))
+    paths = Paths(**{k: _absolute(v, root) for k, v in settings.paths.model_dump().items()})
+    mlflow = settings.mlflow.model_copy(
+        update={
+            "tracking_uri": _sqlite_absolute(settings.mlflow.tracking_uri, root),
+            "artifact_root": str(_absolute(Path(settings.mlflow.artifact_root), root))
+            if "://" not in settings.mlflow.artifact_root
+            else settings.mlflow.artifact_root,
+        }
+    )
+    return settings.model_copy(update={"paths": paths, "mlflow": mlflow})
+
+
+def _sqlite_absolute(uri: str, root: Path) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(_absolute(Path(uri[len(prefix):]), root))
+    return uri

@@ -1,0 +1,38 @@
+"""The SparkSession every Spark job uses: one place for its settings.
+
+Under `spark-submit` (the DAG, a cluster) the master and resources come from the submit;
+run by hand from the CLI or the tests, the session follows `spark:` in conf/.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from jobs.settings import Settings
+
+
+def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
+    """Return the active session, or start one as configured (UI off, UTC, venv Python)."""
+    # Workers must run this interpreter, or every UDF dies without pandas/lightgbm.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", settings.spark.shuffle_partitions)
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    if not launched_by_spark_submit:
+        builder = builder.master(settings.spark.master).config(
+            "spark.driver.memory", settings.spark.driver_memory
+        )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

@@ -1,0 +1,111 @@
+"""The steps of a nightly run, by name: what the DAG tasks and the CLI commands both call.
+
+Each step reads data dated up to its run date, writes only that date's outputs, and returns
+a small summary (also printed as JSON, so it lands in the Airflow task log).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+
+from jobs.settings import Settings, load_settings
+
+log = logging.getLogger("uplift")
+
+SPARK_STEPS = ("validate-raw", "etl", "validate-features", "score")
+STEPS = ("validate-raw", "etl", "validate-features", "train", "gate", "promote", "score", "drift")
+
+
+def _validate_raw(settings: Settings, run_date: date) -> dict:
+    from jobs.spark import get_spark
+    from jobs.validate import validate_raw
+
+    return validate_raw(get_spark(settings, "uplift-validate-raw"), settings, run_date)
+
+
+def _etl(settings: Settings, run_date: date) -> dict:
+    from jobs.etl import run_etl
+    from jobs.spark import get_spark
+
+    return run_etl(get_spark(settings, "uplift-etl"), settings, run_date)
+
+
+def _validate_features(settings: Settings, run_date: date) -> dict:
+    from jobs.spark import get_spark
+    from jobs.validate import validate_features
+
+    return validate_features(get_spark(settings, "uplift-validate-features"), settings, run_date)
+
+
+def _train(settings: Settings, run_date: date) -> dict:
+    from jobs.train import train
+
+    return train(settings, run_date)
+
+
+def _gate(settings: Settings, run_date: date) -> dict:
+    from jobs import registry
+    from jobs.train import latest_training_run
+    from jobs.validate import report_dir
+
+    decision = registry.decide(settings, run_date, latest_training_run(settings, run_date))
+    registry.record(settings, decision, report_dir(settings, run_date) / "gate.json")
+    return {k: decision[k] for k in ("decision", "reasons", "model_version")}
+
+
+def _promote(settings: Settings, run_date: date) -> dict:
+    from jobs import registry
+    from jobs.train import latest_training_run
+
+    run = latest_training_run(settings, run_date)
+    decision = run.data.tags.get("gate.decision")
+    if decision is None:
+        raise RuntimeError(f"the training run of {run_date} has no gate decision: run `uplift gate --run-date {run_date}`")
+    if decision != "promote":
+        return {"promoted": False, "reason": run.data.tags.get("gate.reasons"), **registry.status(settings)}
+    return {"promoted": True, **registry.promote(settings, run.data.tags["model_version"])}
+
+
+def _score(settings: Settings, run_date: date) -> dict:
+    from jobs.score import score
+    from jobs.spark import get_spark
+
+    return score(get_spark(settings, "uplift-score"), settings, run_date)
+
+
+def _drift(settings: Settings, run_date: date) -> dict:
+    import mlflow
+
+    from jobs.drift import drift
+    from jobs.tracking import training_run_for
+    from jobs.validate import report_dir
+
+    result = drift(settings, run_date)
+    run = training_run_for(settings, run_date)
+    if run is not None:  # link every report of the run date from its MLflow run
+        mlflow.MlflowClient().log_artifacts(run.info.run_id, str(report_dir(settings, run_date)), "reports")
+        mlflow.MlflowClient().set_tag(run.info.run_id, "drift.outcome", result["outcome"])
+    return result
+
+
+_IMPLEMENTATIONS = {
+    "validate-raw": _validate_raw,
+    "etl": _etl,
+    "validate-features": _validate_features,
+    "train": _train,
+    "gate": _gate,
+    "promote": _promote,
+    "score": _score,
+    "drift": _drift,
+}
+
+
+def run(step: str, run_date: date, settings: Settings | None = None) -> dict:
+    """Run one step for run_date and print its summary as a JSON line."""
+    settings = settings or load_settings()
+    log.info("step %s for run_date=%s", step, run_date)
+    result = _IMPLEMENTATIONS[step](settings, run_date)
+    print(json.dumps({"step": step, "run_date": run_date.isoformat(), **result}, default=str), flush=True)
+    return result

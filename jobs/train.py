@@ -1,0 +1,152 @@
+"""Training: fit the T-learner on a run date's training set, evaluate it on a holdout, log to MLflow.
+
+The holdout split (stratified by arm and label) is never seen by the models; per-arm Qini
+(scikit-uplift normalisation, see jobs.metrics) with a bootstrap interval, uplift@30%, and
+the observed ATE are computed on it and logged with the holdout predictions, which the gate
+reuses to re-evaluate the champion on the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.models import infer_signature
+from sklearn.model_selection import train_test_split
+
+from jobs import metrics
+from jobs.etl import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from jobs.lake import MissingInputError, partition_dir
+from jobs.model import TLearnerModel
+from jobs.settings import Settings
+from jobs.tracking import training_run_for, use_tracking
+
+HOLDOUT_ARTIFACT = "holdout/predictions.parquet"
+EARLY_STOPPING_ROUNDS = 30
+
+
+def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
+    path = partition_dir(settings, "features/training", run_date)
+    if not path.exists():
+        raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
+    return pd.read_parquet(path)
+
+
+def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
+    """One LightGBM classifier per arm, early-stopped on a stratified validation split of its rows."""
+    exp, cfg = settings.experiment, settings.training
+    categories = {
+        c: sorted(train[c].dropna().astype(str).unique().tolist()) for c in CATEGORICAL_FEATURES
+    }
+    model = TLearnerModel({}, exp.control, exp.arms, NUMERIC_FEATURES, categories)
+    for arm in exp.all_arms:
+        rows = train[train["arm"] == arm]
+        if rows["label"].nunique() < 2:
+            raise ValueError(f"arm '{arm}' has {len(rows)} training rows and a single label value: cannot fit")
+        fit, valid = train_test_split(rows, test_size=0.15, stratify=rows["label"], random_state=cfg.seed)
+        classifier = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=2, verbose=-1)
+        classifier.fit(
+            model.design_matrix(fit), fit["label"],
+            eval_set=[(model.design_matrix(valid), valid["label"])],
+            callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+        )
+        model.models[arm] = classifier
+    return model
+
+
+def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) -> tuple[dict, pd.DataFrame]:
+    """Per-arm metrics of model on holdout, and the holdout with the model's predictions."""
+    exp, gate = settings.experiment, settings.gate
+    scored = pd.concat([holdout.reset_index(drop=True), model.predict(None, holdout).reset_index(drop=True)], axis=1)
+    results = {}
+    for arm in exp.arms:
+        rows = scored[scored["arm"].isin([arm, exp.control])]
+        y, t, u = rows["label"].to_numpy(), (rows["arm"] == arm).to_numpy().astype(int), rows[f"uplift_{arm}"].to_numpy()
+        low, high = metrics.qini_interval(y, u, t, rounds=gate.bootstrap_rounds, seed=settings.training.seed)
+        results[arm] = {
+            "qini": metrics.qini_auc_score(y, u, t),
+            "qini_ci_low": low,
+            "qini_ci_high": high,
+            "uplift_at_30": metrics.uplift_at_k(y, u, t, 0.3),
+            "ate_observed": metrics.average_treatment_effect(y, t),
+            "ate_predicted": float(u.mean()),
+            "deciles": metrics.uplift_by_decile(y, u, t),
+        }
+    return results, scored
+
+
+def _plots(scored: pd.DataFrame, results: dict, settings: Settings, folder: Path) -> None:
+    exp = settings.experiment
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
+    for arm in exp.arms:
+        rows = scored[scored["arm"].isin([arm, exp.control])]
+        t = (rows["arm"] == arm).astype(int)
+        x, q = metrics.qini_curve(rows["label"], rows[f"uplift_{arm}"], t)
+        axes[0].plot(x / x[-1], q, label=f"{arm} (Qini {results[arm]['qini']:.3f})")
+        deciles = pd.DataFrame(results[arm]["deciles"])
+        axes[1].plot(deciles["decile"], deciles["observed_uplift"], marker="o", label=f"{arm} observed")
+    axes[0].plot([0, 1], [0, 0], color="grey", linestyle=":")
+    axes[0].set(title="Qini curve per arm (holdout)", xlabel="share targeted", ylabel="incremental responses")
+    axes[1].axhline(0, color="grey", linestyle=":")
+    axes[1].set(title="Observed uplift by predicted-uplift decile", xlabel="decile (1 = highest)", ylabel="uplift")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "qini_and_deciles.png", dpi=110)
+
+
+def train(settings: Settings, run_date: date) -> dict:
+    """Fit, evaluate and log a challenger for run_date; register it as a new model version."""
+    data = load_training_set(settings, run_date)
+    cfg = settings.training
+    strata = data["arm"].astype(str) + "/" + data["label"].astype(str)
+    train_rows, holdout = train_test_split(data, test_size=cfg.holdout_fraction, stratify=strata, random_state=cfg.seed)
+    model = fit_t_learner(train_rows, settings)
+    results, scored = evaluate(model, holdout, settings)
+
+    use_tracking(settings)
+    with mlflow.start_run(run_name=f"train {run_date}") as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tags({"run_date": run_date.isoformat(), "stage": "train"})
+        mlflow.log_params({f"lgbm.{k}": v for k, v in cfg.lightgbm.items()})
+        mlflow.log_params(
+            {"train_rows": len(train_rows), "holdout_rows": len(holdout), "arms": ",".join(settings.experiment.arms),
+             "control": settings.experiment.control, "seed": cfg.seed, "qini_definition": "scikit-uplift qini_auc_score"}
+        )
+        for arm, m in results.items():
+            mlflow.log_metrics({f"{k}.{arm}": v for k, v in m.items() if k != "deciles" and np.isfinite(v)})
+            mlflow.log_metric(f"best_iteration.{arm}", model.models[arm].best_iteration_ or 0)
+        mlflow.log_metric(f"best_iteration.{settings.experiment.control}", model.models[settings.experiment.control].best_iteration_ or 0)
+        folder = Path(tmp)
+        _plots(scored, results, settings, folder)
+        (folder / "metrics.json").write_text(json.dumps(results, indent=2))
+        (folder / "holdout").mkdir()
+        scored.to_parquet(folder / HOLDOUT_ARTIFACT, index=False)
+        mlflow.log_artifacts(str(folder))
+        example = holdout[model.features].head(5)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            signature=infer_signature(example, model.predict(None, example)),
+            input_example=example,
+            registered_model_name=settings.mlflow.registered_model,
+        )
+        version = info.registered_model_version
+        mlflow.MlflowClient().set_model_version_tag(settings.mlflow.registered_model, version, "run_date", run_date.isoformat())
+        mlflow.set_tag("model_version", version)
+    return {"run_id": run.info.run_id, "model_version": version,
+            "qini": {arm: round(m["qini"], 4) for arm, m in results.items()}}
+
+
+def latest_training_run(settings: Settings, run_date: date):
+    run = training_run_for(settings, run_date)
+    if run is None:
+        raise MissingInputError(f"no training run logged for run_date={run_date}: run `uplift train --run-date {run_date}`")
+    return run
