@@ -62,6 +62,14 @@ def generate(
     typer.echo(json.dumps(result.__dict__, default=str))
 
 
+@app.command()
+def summary(run_date: RunDate) -> None:
+    """Print what a run produced: audience per arm, gate decision, champion, reports."""
+    from jobs.report import run_summary
+
+    typer.echo(run_summary(load_settings(), run_date.date()))
+
+
 @model_app.command("status")
 def model_status() -> None:
     """Show the champion and previous versions."""

@@ -84,7 +84,7 @@ def _write(frame: pd.DataFrame, folder: Path, fmt: str) -> None:
         frame.to_parquet(folder / "part-0.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
 
 
-def _deliver(settings: Settings, source: str, frame: pd.DataFrame, day: date) -> None:
+def deliver(settings: Settings, source: str, frame: pd.DataFrame, day: date) -> None:
     """Write one day's delivery of a source under the delivered column names from conf."""
     conf = settings.sources[source]
     delivered = frame.rename(columns=conf.columns)
@@ -115,7 +115,7 @@ def generate(
     for i in range(days):
         day = first_day + timedelta(days=i)
         day_ts = np.datetime64(day)
-        _deliver(settings, "users", users[signup <= day_ts], day)
+        deliver(settings, "users", users[signup <= day_ts], day)
         eligible = np.flatnonzero((signup < day_ts) & (users["age"].to_numpy() >= 18))
         who = rng.choice(eligible, size=min(sends_per_day, eligible.size), replace=False)
         arm_idx = rng.choice(arms.size, size=who.size, p=split)
@@ -129,7 +129,7 @@ def generate(
                 "arm": arms[arm_idx],
             }
         )
-        _deliver(settings, "sends", sends, day)
+        deliver(settings, "sends", sends, day)
         n_sends += who.size
 
         responded = rng.random(who.size) < arm_prob[who, arm_idx]
@@ -159,7 +159,7 @@ def generate(
         frame = pd.concat(responses_by_day[day]).sort_values("responded_at", kind="stable")
         frame.insert(0, "response_id", [f"R{n_responses + k:09d}" for k in range(len(frame))])
         n_responses += len(frame)
-        _deliver(settings, "responses", frame, day)
+        deliver(settings, "responses", frame, day)
     return GeneratedData(customers, n_sends, n_responses, first_day, last_day)
 
 

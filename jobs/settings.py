@@ -7,6 +7,7 @@ in a user's column mapping never turns into a silent empty join.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -106,6 +107,8 @@ class Spark(_Strict):
 class Schedule(_Strict):
     cron: str
     timezone: str
+    start_date: date
+    task_timeout_minutes: float = Field(gt=0)
     retries: int = Field(ge=0)
     retry_delay_minutes: float = Field(gt=0)
 

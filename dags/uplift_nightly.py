@@ -1,0 +1,73 @@
+"""uplift_nightly: validate -> ETL -> validate -> train -> gate -> promote -> score -> drift, per night.
+
+Wiring only: every task runs `jobs.steps` for its logical date `ds`, the same code as
+`uplift <step> --run-date ds`. Spark steps go through spark-submit on the `spark_default`
+connection (local mode by default, a cluster by changing the connection alone).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+import jobs
+from jobs.settings import load_settings
+from jobs.steps import SPARK_STEPS, STEPS
+
+settings = load_settings()
+SPARK_JOB = str(Path(jobs.__file__).parent / "bin" / "spark_job.py")
+
+
+def spark_step(step: str) -> SparkSubmitOperator:
+    return SparkSubmitOperator(
+        task_id=step.replace("-", "_"),
+        application=SPARK_JOB,
+        application_args=[step, "--run-date", "{{ ds }}"],
+        conn_id="spark_default",
+        name=f"uplift-{step}",
+        driver_memory=settings.spark.driver_memory,
+        conf={
+            "spark.pyspark.python": sys.executable,
+            "spark.pyspark.driver.python": sys.executable,
+            "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+            "spark.ui.enabled": "false",
+        },
+    )
+
+
+def python_step(step: str):
+    @task(task_id=step.replace("-", "_"))
+    def run_step(ds: str | None = None) -> dict:
+        from datetime import date
+
+        from jobs import steps
+
+        return steps.run(step, date.fromisoformat(ds))
+
+    return run_step()
+
+
+with DAG(
+    dag_id="uplift_nightly",
+    description="Nightly uplift targeting: who gets which message, and the lift we expect.",
+    schedule=CronDataIntervalTimetable(settings.schedule.cron, timezone=settings.schedule.timezone),
+    start_date=datetime.combine(settings.schedule.start_date, datetime.min.time()),
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "retries": settings.schedule.retries,
+        "retry_delay": timedelta(minutes=settings.schedule.retry_delay_minutes),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=settings.schedule.task_timeout_minutes),
+    },
+    tags=["uplift"],
+    doc_md=__doc__,
+):
+    tasks = [spark_step(step) if step in SPARK_STEPS else python_step(step) for step in STEPS]
+    for upstream, downstream in zip(tasks, tasks[1:]):
+        upstream >> downstream

@@ -1,0 +1,44 @@
+"""What a run produced and where: the short tour printed by `uplift summary` and `make demo`."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pandas as pd
+
+from jobs.lake import MissingInputError, partition_dir
+from jobs.registry import status
+from jobs.settings import Settings
+from jobs.validate import report_dir
+
+
+def run_summary(settings: Settings, run_date: date) -> str:
+    """A readable summary of run_date's outputs; raises if the audience was not published."""
+    audience = partition_dir(settings, "audience", run_date)
+    summary_dir = partition_dir(settings, "audience_summary", run_date)
+    if not summary_dir.exists():
+        raise MissingInputError(f"no audience published for run_date={run_date} (expected {audience})")
+    reports = report_dir(settings, run_date)
+    per_arm = pd.read_parquet(summary_dir).sort_values("recommended_arm")
+    gate = json.loads((reports / "gate.json").read_text()) if (reports / "gate.json").exists() else {}
+    drift = json.loads((reports / "drift.json").read_text())["summary"] if (reports / "drift.json").exists() else {}
+    models = status(settings)
+    champion = models["champion"] or {}
+    lines = [
+        f"Uplift run {run_date}",
+        "",
+        "Selected customers per recommended arm (expected incremental responses, net value):",
+        per_arm.to_string(index=False, float_format=lambda v: f"{v:,.2f}"),
+        "",
+        f"Audience table   {audience}",
+        f"                 Spark SQL: SELECT * FROM parquet.`{settings.paths.lake / 'audience'}` WHERE run_date = '{run_date}'",
+        f"Gate decision    {gate.get('decision', 'n/a')}: {'; '.join(gate.get('reasons', []))}",
+        f"Champion model   {settings.mlflow.registered_model} v{champion.get('version')} "
+        f"(trained for {champion.get('run_date')}), previous: {(models['previous'] or {}).get('version')}",
+        f"MLflow           mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}",
+        f"Validation       {reports / 'validation'} (Data Docs: {reports / 'validation' / 'data_docs' / 'index.html'})",
+        f"Drift report     {reports / 'drift.html'} (outcome {drift.get('outcome', 'n/a')}, "
+        f"drifted share {drift.get('drifted_share', float('nan')):.2f})",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Shared fixtures: one isolated project home, one Spark session, one small generated dataset.
+
+Every test run works under its own temporary UPLIFT_HOME (lake, reports, MLflow store), so
+nothing depends on what an earlier run or `make demo` left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+RUN_DATE = date(2026, 10, 30)
+DEMO = {"customers": 6000, "days": 30, "sends_per_day": 1500, "seed": 11}
+TEST_CONF = {
+    "spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "2g"},
+    "gate": {"bootstrap_rounds": 60},
+    "training": {"lightgbm": {"n_estimators": 200}},
+    "drift": {"sample_rows": 5000},
+    "schedule": {"retries": 0},
+}
+
+
+def write_overlay(home: Path, overlay: dict) -> Path:
+    path = home / "conf.yml"
+    path.write_text(yaml.safe_dump(overlay))
+    return path
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("uplift_home")
+    os.environ["UPLIFT_HOME"] = str(home)
+    os.environ["UPLIFT_CONF"] = str(write_overlay(home, TEST_CONF))
+    venv_bin = str(Path(sys.executable).parent)
+    os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    return home
+
+
+@pytest.fixture(scope="session")
+def settings(home):
+    from jobs.settings import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from jobs.spark import get_spark
+
+    session = get_spark(settings, "uplift-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def generated(settings):
+    from jobs.generate import generate
+
+    return generate(settings, last_day=RUN_DATE, **DEMO)

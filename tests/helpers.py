@@ -1,0 +1,20 @@
+"""Small helpers shared by tests: isolated copies of the settings and of a lake."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from jobs.settings import Settings
+
+
+def settings_in(settings: Settings, root: Path, **sections) -> Settings:
+    """The same settings with lake, reports and ground truth under root (and sections replaced)."""
+    paths = settings.paths.model_copy(
+        update={"lake": root / "lake", "reports": root / "reports", "ground_truth": root / "ground_truth"}
+    )
+    return settings.model_copy(update={"paths": paths, **sections})
+
+
+def copy_raw(source: Settings, target: Settings) -> None:
+    shutil.copytree(source.paths.lake / "raw", target.paths.lake / "raw")

@@ -1,0 +1,116 @@
+"""Point-in-time ETL on a hand-made history where every expected number is known."""
+
+from datetime import date, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from helpers import settings_in
+from jobs.etl import FEATURES, FORBIDDEN_FEATURES, run_etl
+from jobs.generate import deliver
+from jobs.lake import MissingInputError, partition_dir
+
+RUN = date(2026, 10, 30)
+USERS = pd.DataFrame(
+    {
+        "customer_id": ["A", "B", "C"],
+        "signup_date": [date(2025, 1, 1), date(2026, 9, 1), date(2025, 6, 1)],
+        "age": [25, 40, 16],
+        "gender": ["F", "M", "U"],
+        "customer_type": ["regular", "vip", "occasional"],
+        "email": ["a@Gmail.com", "b@corp.example", "c@yahoo.com"],
+    }
+)
+
+
+def _send(send_id, customer, at, arm):
+    return {"send_id": send_id, "campaign_id": "cmp", "customer_id": customer, "sent_at": at, "arm": arm}
+
+
+def _response(response_id, customer, at, kind="click"):
+    return {"response_id": response_id, "customer_id": customer, "responded_at": at, "response_type": kind}
+
+
+@pytest.fixture
+def history(settings, tmp_path):
+    s = settings_in(settings, tmp_path)
+    for offset in range(30):
+        deliver(s, "users", USERS, RUN - timedelta(days=offset))
+    sends = [
+        _send("s1", "A", datetime(2026, 10, 5, 10), "subject_1"),
+        _send("s1", "A", datetime(2026, 10, 5, 10), "subject_1"),  # delivered twice
+        _send("s2", "B", datetime(2026, 10, 5, 11), "control"),
+        _send("s3", "A", datetime(2026, 10, 10, 9), "subject_2"),
+        _send("s4", "A", datetime(2026, 10, 28, 9), "subject_3"),  # not matured on RUN
+    ]
+    responses = [
+        _response("r1", "A", datetime(2026, 10, 7, 12)),  # s1 responded within 7 days
+        _response("r2", "B", datetime(2026, 10, 6, 12), "open"),  # not a qualifying type
+        _response("r3", "B", datetime(2026, 10, 20, 12)),  # 15 days after s2: outside the window
+        _response("r4", "A", datetime(2026, 10, 31, 1)),  # after RUN: invisible
+    ]
+    for frame in (pd.DataFrame(sends), pd.DataFrame(responses)):
+        key = "sent_at" if "sent_at" in frame else "responded_at"
+        source = "sends" if "sent_at" in frame else "responses"
+        for day, part in frame.groupby(frame[key].dt.date):
+            deliver(s, source, part, day)
+    return s
+
+
+def test_training_rows_are_matured_deduplicated_labelled_sends(spark, history):
+    counts = run_etl(spark, history, RUN)
+    training = pd.read_parquet(partition_dir(history, "features/training", RUN)).set_index("send_id")
+    assert counts["training_rows"] == 3
+    assert sorted(training.index) == ["s1", "s2", "s3"]
+    assert training["label"].to_dict() == {"s1": 1, "s2": 0, "s3": 0}
+
+
+def test_features_use_only_history_before_the_send(spark, history):
+    run_etl(spark, history, RUN)
+    t = pd.read_parquet(partition_dir(history, "features/training", RUN)).set_index("send_id")
+    assert t.loc["s1", "n_sends_30d"] == 0 and t.loc["s1", "previous_arm"] == "none"
+    assert t.loc["s1", "n_responses_30d"] == 0, "s1's own response must not be a feature of s1"
+    assert t.loc["s3", "n_sends_30d"] == 1 and t.loc["s3", "previous_arm"] == "subject_1"
+    assert t.loc["s3", "n_responses_30d"] == 1
+    assert t.loc["s3", "days_since_last_response"] == pytest.approx(2 + 21 / 24)
+    assert t.loc["s3", "response_rate_90d"] == 1.0
+    assert t.loc["s1", "email_domain"] == "gmail.com"
+    assert t.loc["s1", "tenure_days"] == (date(2026, 10, 5) - date(2025, 1, 1)).days
+
+
+def test_scoring_rows_are_eligible_customers_as_of_the_run_date(spark, history):
+    run_etl(spark, history, RUN)
+    scoring = pd.read_parquet(partition_dir(history, "features/scoring", RUN)).set_index("customer_id")
+    assert sorted(scoring.index) == ["A", "B"], "C is under 18: not eligible"
+    assert scoring.loc["A", "n_sends_30d"] == 3 and scoring.loc["A", "previous_arm"] == "subject_3"
+    assert scoring.loc["A", "n_responses_90d"] == 1, "the response after the run date is invisible"
+    assert scoring.loc["B", "n_responses_90d"] == 1, "the late click counts as history, the open does not"
+    assert list(scoring.columns) == FEATURES
+
+
+def test_no_leakage_or_pii_in_curated_tables(spark, history):
+    run_etl(spark, history, RUN)
+    for table in ("features/training", "features/scoring"):
+        frame = pd.read_parquet(partition_dir(history, table, RUN))
+        assert "email" not in frame.columns
+        assert not frame.astype(str).apply(lambda c: c.str.contains("@")).any().any()
+    assert not set(FORBIDDEN_FEATURES) & set(FEATURES)
+
+
+def test_rerun_replaces_the_partition(spark, history):
+    run_etl(spark, history, RUN)
+    first = pd.read_parquet(partition_dir(history, "features/training", RUN)).sort_values("send_id")
+    run_etl(spark, history, RUN)
+    second = pd.read_parquet(partition_dir(history, "features/training", RUN)).sort_values("send_id")
+    pd.testing.assert_frame_equal(first.reset_index(drop=True), second.reset_index(drop=True))
+    leftovers = [p.name for p in partition_dir(history, "features/training", RUN).parent.iterdir()]
+    assert leftovers == [f"run_date={RUN}"]
+
+
+def test_a_renamed_column_mapping_must_match_the_delivery(spark, history):
+    sources = dict(history.sources)
+    sends = sources["sends"]
+    sources["sends"] = sends.model_copy(update={"columns": {**sends.columns, "arm": "variant"}})
+    renamed = history.model_copy(update={"sources": sources})
+    with pytest.raises(MissingInputError, match=r"raw source 'sends'.*\['variant'\]"):
+        run_etl(spark, renamed, RUN)
