@@ -47,9 +47,9 @@ def nightly(run_date: RunDate) -> None:
 @app.command()
 def generate(
     last_day: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day of landed data.")],
-    customers: Annotated[int, typer.Option(min=10)] = 20_000,
+    customers: Annotated[int, typer.Option(min=10)] = 30_000,
     days: Annotated[int, typer.Option(min=1)] = 30,
-    sends_per_day: Annotated[int, typer.Option(min=1)] = 4_000,
+    sends_per_day: Annotated[int, typer.Option(min=1)] = 6_000,
     seed: int = 7,
 ) -> None:
     """Land a demo dataset (users, sends, responses) in the raw zone, and its ground truth apart."""

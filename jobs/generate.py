@@ -6,12 +6,12 @@ uplift. It is written under `paths.ground_truth`, apart from the lake: the pipel
 reads it; tests and benchmarks do.
 
 Effects (probability points added to the control probability):
-- subject_1: +6 for customers under 30, **-4 for customers 60 and over** (it harms them),
+- subject_1: +8 for customers under 30, **-5 for customers 60 and over** (it harms them),
   +1 otherwise.
-- subject_2: **+10 for regular customers with at least a year of tenure** (it clearly beats
+- subject_2: **+12 for regular customers with at least a year of tenure** (it clearly beats
   the other messages there), +1 otherwise.
-- subject_3: +7 for gmail.com addresses, +3 for occasional customers, otherwise 0.
-Control: 6% base, +4 for vip, +2 under 30.
+- subject_3: +8 for gmail.com addresses, +3 for occasional customers, otherwise 0.
+Control: 5% base, +4 for vip, +2 under 30.
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ def true_probabilities(users: pd.DataFrame, as_of: date) -> pd.DataFrame:
     tenure = (pd.Timestamp(as_of) - pd.to_datetime(users["signup_date"])).dt.days.to_numpy()
     ctype = users["customer_type"].to_numpy()
     domain = users["email"].str.split("@").str[1].to_numpy()
-    p_control = 0.06 + 0.04 * (ctype == "vip") + 0.02 * (age < 30)
+    p_control = 0.05 + 0.04 * (ctype == "vip") + 0.02 * (age < 30)
     lift = {
-        "subject_1": np.where(age < 30, 0.06, np.where(age >= 60, -0.04, 0.01)),
-        "subject_2": np.where((ctype == "regular") & (tenure >= 365), 0.10, 0.01),
-        "subject_3": 0.07 * (domain == "gmail.com") + 0.03 * (ctype == "occasional"),
+        "subject_1": np.where(age < 30, 0.08, np.where(age >= 60, -0.05, 0.01)),
+        "subject_2": np.where((ctype == "regular") & (tenure >= 365), 0.12, 0.01),
+        "subject_3": 0.08 * (domain == "gmail.com") + 0.03 * (ctype == "occasional"),
     }
     probs = {"customer_id": users["customer_id"].to_numpy(), "p_control": p_control}
     for arm, effect in lift.items():

@@ -69,7 +69,7 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT))
         champion_model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{champion.version}")
         champion_mean = _mean_qini(champion_model, holdout, settings)
-        champion_info = {"version": champion.version, "run_date": champion_date.isoformat(), "mean_qini_on_holdout": champion_mean}
+        champion_info = {"version": str(champion.version), "run_date": champion_date.isoformat(), "mean_qini_on_holdout": champion_mean}
         if champion_date > run_date:
             passed = False
             reasons.append(f"champion v{champion.version} was trained for {champion_date}, after {run_date}: a backfill never replaces it")
@@ -110,13 +110,14 @@ def promote(settings: Settings, version: str) -> dict:
     use_tracking(settings)
     client, name = mlflow.MlflowClient(), settings.mlflow.registered_model
     current = alias_version(settings, CHAMPION)
-    if current is not None and current.version == str(version):
-        return {"champion": str(version), "previous": getattr(alias_version(settings, PREVIOUS), "version", None)}
+    if current is not None and str(current.version) == str(version):
+        previous = alias_version(settings, PREVIOUS)
+        return {"champion": str(version), "previous": str(previous.version) if previous else None}
     client.get_model_version(name, str(version))  # fails clearly if the version does not exist
     if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
+        client.set_registered_model_alias(name, PREVIOUS, str(current.version))
     client.set_registered_model_alias(name, CHAMPION, str(version))
-    return {"champion": str(version), "previous": current.version if current else None}
+    return {"champion": str(version), "previous": str(current.version) if current else None}
 
 
 def rollback(settings: Settings) -> dict:
@@ -132,5 +133,5 @@ def status(settings: Settings) -> dict:
     out = {}
     for alias in (CHAMPION, PREVIOUS):
         version = alias_version(settings, alias)
-        out[alias] = None if version is None else {"version": version.version, "run_date": version.tags.get("run_date"), "run_id": version.run_id}
+        out[alias] = None if version is None else {"version": str(version.version), "run_date": version.tags.get("run_date"), "run_id": version.run_id}
     return out

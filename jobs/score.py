@@ -86,7 +86,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         "customer_id", "recommended_arm", "selected", "expected_uplift", "expected_net_value", "rank", "decile",
         F.col(f"p_{exp.control}").alias("p_control"),
         *[F.col(f"p_{a}") for a in exp.arms], *[F.col(f"uplift_{a}") for a in exp.arms],
-        F.lit(name).alias("model_name"), F.lit(champion.version).alias("model_version"),
+        F.lit(name).alias("model_name"), F.lit(str(champion.version)).alias("model_version"),
         F.lit(datetime.now(timezone.utc)).cast("timestamp").alias("scored_at"),
     )
     path = publish_partition(audience, settings, "audience", run_date)
@@ -99,7 +99,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
             F.sum("expected_uplift").alias("expected_incremental_responses"),
             F.sum("expected_net_value").alias("expected_net_value"),
         )
-        .withColumn("model_version", F.lit(champion.version))
+        .withColumn("model_version", F.lit(str(champion.version)))
     )
     publish_partition(summary.coalesce(1), settings, "audience_summary", run_date)
     counts = {row["recommended_arm"]: row["count"] for row in published.groupBy("recommended_arm").count().collect()}
@@ -108,5 +108,5 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         "summary": str(partition_dir(settings, "audience_summary", run_date)),
         "rows": sum(counts.values()),
         "recommended": counts,
-        "model_version": champion.version,
+        "model_version": str(champion.version),
     }

@@ -54,7 +54,8 @@ def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
         classifier = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=2, verbose=-1)
         classifier.fit(
             model.design_matrix(fit), fit["label"],
-            eval_set=[(model.design_matrix(valid), valid["label"])],
+            eval_X=(model.design_matrix(valid),),
+            eval_y=(valid["label"],),
             callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
         )
         model.models[arm] = classifier
@@ -138,7 +139,7 @@ def train(settings: Settings, run_date: date) -> dict:
             input_example=example,
             registered_model_name=settings.mlflow.registered_model,
         )
-        version = info.registered_model_version
+        version = str(info.registered_model_version)
         mlflow.MlflowClient().set_model_version_tag(settings.mlflow.registered_model, version, "run_date", run_date.isoformat())
         mlflow.set_tag("model_version", version)
     return {"run_id": run.info.run_id, "model_version": version,

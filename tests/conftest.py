@@ -15,11 +15,10 @@ import pytest
 import yaml
 
 RUN_DATE = date(2026, 10, 30)
-DEMO = {"customers": 6000, "days": 30, "sends_per_day": 1500, "seed": 11}
+DEMO = {"customers": 16000, "days": 30, "sends_per_day": 6000, "seed": 11}
 TEST_CONF = {
     "spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "2g"},
     "gate": {"bootstrap_rounds": 60},
-    "training": {"lightgbm": {"n_estimators": 200}},
     "drift": {"sample_rows": 5000},
     "schedule": {"retries": 0},
 }

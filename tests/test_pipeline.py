@@ -1,0 +1,127 @@
+"""The steps of one nightly run, in process on the shared Spark session and generated data.
+
+Asserts on what users notice: validation reports, a gated champion, an audience row for
+every eligible customer whose uplift tracks the true uplift, and a drift report.
+"""
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from scipy import stats
+
+from conftest import RUN_DATE
+from jobs import registry, steps
+from jobs.lake import partition_dir
+from jobs.validate import report_dir
+
+ARMS = ["subject_1", "subject_2", "subject_3"]
+
+
+@pytest.fixture(scope="session")
+def nightly(settings, spark, generated):
+    return {step: steps.run(step, RUN_DATE, settings) for step in steps.STEPS}
+
+
+@pytest.fixture(scope="session")
+def audience(settings, nightly):
+    return pd.read_parquet(partition_dir(settings, "audience", RUN_DATE))
+
+
+@pytest.fixture(scope="session")
+def truth(settings, generated):
+    return pd.read_parquet(settings.paths.ground_truth / "customers.parquet")
+
+
+def _eligible_customers(settings):
+    users = pd.read_parquet(settings.paths.lake / "raw" / "users" / f"dt={RUN_DATE}")
+    return set(users.loc[users["age"] >= 18, "customer_id"])
+
+
+def test_validation_reports_are_written(settings, nightly):
+    folder = report_dir(settings, RUN_DATE) / "validation"
+    raw = json.loads((folder / "raw.json").read_text())
+    features = json.loads((folder / "features.json").read_text())
+    assert raw["success"] and features["success"]
+    assert {c["suite"] for c in raw["checks"]} == {"raw_users", "raw_sends", "raw_responses"}
+    assert features["sample_ratio_mismatch"]["p_value"] > settings.experiment.srm_p_value_min
+    assert (folder / "data_docs" / "index.html").exists()
+
+
+def test_challenger_is_logged_gated_and_promoted(settings, nightly):
+    run = mlflow.get_run(nightly["train"]["run_id"])
+    for arm in ARMS:
+        assert run.data.metrics[f"qini.{arm}"] > 0
+        assert run.data.metrics[f"qini_ci_low.{arm}"] > 0
+    assert run.data.tags["gate.decision"] == "promote"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"qini_and_deciles.png", "metrics.json", "holdout", "gate.json", "reports"} <= artifacts
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    assert str(champion.version) == nightly["train"]["model_version"]
+    assert champion.tags["run_date"] == RUN_DATE.isoformat()
+
+
+def test_audience_has_every_eligible_customer_once(settings, audience, nightly):
+    assert set(audience["customer_id"]) == _eligible_customers(settings)
+    assert audience["customer_id"].is_unique
+    assert set(audience["recommended_arm"]) <= {*ARMS, "none"}
+    assert (audience["model_version"] == nightly["score"]["model_version"]).all()
+    assert sorted(audience["rank"]) == list(range(1, len(audience) + 1))
+    assert set(audience["decile"]) == set(range(1, 11))
+
+
+def test_targeting_follows_the_policy(settings, audience):
+    policy = settings.targeting
+    chosen = audience[audience["recommended_arm"] != "none"]
+    assert (chosen["expected_net_value"] > 0).all()
+    for arm in ARMS:
+        rows = chosen[chosen["recommended_arm"] == arm]
+        net = {a: rows[f"uplift_{a}"] * policy.value_per_response - policy.cost_per_send[a] for a in ARMS}
+        assert (pd.DataFrame(net).idxmax(axis=1) == arm).all()
+    assert (audience.loc[audience["recommended_arm"] == "none", "selected"] == False).all()  # noqa: E712
+    summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE)).set_index("recommended_arm")
+    assert summary["customers"].sum() == audience["selected"].sum()
+
+
+def test_predicted_uplift_tracks_the_true_uplift(audience, truth):
+    merged = audience.merge(truth, on="customer_id", suffixes=("", "_true"))
+    for arm in ARMS:
+        true_uplift = merged[f"p_{arm}_true"] - merged["p_control_true"]
+        rho = stats.spearmanr(merged[f"uplift_{arm}"], true_uplift).statistic
+        assert rho > 0.4, f"{arm}: rank correlation with the true uplift {rho:.2f}"
+
+
+def test_the_harmful_message_is_not_sent_to_those_it_harms(settings, audience, truth):
+    users = pd.read_parquet(settings.paths.lake / "raw" / "users" / f"dt={RUN_DATE}")
+    seniors = set(users.loc[users["age"] >= 60, "customer_id"])
+    senior_rows = audience[audience["customer_id"].isin(seniors)]
+    assert senior_rows["uplift_subject_1"].mean() < 0
+    assert (senior_rows["recommended_arm"] == "subject_1").mean() < 0.02
+
+
+def test_drift_report_is_written(settings, nightly):
+    folder = report_dir(settings, RUN_DATE)
+    assert (folder / "drift.html").stat().st_size > 10_000
+    drift = json.loads((folder / "drift.json").read_text())
+    assert drift["summary"]["outcome"] in ("ok", "warn")
+    assert "age" in drift["summary"]["column_drift_scores"]
+    assert nightly["drift"]["outcome"] == drift["summary"]["outcome"]
+
+
+def test_rescoring_replaces_the_audience(settings, spark, nightly, audience):
+    steps.run("score", RUN_DATE, settings)
+    again = pd.read_parquet(partition_dir(settings, "audience", RUN_DATE))
+    assert len(again) == len(audience)
+    key = ["customer_id"]
+    cols = ["recommended_arm", "uplift_subject_1", "rank"]
+    pd.testing.assert_frame_equal(
+        again.sort_values(key)[key + cols].reset_index(drop=True),
+        audience.sort_values(key)[key + cols].reset_index(drop=True),
+    )
+
+
+def test_model_rejects_input_without_its_features(settings, nightly):
+    model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}@champion")
+    with pytest.raises(Exception, match="age"):
+        model.predict(pd.DataFrame({"customer_id": ["x"]}))
