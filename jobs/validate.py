@@ -77,7 +77,8 @@ def _offending_rows(frame: DataFrame, expectation: dict, result: dict) -> list[d
     if len(present) < len(values):
         condition = condition | F.col(column).isNull()
     visible = [c for c in frame.columns if c not in HIDDEN_COLUMNS]
-    return [row.asDict() for row in frame.where(condition).select(*visible).limit(SAMPLE_ROWS).collect()]
+    rows = frame.where(condition).select(*visible).limit(SAMPLE_ROWS).collect()
+    return [{k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in r.asDict().items()} for r in rows]
 
 
 def run_suite(

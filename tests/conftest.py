@@ -35,6 +35,8 @@ def home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("uplift_home")
     os.environ["UPLIFT_HOME"] = str(home)
     os.environ["UPLIFT_CONF"] = str(write_overlay(home, TEST_CONF))
+    os.environ["AIRFLOW_HOME"] = str(home / "airflow")
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     venv_bin = str(Path(sys.executable).parent)
     os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     os.environ["PYSPARK_PYTHON"] = sys.executable

@@ -1,0 +1,70 @@
+"""Bad deliveries and broken randomization stop the run with a message that says what and where."""
+
+import pandas as pd
+import pytest
+
+from conftest import RUN_DATE
+from helpers import copy_raw, settings_in
+from jobs.generate import deliver
+from jobs.lake import partition_dir, publish_partition
+from jobs.validate import ValidationFailed, sample_ratio_mismatch, validate_features, validate_raw
+
+
+def test_good_deliveries_pass(spark, settings, generated):
+    assert validate_raw(spark, settings, RUN_DATE)["raw_checks"] > 15
+
+
+def test_unknown_arm_and_unknown_customer_are_named_with_rows(spark, settings, generated, tmp_path):
+    bad = settings_in(settings, tmp_path)
+    copy_raw(settings, bad)
+    folder = bad.paths.lake / "raw" / "sends" / f"dt={RUN_DATE}"
+    sends = pd.read_parquet(folder)
+    sends.loc[sends.index[:3], "arm"] = "subject_9"
+    sends.loc[sends.index[5], "customer_id"] = "GHOST"
+    for f in folder.iterdir():
+        f.unlink()
+    deliver(bad, "sends", sends, RUN_DATE)
+    with pytest.raises(ValidationFailed) as err:
+        validate_raw(spark, bad, RUN_DATE)
+    message = str(err.value)
+    assert f"input 'raw/sends dt={RUN_DATE}'" in message
+    assert "expect_column_values_to_be_in_set" in message and "'arm'" in message
+    assert "3 unexpected" in message and "subject_9" in message
+    assert sends.loc[sends.index[0], "send_id"] in message, "an offending row is shown"
+    assert "known_customer" in message and "GHOST" in message
+    assert "raw/users" not in message.split("full report")[1], "users passed and is not blamed"
+    assert (bad.paths.reports / f"run_date={RUN_DATE}" / "validation" / "raw.json").exists()
+
+
+def test_missing_delivery_is_named(spark, settings, generated, tmp_path):
+    bad = settings_in(settings, tmp_path)
+    copy_raw(settings, bad)
+    for f in (bad.paths.lake / "raw" / "responses" / f"dt={RUN_DATE}").iterdir():
+        f.unlink()
+    (bad.paths.lake / "raw" / "responses" / f"dt={RUN_DATE}").rmdir()
+    with pytest.raises(Exception, match=rf"raw source 'responses': no delivery dt={RUN_DATE}"):
+        validate_raw(spark, bad, RUN_DATE)
+
+
+def test_sample_ratio_mismatch_statistic():
+    split = {"control": 0.5, "a": 0.5}
+    assert sample_ratio_mismatch({"control": 5000, "a": 5040}, split)["p_value"] > 0.5
+    assert sample_ratio_mismatch({"control": 4000, "a": 6000}, split)["p_value"] < 1e-10
+
+
+def test_broken_randomization_stops_training(spark, settings, tmp_path):
+    # Uses the training set published by the pipeline tests' ETL run, or builds it.
+    from jobs.etl import run_etl
+
+    if not partition_dir(settings, "features/training", RUN_DATE).exists():
+        run_etl(spark, settings, RUN_DATE)
+    bad = settings_in(settings, tmp_path)
+    training = spark.read.parquet(str(partition_dir(settings, "features/training", RUN_DATE)))
+    # Half of the holdout lost upstream, and the loss concentrated on older customers.
+    skewed = training.where("arm != 'control' or (age < 50 and send_id like '%0')  or age < 40")
+    publish_partition(skewed, bad, "features/training", RUN_DATE)
+    publish_partition(spark.read.parquet(str(partition_dir(settings, "features/scoring", RUN_DATE))), bad, "features/scoring", RUN_DATE)
+    with pytest.raises(ValidationFailed) as err:
+        validate_features(spark, bad, RUN_DATE)
+    assert "sample ratio mismatch" in str(err.value)
+    assert "covariate imbalance" in str(err.value) and "age" in str(err.value)
