@@ -24,6 +24,14 @@ def nightly(settings, spark, generated):
     return {step: steps.run(step, RUN_DATE, settings) for step in steps.STEPS}
 
 
+@pytest.fixture(autouse=True)
+def _tracking(settings):
+    """Other modules may point MLflow at their own stores; these tests read this one."""
+    from jobs.tracking import use_tracking
+
+    use_tracking(settings)
+
+
 @pytest.fixture(scope="session")
 def audience(settings, nightly):
     return pd.read_parquet(partition_dir(settings, "audience", RUN_DATE))
@@ -125,3 +133,29 @@ def test_model_rejects_input_without_its_features(settings, nightly):
     model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}@champion")
     with pytest.raises(Exception, match="age"):
         model.predict(pd.DataFrame({"customer_id": ["x"]}))
+
+
+# --- lifecycle: these run last in this module, they add model versions -------------------
+
+def test_a_backfill_never_replaces_a_newer_champion(settings, spark, nightly):
+    from datetime import timedelta
+
+    champion_before = registry.alias_version(settings, registry.CHAMPION)
+    older = RUN_DATE - timedelta(days=2)
+    for step in ("etl", "train", "gate", "promote"):
+        result = steps.run(step, older, settings)
+    assert result["promoted"] is False
+    gate = json.loads((report_dir(settings, older) / "gate.json").read_text())
+    assert gate["decision"] == "reject"
+    assert any("a backfill never replaces it" in reason for reason in gate["reasons"])
+    assert registry.alias_version(settings, registry.CHAMPION).version == champion_before.version
+
+
+def test_manual_promotion_and_rollback(settings, nightly):
+    champion = str(registry.alias_version(settings, registry.CHAMPION).version)
+    newest = str(max(int(v.version) for v in mlflow.MlflowClient().search_model_versions(
+        f"name = '{settings.mlflow.registered_model}'")))
+    assert newest != champion
+    assert registry.promote(settings, newest) == {"champion": newest, "previous": champion}
+    assert registry.rollback(settings) == {"champion": champion, "previous": newest}
+    assert registry.status(settings)["champion"]["version"] == champion

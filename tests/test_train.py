@@ -1,0 +1,35 @@
+"""Model behaviour: a model that learned nothing is never promoted."""
+
+import json
+
+from pyspark.sql import functions as F
+
+from conftest import RUN_DATE
+from helpers import settings_in
+from jobs import registry, steps
+from jobs.lake import partition_dir, publish_partition
+from jobs.tracking import use_tracking
+from jobs.validate import report_dir
+
+
+def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, tmp_path):
+    from jobs.etl import run_etl
+
+    if not partition_dir(settings, "features/training", RUN_DATE).exists():
+        run_etl(spark, settings, RUN_DATE)
+    isolated = settings_in(settings, tmp_path)
+    training = spark.read.parquet(str(partition_dir(settings, "features/training", RUN_DATE)))
+    rate = training.agg(F.avg("label")).first()[0]
+    # Labels drawn independently of features and arm, at the same rate: nothing to learn.
+    noise = training.withColumn("label", (F.rand(seed=0) < rate).cast("int"))
+    publish_partition(noise, isolated, "features/training", RUN_DATE)
+    try:
+        steps.run("train", RUN_DATE, isolated)
+        steps.run("gate", RUN_DATE, isolated)
+        result = steps.run("promote", RUN_DATE, isolated)
+        assert result["promoted"] is False
+        gate = json.loads((report_dir(isolated, RUN_DATE) / "gate.json").read_text())
+        assert gate["decision"] == "reject"
+        assert registry.alias_version(isolated, registry.CHAMPION) is None
+    finally:
+        use_tracking(settings)
