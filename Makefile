@@ -9,7 +9,6 @@ TOOLS := $(CURDIR)/.tools
 UV := $(TOOLS)/bin/uv
 VENV := $(CURDIR)/.venv
 RUN_DATE ?= 2026-10-30
-SIZE ?= S
 
 export UPLIFT_HOME ?= $(CURDIR)
 export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
@@ -45,7 +44,7 @@ test: setup
 	python -m pytest
 
 bench: setup
-	python -m benchmarks.run --size $(SIZE)
+	python -m benchmarks.model_quality
 
 clean:
 	rm -rf var

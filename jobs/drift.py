@@ -12,36 +12,17 @@ import json
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pyarrow.dataset as pads
 from evidently import Report
 from evidently.presets import DataDriftPreset
 
 from jobs.etl import FEATURES
-from jobs.lake import MissingInputError, partition_dir
+from jobs.lake import partition_dir, sample_parquet
 from jobs.settings import Settings
 from jobs.validate import report_dir
 
 
 # weekday is the same for every scoring row by construction: comparing it says nothing.
 DRIFT_FEATURES = [f for f in FEATURES if f != "weekday"]
-
-
-def sample_parquet(path: Path, columns: list[str], rows: int, seed: int) -> pd.DataFrame:
-    """A uniform random sample of about `rows` rows, read one record batch at a time."""
-    if not path.exists():
-        raise MissingInputError(f"no table at {path}")
-    dataset = pads.dataset(str(path), format="parquet")
-    total = dataset.count_rows()
-    share = min(1.0, rows / total) if total else 1.0
-    rng = np.random.default_rng(seed)
-    parts = []
-    for batch in dataset.to_batches(columns=columns):
-        keep = rng.random(batch.num_rows) < share
-        if keep.any():
-            parts.append(batch.to_pandas()[keep])
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
 def drifted_share(report: dict) -> tuple[float, dict[str, dict]]:

@@ -16,6 +16,10 @@ import uuid
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -117,3 +121,23 @@ def read_partition(spark: SparkSession, settings: Settings, table: str, run_date
             "writes it first"
         )
     return spark.read.parquet(str(path))
+
+
+def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int) -> pd.DataFrame:
+    """A uniform random sample of about `rows` rows, read one record batch at a time.
+
+    Every row is kept with the same probability, so the shares of any group (arm, label)
+    are preserved in expectation and memory stays bounded by the sample, not the table.
+    """
+    if not path.exists():
+        raise MissingInputError(f"no table at {path}")
+    dataset = pads.dataset(str(path), format="parquet")
+    total = dataset.count_rows()
+    share = min(1.0, rows / total) if total else 1.0
+    rng = np.random.default_rng(seed)
+    parts = []
+    for batch in dataset.to_batches(columns=columns):
+        keep = rng.random(batch.num_rows) < share
+        if keep.any():
+            parts.append(batch.filter(pa.array(keep)).to_pandas())
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)

@@ -13,6 +13,14 @@ groups. Definitions match scikit-uplift 0.5:
   responders last (``negative_effect=True`` in scikit-uplift). 1 is a perfect ranking, 0 is
   random, negative is worse than random; the score can leave [0, 1] when some customers are
   harmed by the message.
+- Uplift curve at k: ``U(k) = (Y_t(k) / N_t(k) - Y_c(k) / N_c(k)) * k``; ``uplift_auc_score``
+  normalises its area like the Qini score, the perfect curve being scikit-uplift's
+  ``perfect_uplift_curve``.
+- ``uplift_at_k``: response rate of treated minus control among the top k share of all rows
+  (scikit-uplift's ``strategy="overall"``).
+- ``policy_value``: expected response rate of a targeting policy, estimated on randomized data
+  by inverse propensity weighting (rows whose received arm equals the policy's choice, each
+  weighted by 1 / P(arm)), with a normal 95% interval.
 """
 
 from __future__ import annotations
@@ -55,6 +63,47 @@ def qini_auc_score(y_true, uplift, treatment) -> float:
     if perfect_area == 0:
         return 0.0
     return float((auc(x_actual, q_actual) - random_area) / perfect_area)
+
+
+def uplift_curve(y_true, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
+    """Points (k, U(k)) of the uplift curve, on the same thresholds as the Qini curve."""
+    y_true, uplift, treatment = _as_arrays(y_true, uplift, treatment)
+    order = np.argsort(uplift, kind="mergesort")[::-1]
+    y_true, uplift, treatment = y_true[order], uplift[order], treatment[order]
+    ends = np.r_[np.where(np.diff(uplift))[0], uplift.size - 1]
+    n_treated = np.cumsum(treatment)[ends]
+    y_treated = np.cumsum(y_true * treatment)[ends]
+    y_control = np.cumsum(y_true * (1 - treatment))[ends]
+    n_all = ends + 1.0
+    n_control = n_all - n_treated
+    rate_t = np.divide(y_treated, n_treated, out=np.zeros_like(y_treated), where=n_treated != 0)
+    rate_c = np.divide(y_control, n_control, out=np.zeros_like(y_control), where=n_control != 0)
+    return np.r_[0.0, n_all], np.r_[0.0, (rate_t - rate_c) * n_all]
+
+
+def uplift_auc_score(y_true, uplift, treatment) -> float:
+    """Normalised area between the uplift curve and the random line."""
+    y_true, treatment = _as_arrays(y_true, treatment)
+    control_responders = np.sum((y_true == 1) & (treatment == 0))
+    treated_non_responders = np.sum((y_true == 0) & (treatment == 1))
+    summand = y_true if control_responders > treated_non_responders else treatment
+    x_perfect, u_perfect = uplift_curve(y_true, 2 * (y_true == treatment) + summand, treatment)
+    x_actual, u_actual = uplift_curve(y_true, uplift, treatment)
+    random_area = auc([0, x_perfect[-1]], [0, u_perfect[-1]])
+    perfect_area = auc(x_perfect, u_perfect) - random_area
+    if perfect_area == 0:
+        return 0.0
+    return float((auc(x_actual, u_actual) - random_area) / perfect_area)
+
+
+def policy_value(y_true, received, chosen, propensity) -> tuple[float, float, float]:
+    """IPW estimate (value, low, high) of the response rate if every row got arm `chosen`."""
+    y_true = np.asarray(y_true, dtype=float)
+    weights = (np.asarray(received) == np.asarray(chosen)) / np.asarray(propensity, dtype=float)
+    terms = y_true * weights
+    value = float(terms.mean())
+    half = 1.96 * float(terms.std(ddof=1)) / np.sqrt(terms.size)
+    return value, value - half, value + half
 
 
 def uplift_at_k(y_true, uplift, treatment, k: float = 0.3) -> float:

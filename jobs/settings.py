@@ -69,6 +69,7 @@ class Features(_Strict):
 class Training(_Strict):
     seed: int
     holdout_fraction: float = Field(gt=0, lt=1)
+    max_rows: int | None = Field(default=None, gt=0)
     lightgbm: dict[str, float | int | str]
 
 

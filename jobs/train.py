@@ -23,7 +23,7 @@ from sklearn.model_selection import train_test_split
 
 from jobs import metrics
 from jobs.etl import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from jobs.lake import MissingInputError, partition_dir
+from jobs.lake import MissingInputError, partition_dir, sample_parquet
 from jobs.model import TLearnerModel
 from jobs.settings import Settings
 from jobs.tracking import training_run_for, use_tracking
@@ -33,10 +33,13 @@ EARLY_STOPPING_ROUNDS = 30
 
 
 def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
+    """The run date's training set, or a uniform sample of `training.max_rows` rows of it."""
     path = partition_dir(settings, "features/training", run_date)
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
-    return pd.read_parquet(path)
+    if settings.training.max_rows is None:
+        return pd.read_parquet(path)
+    return sample_parquet(path, None, settings.training.max_rows, settings.training.seed)
 
 
 def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
@@ -73,6 +76,7 @@ def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) ->
         low, high = metrics.qini_interval(y, u, t, rounds=gate.bootstrap_rounds, seed=settings.training.seed)
         results[arm] = {
             "qini": metrics.qini_auc_score(y, u, t),
+            "uplift_auc": metrics.uplift_auc_score(y, u, t),
             "qini_ci_low": low,
             "qini_ci_high": high,
             "uplift_at_30": metrics.uplift_at_k(y, u, t, 0.3),
@@ -81,6 +85,42 @@ def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) ->
             "deciles": metrics.uplift_by_decile(y, u, t),
         }
     return results, scored
+
+
+def policy_values(scored: pd.DataFrame, settings: Settings) -> list[dict]:
+    """Response rate and net value per customer of four targeting policies, by IPW on the holdout.
+
+    "best single arm" is picked on the same holdout, so it is slightly optimistic.
+    """
+    exp, policy = settings.experiment, settings.targeting
+    received = scored["arm"].to_numpy()
+    propensity = scored["arm"].map(exp.expected_split).to_numpy()
+    y = scored["label"].to_numpy()
+    costs = {exp.control: 0.0, **policy.cost_per_send}
+    n = len(scored)
+    by_arm = {arm: metrics.policy_value(y, received, np.full(n, arm), propensity) for arm in exp.arms}
+    best_single = max(by_arm, key=lambda arm: by_arm[arm][0])
+    choices = {
+        "follow the model": scored["best_arm"].replace("none", exp.control).to_numpy(),
+        f"everyone gets {best_single}": np.full(n, best_single),
+        "send nobody": np.full(n, exp.control),
+        "random arm": np.random.default_rng(settings.training.seed).choice(exp.all_arms, n),
+    }
+    table = []
+    for name, chosen in choices.items():
+        rate, low, high = metrics.policy_value(y, received, chosen, propensity)
+        cost = float(np.mean([costs[a] for a in chosen]))
+        table.append({"policy": name, "response_rate": rate, "response_rate_low": low, "response_rate_high": high,
+                      "net_value_per_customer": rate * policy.value_per_response - cost})
+    return table
+
+
+def feature_importance(model: TLearnerModel) -> pd.DataFrame:
+    """Gain importance of every feature in every arm's model."""
+    return pd.DataFrame(
+        {arm: clf.booster_.feature_importance(importance_type="gain") for arm, clf in model.models.items()},
+        index=model.features,
+    ).rename_axis("feature")
 
 
 def _plots(scored: pd.DataFrame, results: dict, settings: Settings, folder: Path) -> None:
@@ -128,6 +168,11 @@ def train(settings: Settings, run_date: date) -> dict:
         folder = Path(tmp)
         _plots(scored, results, settings, folder)
         (folder / "metrics.json").write_text(json.dumps(results, indent=2))
+        policies = policy_values(scored, settings)
+        (folder / "policy_value.json").write_text(json.dumps(policies, indent=2))
+        for row, key in zip(policies, ("model", "best_single_arm", "nobody", "random")):
+            mlflow.log_metric(f"policy_response_rate.{key}", row["response_rate"])
+        feature_importance(model).to_csv(folder / "feature_importance.csv")
         (folder / "holdout").mkdir()
         scored.to_parquet(folder / HOLDOUT_ARTIFACT, index=False)
         mlflow.log_artifacts(str(folder))

@@ -65,3 +65,11 @@ def generated(settings):
     from jobs.generate import generate
 
     return generate(settings, last_day=RUN_DATE, **DEMO)
+
+
+@pytest.fixture(scope="session")
+def nightly(settings, spark, generated):
+    """Every step of one nightly run, in process, on the generated data; their summaries."""
+    from jobs import steps
+
+    return {step: steps.run(step, RUN_DATE, settings) for step in steps.STEPS}

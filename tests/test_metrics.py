@@ -11,25 +11,22 @@ from jobs import metrics
 def literal_qini_auc(y, u, t):
     """Straight from the definition: one point per distinct score, trapezoids, loops."""
     y, u, t = map(np.asarray, (y, u, t))
-    points = [(0.0, 0.0)]
-    for threshold in sorted(set(u), reverse=True):
-        top = u >= threshold
-        n_t, n_c = (top & (t == 1)).sum(), (top & (t == 0)).sum()
-        y_t, y_c = y[top & (t == 1)].sum(), y[top & (t == 0)].sum()
-        points.append((float(top.sum()), y_t - y_c * (n_t / n_c if n_c else 0.0)))
+
+    def curve(scores):
+        points = [(0.0, 0.0)]
+        for threshold in sorted(set(scores), reverse=True):
+            top = scores >= threshold
+            n_t, n_c = (top & (t == 1)).sum(), (top & (t == 0)).sum()
+            y_t, y_c = y[top & (t == 1)].sum(), y[top & (t == 0)].sum()
+            points.append((float(top.sum()), y_t - y_c * (n_t / n_c if n_c else 0.0)))
+        return points
 
     def area(pts):
         return sum((x1 - x0) * (q0 + q1) / 2 for (x0, q0), (x1, q1) in zip(pts, pts[1:]))
 
-    perfect_scores = y * t - y * (1 - t)
-    perfect = [(0.0, 0.0)]
-    for threshold in sorted(set(perfect_scores), reverse=True):
-        top = perfect_scores >= threshold
-        n_t, n_c = (top & (t == 1)).sum(), (top & (t == 0)).sum()
-        y_t, y_c = y[top & (t == 1)].sum(), y[top & (t == 0)].sum()
-        perfect.append((float(top.sum()), y_t - y_c * (n_t / n_c if n_c else 0.0)))
+    perfect = curve(y * t - y * (1 - t))
     random_area = perfect[-1][0] * perfect[-1][1] / 2
-    return (area(points) - random_area) / (area(perfect) - random_area)
+    return (area(curve(u)) - random_area) / (area(perfect) - random_area)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -57,7 +54,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
-def test_qini_and_uplift_at_k_match_scikit_uplift(case):
+def test_qini_uplift_curve_and_uplift_at_k_match_scikit_uplift(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklift uses a deprecated sklearn helper
         from sklift import metrics as sklift
@@ -71,6 +68,11 @@ def test_qini_and_uplift_at_k_match_scikit_uplift(case):
         x_ref, q_ref = sklift.qini_curve(y, u, t)
         np.testing.assert_allclose(x_ours, x_ref, atol=1e-9)
         np.testing.assert_allclose(q_ours, q_ref, atol=1e-9)
+        assert metrics.uplift_auc_score(y, u, t) == pytest.approx(sklift.uplift_auc_score(y, u, t), abs=1e-9)
+        x_ours, c_ours = metrics.uplift_curve(y, u, t)
+        x_ref, c_ref = sklift.uplift_curve(y, u, t)
+        np.testing.assert_allclose(x_ours, x_ref, atol=1e-9)
+        np.testing.assert_allclose(c_ours, c_ref, atol=1e-9)
         ours_at_k = metrics.uplift_at_k(y, u, t, 0.3)
         ref_at_k = sklift.uplift_at_k(y, u, t, strategy="overall", k=0.3)
         assert ours_at_k == pytest.approx(ref_at_k, abs=1e-9)
@@ -103,3 +105,14 @@ def test_interval_contains_the_score_and_uplift_at_k():
     deciles = metrics.uplift_by_decile(y, u, t)
     assert [d["decile"] for d in deciles] == list(range(1, 11))
     assert deciles[0]["observed_uplift"] > deciles[-1]["observed_uplift"]
+
+
+def test_policy_value_recovers_known_response_rates():
+    rng = np.random.default_rng(3)
+    n = 200_000
+    received = rng.choice(["control", "a"], n, p=[0.3, 0.7])
+    y = (rng.random(n) < np.where(received == "a", 0.2, 0.1)).astype(int)
+    propensity = np.where(received == "a", 0.7, 0.3)
+    for arm, rate in (("a", 0.2), ("control", 0.1)):
+        value, low, high = metrics.policy_value(y, received, np.full(n, arm), propensity)
+        assert abs(value - rate) < (high - low) < 0.01  # within ~4 standard errors

@@ -19,11 +19,6 @@ from jobs.validate import report_dir
 ARMS = ["subject_1", "subject_2", "subject_3"]
 
 
-@pytest.fixture(scope="session")
-def nightly(settings, spark, generated):
-    return {step: steps.run(step, RUN_DATE, settings) for step in steps.STEPS}
-
-
 @pytest.fixture(autouse=True)
 def _tracking(settings):
     """Other modules may point MLflow at their own stores; these tests read this one."""
@@ -64,10 +59,18 @@ def test_challenger_is_logged_gated_and_promoted(settings, nightly):
         assert run.data.metrics[f"qini_ci_low.{arm}"] > 0
     assert run.data.tags["gate.decision"] == "promote"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"qini_and_deciles.png", "metrics.json", "holdout", "gate.json", "reports"} <= artifacts
+    assert {"qini_and_deciles.png", "metrics.json", "holdout", "gate.json", "reports", "policy_value.json",
+            "feature_importance.csv"} <= artifacts
     champion = registry.alias_version(settings, registry.CHAMPION)
     assert str(champion.version) == nightly["train"]["model_version"]
     assert champion.tags["run_date"] == RUN_DATE.isoformat()
+
+
+def test_following_the_model_beats_sending_nobody(nightly):
+    path = mlflow.artifacts.download_artifacts(run_id=nightly["train"]["run_id"], artifact_path="policy_value.json")
+    policies = {row["policy"]: row for row in json.loads(open(path).read())}
+    assert policies["follow the model"]["response_rate_low"] > policies["send nobody"]["response_rate_high"]
+    assert policies["follow the model"]["response_rate"] > policies["random arm"]["response_rate"]
 
 
 def test_audience_has_every_eligible_customer_once(settings, audience, nightly):

@@ -9,21 +9,20 @@ def test_settings_load_with_absolute_paths(settings, home):
     assert settings.experiment.all_arms == ["control", "subject_1", "subject_2", "subject_3"]
 
 
-def test_a_wrong_key_is_named_in_the_error(home, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "overlay, named",
+    [
+        ("experiment:\n  attribution_window_dayz: 3\n", "attribution_window_dayz"),  # a wrong key
+        ("training:\n  holdout_fraction: a lot\n", "holdout_fraction"),  # a wrong type
+    ],
+)
+def test_a_wrong_setting_is_named_in_the_error(home, tmp_path, monkeypatch, overlay, named):
     bad = tmp_path / "bad.yml"
-    bad.write_text("experiment:\n  attribution_window_dayz: 3\n")
+    bad.write_text(overlay)
     monkeypatch.setenv("UPLIFT_CONF", str(bad))
-    with pytest.raises(ValueError, match="attribution_window_dayz") as err:
+    with pytest.raises(ValueError, match=named) as err:
         load_settings()
     assert "bad.yml" in str(err.value)
-
-
-def test_a_wrong_type_is_named_in_the_error(home, tmp_path, monkeypatch):
-    bad = tmp_path / "bad.yml"
-    bad.write_text("training:\n  holdout_fraction: a lot\n")
-    monkeypatch.setenv("UPLIFT_CONF", str(bad))
-    with pytest.raises(ValueError, match="holdout_fraction"):
-        load_settings()
 
 
 def test_split_must_cover_every_arm(home, tmp_path, monkeypatch):

@@ -33,3 +33,18 @@ def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, tmp
         assert registry.alias_version(isolated, registry.CHAMPION) is None
     finally:
         use_tracking(settings)
+
+
+def test_training_rows_can_be_capped_keeping_arm_shares(spark, settings):
+    from jobs.etl import run_etl
+    from jobs.train import load_training_set
+
+    if not partition_dir(settings, "features/training", RUN_DATE).exists():
+        run_etl(spark, settings, RUN_DATE)
+    full = load_training_set(settings, RUN_DATE)
+    capped_settings = settings.model_copy(update={"training": settings.training.model_copy(update={"max_rows": 20_000})})
+    capped = load_training_set(capped_settings, RUN_DATE)
+    assert abs(len(capped) - 20_000) < 600
+    shares = capped["arm"].value_counts(normalize=True) - full["arm"].value_counts(normalize=True)
+    assert shares.abs().max() < 0.02
+    assert abs(capped["label"].mean() - full["label"].mean()) < 0.01
