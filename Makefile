@@ -20,7 +20,7 @@ export PYSPARK_PYTHON := $(VENV)/bin/python
 export PYSPARK_DRIVER_PYTHON := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 setup: $(VENV)/.synced
 
 $(UV):
@@ -42,6 +42,10 @@ demo: setup
 
 test: setup
 	python -m pytest
+
+lint: setup
+	ruff check jobs dags tests benchmarks
+	ruff format --check jobs dags tests benchmarks
 
 bench: setup
 	python -m benchmarks.model_quality

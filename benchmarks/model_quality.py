@@ -51,8 +51,14 @@ def main() -> None:
 
     timings = {}
     started = time.perf_counter()
-    generate(settings, customers=args.customers, days=args.days, sends_per_day=args.sends_per_day,
-             last_day=RUN_DATE, seed=args.seed)
+    generate(
+        settings,
+        customers=args.customers,
+        days=args.days,
+        sends_per_day=args.sends_per_day,
+        last_day=RUN_DATE,
+        seed=args.seed,
+    )
     timings["generate_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -87,8 +93,8 @@ def main() -> None:
         }
     report = {
         "date": date.today().isoformat(),
-        "command": "python -m benchmarks.model_quality " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "command": "python -m benchmarks.model_quality "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "training_rows": counts["training_rows"],
         "train_split_rows": len(train_rows),
         "holdout_rows": len(holdout),
@@ -105,7 +111,9 @@ def main() -> None:
     print("| arm | Qini model | Qini oracle | model / oracle | Spearman vs true uplift |")
     print("| --- | --- | --- | --- | --- |")
     for arm, row in arms.items():
-        print(f"| {arm} | {row['qini_model']} | {row['qini_oracle']} | {row['ratio']} | {row['spearman_true_uplift']} |")
+        print(
+            f"| {arm} | {row['qini_model']} | {row['qini_oracle']} | {row['ratio']} | {row['spearman_true_uplift']} |"
+        )
     print(f"written {out}")
     if np.any([row["ratio"] is None or row["ratio"] < 0.8 for row in arms.values()]):
         print("below target: some arm's Qini is under 0.8 of the oracle")

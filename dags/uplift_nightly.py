@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -69,5 +70,5 @@ with DAG(
     doc_md=__doc__,
 ):
     tasks = [spark_step(step) if step in SPARK_STEPS else python_step(step) for step in STEPS]
-    for upstream, downstream in zip(tasks, tasks[1:]):
+    for upstream, downstream in pairwise(tasks):
         upstream >> downstream

@@ -13,15 +13,15 @@ from jobs import steps
 from jobs.settings import load_settings
 
 app = typer.Typer(
-    help="Nightly uplift targeting pipeline.", no_args_is_help=True, add_completion=False,
+    help="Nightly uplift targeting pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
     pretty_exceptions_enable=False,
 )
 model_app = typer.Typer(help="The registered model: status, promotion, rollback.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
-RunDate = Annotated[
-    datetime, typer.Option("--run-date", formats=["%Y-%m-%d"], help="Logical date ds (YYYY-MM-DD).")
-]
+RunDate = Annotated[datetime, typer.Option("--run-date", formats=["%Y-%m-%d"], help="Logical date ds (YYYY-MM-DD).")]
 
 
 def _step_command(step: str):
@@ -56,8 +56,12 @@ def generate(
     from jobs.generate import generate as run_generate
 
     result = run_generate(
-        load_settings(), customers=customers, days=days, sends_per_day=sends_per_day,
-        last_day=last_day.date(), seed=seed,
+        load_settings(),
+        customers=customers,
+        days=days,
+        sends_per_day=sends_per_day,
+        last_day=last_day.date(),
+        seed=seed,
     )
     typer.echo(json.dumps(result.__dict__, default=str))
 
@@ -96,6 +100,8 @@ def model_rollback() -> None:
 
 @app.callback()
 def _logging(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("great_expectations", "py4j", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from pathlib import Path
 
 from evidently import Report
 from evidently.presets import DataDriftPreset
@@ -19,7 +18,6 @@ from jobs.etl import FEATURES
 from jobs.lake import partition_dir, sample_parquet
 from jobs.settings import Settings
 from jobs.validate import report_dir
-
 
 # weekday is the same for every scoring row by construction: comparing it says nothing.
 DRIFT_FEATURES = [f for f in FEATURES if f != "weekday"]
@@ -33,9 +31,12 @@ def drifted_share(report: dict) -> tuple[float, dict[str, dict]]:
         if name.startswith("DriftedColumnsCount"):
             share = float(value["share"])
         elif name.startswith("ValueDrift("):
-            args = dict(part.split("=", 1) for part in name[len("ValueDrift("):-1].split(","))
-            per_column[args["column"]] = {"method": args.get("method"), "threshold": args.get("threshold"),
-                                          "score": float(value)}
+            args = dict(part.split("=", 1) for part in name[len("ValueDrift(") : -1].split(","))
+            per_column[args["column"]] = {
+                "method": args.get("method"),
+                "threshold": args.get("threshold"),
+                "score": float(value),
+            }
     if share is None:
         raise RuntimeError("Evidently report has no DriftedColumnsCount metric")
     return share, per_column
@@ -44,8 +45,12 @@ def drifted_share(report: dict) -> tuple[float, dict[str, dict]]:
 def drift(settings: Settings, run_date: date) -> dict:
     """Write drift.html and drift.json for run_date; return the outcome."""
     cfg = settings.drift
-    reference = sample_parquet(partition_dir(settings, "features/training", run_date), DRIFT_FEATURES, cfg.sample_rows, cfg.seed)
-    current = sample_parquet(partition_dir(settings, "features/scoring", run_date), DRIFT_FEATURES, cfg.sample_rows, cfg.seed)
+    reference = sample_parquet(
+        partition_dir(settings, "features/training", run_date), DRIFT_FEATURES, cfg.sample_rows, cfg.seed
+    )
+    current = sample_parquet(
+        partition_dir(settings, "features/scoring", run_date), DRIFT_FEATURES, cfg.sample_rows, cfg.seed
+    )
     snapshot = Report([DataDriftPreset()]).run(current_data=current, reference_data=reference)
     folder = report_dir(settings, run_date)
     folder.mkdir(parents=True, exist_ok=True)

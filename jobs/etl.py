@@ -20,8 +20,15 @@ from jobs.lake import publish_partition, raw_partitions, read_raw
 from jobs.settings import Settings
 
 NUMERIC_FEATURES = [
-    "age", "tenure_days", "weekday", "n_sends_30d", "n_sends_90d", "n_responses_30d",
-    "n_responses_90d", "days_since_last_response", "response_rate_90d",
+    "age",
+    "tenure_days",
+    "weekday",
+    "n_sends_30d",
+    "n_sends_90d",
+    "n_responses_30d",
+    "n_responses_90d",
+    "days_since_last_response",
+    "response_rate_90d",
 ]
 CATEGORICAL_FEATURES = ["gender", "customer_type", "email_domain", "previous_arm"]
 FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
@@ -60,8 +67,13 @@ def point_in_time_features(
     """
     a = anchors.join(F.broadcast(snapshots), "anchor_day")
     attrs = users.select(
-        "customer_id", F.col("dt").alias("snapshot_dt"), "age", "gender", "customer_type",
-        "signup_date", F.lower(F.substring_index("email", "@", -1)).alias("email_domain"),
+        "customer_id",
+        F.col("dt").alias("snapshot_dt"),
+        "age",
+        "gender",
+        "customer_type",
+        "signup_date",
+        F.lower(F.substring_index("email", "@", -1)).alias("email_domain"),
     )
     a = a.join(attrs, ["customer_id", "snapshot_dt"])
     a = a.withColumn("tenure_days", F.datediff(F.to_date("as_of"), "signup_date")).withColumn(
@@ -76,7 +88,9 @@ def point_in_time_features(
         .groupBy("a.anchor_id")
         .agg(
             F.count("*").alias("n_sends_90d"),
-            F.sum(F.when(F.col("s.sent_at") >= F.col("a.as_of") - F.expr("INTERVAL 30 DAYS"), 1).otherwise(0)).alias("n_sends_30d"),
+            F.sum(F.when(F.col("s.sent_at") >= F.col("a.as_of") - F.expr("INTERVAL 30 DAYS"), 1).otherwise(0)).alias(
+                "n_sends_30d"
+            ),
             F.max_by("s.arm", "s.sent_at").alias("previous_arm"),
         )
     )
@@ -87,19 +101,23 @@ def point_in_time_features(
         .groupBy("a.anchor_id")
         .agg(
             F.count("*").alias("n_responses_90d"),
-            F.sum(F.when(F.col("r.responded_at") >= F.col("a.as_of") - F.expr("INTERVAL 30 DAYS"), 1).otherwise(0)).alias("n_responses_30d"),
+            F.sum(
+                F.when(F.col("r.responded_at") >= F.col("a.as_of") - F.expr("INTERVAL 30 DAYS"), 1).otherwise(0)
+            ).alias("n_responses_30d"),
             F.max("r.responded_at").alias("_last_response"),
         )
     )
     a = a.join(prior_sends, "anchor_id", "left").join(prior_responses, "anchor_id", "left")
     counts = ["n_sends_30d", "n_sends_90d", "n_responses_30d", "n_responses_90d"]
     a = a.fillna(0, subset=counts).fillna("none", subset=["previous_arm"])
-    return a.withColumn(
-        "days_since_last_response", _days_between(F.col("as_of"), F.col("_last_response"))
-    ).withColumn(
-        "response_rate_90d",
-        F.when(F.col("n_sends_90d") > 0, F.col("n_responses_90d") / F.col("n_sends_90d")),
-    ).drop("_last_response", "signup_date", "snapshot_dt")
+    return (
+        a.withColumn("days_since_last_response", _days_between(F.col("as_of"), F.col("_last_response")))
+        .withColumn(
+            "response_rate_90d",
+            F.when(F.col("n_sends_90d") > 0, F.col("n_responses_90d") / F.col("n_sends_90d")),
+        )
+        .drop("_last_response", "signup_date", "snapshot_dt")
+    )
 
 
 def label_sends(sends: DataFrame, qualifying: DataFrame, window_days: int) -> DataFrame:
@@ -132,10 +150,14 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
     snapshot_days = [date.fromisoformat(p.name[3:]) for p in raw_partitions(settings, "users", run_date)]
 
     last_matured = run_date - timedelta(days=exp.attribution_window_days)
-    matured = label_sends(sends.where(F.to_date("sent_at") <= F.lit(last_matured)), qualifying, exp.attribution_window_days)
+    matured = label_sends(
+        sends.where(F.to_date("sent_at") <= F.lit(last_matured)), qualifying, exp.attribution_window_days
+    )
     send_days = [row.d for row in matured.select(F.to_date("sent_at").alias("d")).distinct().collect()]
     training_anchors = matured.select(
-        F.col("send_id").alias("anchor_id"), "customer_id", F.col("sent_at").alias("as_of"),
+        F.col("send_id").alias("anchor_id"),
+        "customer_id",
+        F.col("sent_at").alias("as_of"),
         F.to_date("sent_at").alias("anchor_day"),
     )
     training = point_in_time_features(
@@ -148,8 +170,10 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
     scoring_day = run_date + timedelta(days=1)
     today = users.where(F.col("dt") == F.lit(max(snapshot_days))).where(settings.features.eligibility)
     scoring_anchors = today.select(
-        F.col("customer_id").alias("anchor_id"), "customer_id",
-        F.lit(scoring_day).cast("timestamp").alias("as_of"), F.lit(scoring_day).alias("anchor_day"),
+        F.col("customer_id").alias("anchor_id"),
+        "customer_id",
+        F.lit(scoring_day).cast("timestamp").alias("as_of"),
+        F.lit(scoring_day).alias("anchor_day"),
     )
     scoring = point_in_time_features(
         scoring_anchors, users, sends, qualifying, _snapshot_for(spark, snapshot_days, [scoring_day])

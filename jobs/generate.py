@@ -81,7 +81,9 @@ def _write(frame: pd.DataFrame, folder: Path, fmt: str) -> None:
     if fmt == "csv":
         frame.to_csv(folder / "part-0.csv", index=False)
     else:
-        frame.to_parquet(folder / "part-0.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
+        frame.to_parquet(
+            folder / "part-0.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True
+        )
 
 
 def deliver(settings: Settings, source: str, frame: pd.DataFrame, day: date) -> None:

@@ -27,10 +27,19 @@ from jobs.settings import CANONICAL_COLUMNS, Settings
 
 # Canonical Spark types of the raw contract; delivered columns are renamed then cast.
 RAW_TYPES = {
-    "customer_id": "string", "signup_date": "date", "age": "int", "gender": "string",
-    "customer_type": "string", "email": "string", "send_id": "string", "campaign_id": "string",
-    "sent_at": "timestamp", "arm": "string", "response_id": "string",
-    "responded_at": "timestamp", "response_type": "string",
+    "customer_id": "string",
+    "signup_date": "date",
+    "age": "int",
+    "gender": "string",
+    "customer_type": "string",
+    "email": "string",
+    "send_id": "string",
+    "campaign_id": "string",
+    "sent_at": "timestamp",
+    "arm": "string",
+    "response_id": "string",
+    "responded_at": "timestamp",
+    "response_type": "string",
 }
 
 
@@ -77,9 +86,7 @@ def read_raw(
         folders = [f for f in folders if f.name == f"dt={run_date.isoformat()}"]
     if not folders:
         which = f"dt={run_date}" if only_run_date else f"dt<={run_date}"
-        raise MissingInputError(
-            f"raw source '{source}': no delivery {which} under {raw_dir(settings, source)}"
-        )
+        raise MissingInputError(f"raw source '{source}': no delivery {which} under {raw_dir(settings, source)}")
     conf = settings.sources[source]
     reader = spark.read.option("basePath", str(raw_dir(settings, source)))
     if conf.format == "csv":
@@ -94,8 +101,7 @@ def read_raw(
             f"(mapped in conf sources.{source}.columns)"
         )
     selected = [
-        F.col(f"`{conf.columns[name]}`").cast(RAW_TYPES[name]).alias(name)
-        for name in CANONICAL_COLUMNS[source]
+        F.col(f"`{conf.columns[name]}`").cast(RAW_TYPES[name]).alias(name) for name in CANONICAL_COLUMNS[source]
     ]
     return frame.select(*selected, F.col("dt").cast("date").alias("dt"))
 
@@ -117,8 +123,7 @@ def read_partition(spark: SparkSession, settings: Settings, table: str, run_date
     path = partition_dir(settings, table, run_date)
     if not path.exists():
         raise MissingInputError(
-            f"table '{table}' has no partition run_date={run_date} at {path}: run the step that "
-            "writes it first"
+            f"table '{table}' has no partition run_date={run_date} at {path}: run the step that writes it first"
         )
     return spark.read.parquet(str(path))
 

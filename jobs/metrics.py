@@ -122,9 +122,7 @@ def average_treatment_effect(y_true, treatment) -> float:
     return float(y_true[treatment == 1].mean() - y_true[treatment == 0].mean())
 
 
-def qini_interval(
-    y_true, uplift, treatment, *, rounds: int, seed: int, level: float = 0.95
-) -> tuple[float, float]:
+def qini_interval(y_true, uplift, treatment, *, rounds: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of qini_auc_score, resampling within each group."""
     y_true, uplift, treatment = _as_arrays(y_true, uplift, treatment)
     rng = np.random.default_rng(seed)
@@ -147,7 +145,11 @@ def uplift_by_decile(y_true, uplift, treatment, bins: int = 10) -> list[dict]:
         t, c = rows[treatment[rows] == 1], rows[treatment[rows] == 0]
         observed = y_true[t].mean() - y_true[c].mean() if t.size and c.size else float("nan")
         table.append(
-            {"decile": decile, "rows": int(rows.size), "predicted_uplift": float(uplift[rows].mean()),
-             "observed_uplift": float(observed)}
+            {
+                "decile": decile,
+                "rows": int(rows.size),
+                "predicted_uplift": float(uplift[rows].mean()),
+                "observed_uplift": float(observed),
+            }
         )
     return table

@@ -39,9 +39,7 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
         """The features in training order and dtypes; unseen categories become missing."""
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
-            raise ValueError(
-                f"model input lacks feature columns {missing}; expected all of {self.features}"
-            )
+            raise ValueError(f"model input lacks feature columns {missing}; expected all of {self.features}")
         x = frame[self.numeric].astype("float64")
         for name, levels in self.categories.items():
             x[name] = pd.Categorical(frame[name].astype("string"), categories=levels)

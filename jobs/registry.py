@@ -66,13 +66,22 @@ def decide(settings: Settings, run_date: date, run) -> dict:
     champion_info = None
     if champion is not None:
         champion_date = date.fromisoformat(champion.tags.get("run_date", "1970-01-01"))
-        holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT))
+        holdout = pd.read_parquet(
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT)
+        )
         champion_model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{champion.version}")
         champion_mean = _mean_qini(champion_model, holdout, settings)
-        champion_info = {"version": str(champion.version), "run_date": champion_date.isoformat(), "mean_qini_on_holdout": champion_mean}
+        champion_info = {
+            "version": str(champion.version),
+            "run_date": champion_date.isoformat(),
+            "mean_qini_on_holdout": champion_mean,
+        }
         if champion_date > run_date:
             passed = False
-            reasons.append(f"champion v{champion.version} was trained for {champion_date}, after {run_date}: a backfill never replaces it")
+            reasons.append(
+                f"champion v{champion.version} was trained for {champion_date}, after {run_date}: "
+                "a backfill never replaces it"
+            )
         elif challenger_mean < champion_mean - cfg.champion_tolerance:
             passed = False
             reasons.append(
@@ -80,7 +89,9 @@ def decide(settings: Settings, run_date: date, run) -> dict:
                 f"on the same holdout by more than {cfg.champion_tolerance}"
             )
         else:
-            reasons.append(f"mean Qini {challenger_mean:.4f} vs champion v{champion.version}'s {champion_mean:.4f}: not worse")
+            reasons.append(
+                f"mean Qini {challenger_mean:.4f} vs champion v{champion.version}'s {champion_mean:.4f}: not worse"
+            )
     else:
         reasons.append("no champion yet")
     return {
@@ -133,5 +144,9 @@ def status(settings: Settings) -> dict:
     out = {}
     for alias in (CHAMPION, PREVIOUS):
         version = alias_version(settings, alias)
-        out[alias] = None if version is None else {"version": str(version.version), "run_date": version.tags.get("run_date"), "run_id": version.run_id}
+        out[alias] = (
+            None
+            if version is None
+            else {"version": str(version.version), "run_date": version.tags.get("run_date"), "run_id": version.run_id}
+        )
     return out

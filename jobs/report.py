@@ -32,7 +32,8 @@ def run_summary(settings: Settings, run_date: date) -> str:
         per_arm.to_string(index=False, float_format=lambda v: f"{v:,.2f}"),
         "",
         f"Audience table   {audience}",
-        f"                 Spark SQL: SELECT * FROM parquet.`{settings.paths.lake / 'audience'}` WHERE run_date = '{run_date}'",
+        f"                 Spark SQL: SELECT * FROM parquet.`{settings.paths.lake / 'audience'}`"
+        f" WHERE run_date = '{run_date}'",
         f"Gate decision    {gate.get('decision', 'n/a')}: {'; '.join(gate.get('reasons', []))}",
         f"Champion model   {settings.mlflow.registered_model} v{champion.get('version')} "
         f"(trained for {champion.get('run_date')}), previous: {(models['previous'] or {}).get('version')}",

@@ -10,7 +10,7 @@ are selected.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import mlflow
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -80,14 +80,23 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     )
     features = read_partition(spark, settings, "features/scoring", run_date)
     scored = features.withColumn("_pred", predict(F.struct(*FEATURES))).select(
-        "customer_id", *[F.col(f"_pred.{f.name}").alias(f.name) for f in prediction_schema(settings) if f.name != "best_arm"]
+        "customer_id",
+        *[F.col(f"_pred.{f.name}").alias(f.name) for f in prediction_schema(settings) if f.name != "best_arm"],
     )
     audience = apply_policy(scored, settings).select(
-        "customer_id", "recommended_arm", "selected", "expected_uplift", "expected_net_value", "rank", "decile",
+        "customer_id",
+        "recommended_arm",
+        "selected",
+        "expected_uplift",
+        "expected_net_value",
+        "rank",
+        "decile",
         F.col(f"p_{exp.control}").alias("p_control"),
-        *[F.col(f"p_{a}") for a in exp.arms], *[F.col(f"uplift_{a}") for a in exp.arms],
-        F.lit(name).alias("model_name"), F.lit(str(champion.version)).alias("model_version"),
-        F.lit(datetime.now(timezone.utc)).cast("timestamp").alias("scored_at"),
+        *[F.col(f"p_{a}") for a in exp.arms],
+        *[F.col(f"uplift_{a}") for a in exp.arms],
+        F.lit(name).alias("model_name"),
+        F.lit(str(champion.version)).alias("model_version"),
+        F.lit(datetime.now(UTC)).cast("timestamp").alias("scored_at"),
     )
     path = publish_partition(audience, settings, "audience", run_date)
     published = spark.read.parquet(str(path))

@@ -196,5 +196,5 @@ def load_settings(conf_dir: Path | None = None) -> Settings:
 def _sqlite_absolute(uri: str, root: Path) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(_absolute(Path(uri[len(prefix):]), root))
+        return prefix + str(_absolute(Path(uri[len(prefix) :]), root))
     return uri

@@ -62,7 +62,9 @@ def _promote(settings: Settings, run_date: date) -> dict:
     run = latest_training_run(settings, run_date)
     decision = run.data.tags.get("gate.decision")
     if decision is None:
-        raise RuntimeError(f"the training run of {run_date} has no gate decision: run `uplift gate --run-date {run_date}`")
+        raise RuntimeError(
+            f"the training run of {run_date} has no gate decision: run `uplift gate --run-date {run_date}`"
+        )
     if decision != "promote":
         return {"promoted": False, "reason": run.data.tags.get("gate.reasons"), **registry.status(settings)}
     return {"promoted": True, **registry.promote(settings, run.data.tags["model_version"])}

@@ -15,7 +15,7 @@ def use_tracking(settings: Settings) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id."""
     cfg = settings.mlflow
     if cfg.tracking_uri.startswith("sqlite:///"):
-        Path(cfg.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
     experiment = mlflow.get_experiment_by_name(cfg.experiment)

@@ -45,9 +45,7 @@ def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
 def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
     """One LightGBM classifier per arm, early-stopped on a stratified validation split of its rows."""
     exp, cfg = settings.experiment, settings.training
-    categories = {
-        c: sorted(train[c].dropna().astype(str).unique().tolist()) for c in CATEGORICAL_FEATURES
-    }
+    categories = {c: sorted(train[c].dropna().astype(str).unique().tolist()) for c in CATEGORICAL_FEATURES}
     model = TLearnerModel({}, exp.control, exp.arms, NUMERIC_FEATURES, categories)
     for arm in exp.all_arms:
         rows = train[train["arm"] == arm]
@@ -56,7 +54,8 @@ def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
         fit, valid = train_test_split(rows, test_size=0.15, stratify=rows["label"], random_state=cfg.seed)
         classifier = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=2, verbose=-1)
         classifier.fit(
-            model.design_matrix(fit), fit["label"],
+            model.design_matrix(fit),
+            fit["label"],
             eval_X=(model.design_matrix(valid),),
             eval_y=(valid["label"],),
             callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
@@ -72,7 +71,11 @@ def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) ->
     results = {}
     for arm in exp.arms:
         rows = scored[scored["arm"].isin([arm, exp.control])]
-        y, t, u = rows["label"].to_numpy(), (rows["arm"] == arm).to_numpy().astype(int), rows[f"uplift_{arm}"].to_numpy()
+        y, t, u = (
+            rows["label"].to_numpy(),
+            (rows["arm"] == arm).to_numpy().astype(int),
+            rows[f"uplift_{arm}"].to_numpy(),
+        )
         low, high = metrics.qini_interval(y, u, t, rounds=gate.bootstrap_rounds, seed=settings.training.seed)
         results[arm] = {
             "qini": metrics.qini_auc_score(y, u, t),
@@ -110,8 +113,15 @@ def policy_values(scored: pd.DataFrame, settings: Settings) -> list[dict]:
     for name, chosen in choices.items():
         rate, low, high = metrics.policy_value(y, received, chosen, propensity)
         cost = float(np.mean([costs[a] for a in chosen]))
-        table.append({"policy": name, "response_rate": rate, "response_rate_low": low, "response_rate_high": high,
-                      "net_value_per_customer": rate * policy.value_per_response - cost})
+        table.append(
+            {
+                "policy": name,
+                "response_rate": rate,
+                "response_rate_low": low,
+                "response_rate_high": high,
+                "net_value_per_customer": rate * policy.value_per_response - cost,
+            }
+        )
     return table
 
 
@@ -158,19 +168,28 @@ def train(settings: Settings, run_date: date) -> dict:
         mlflow.set_tags({"run_date": run_date.isoformat(), "stage": "train"})
         mlflow.log_params({f"lgbm.{k}": v for k, v in cfg.lightgbm.items()})
         mlflow.log_params(
-            {"train_rows": len(train_rows), "holdout_rows": len(holdout), "arms": ",".join(settings.experiment.arms),
-             "control": settings.experiment.control, "seed": cfg.seed, "qini_definition": "scikit-uplift qini_auc_score"}
+            {
+                "train_rows": len(train_rows),
+                "holdout_rows": len(holdout),
+                "arms": ",".join(settings.experiment.arms),
+                "control": settings.experiment.control,
+                "seed": cfg.seed,
+                "qini_definition": "scikit-uplift qini_auc_score",
+            }
         )
         for arm, m in results.items():
             mlflow.log_metrics({f"{k}.{arm}": v for k, v in m.items() if k != "deciles" and np.isfinite(v)})
             mlflow.log_metric(f"best_iteration.{arm}", model.models[arm].best_iteration_ or 0)
-        mlflow.log_metric(f"best_iteration.{settings.experiment.control}", model.models[settings.experiment.control].best_iteration_ or 0)
+        mlflow.log_metric(
+            f"best_iteration.{settings.experiment.control}",
+            model.models[settings.experiment.control].best_iteration_ or 0,
+        )
         folder = Path(tmp)
         _plots(scored, results, settings, folder)
         (folder / "metrics.json").write_text(json.dumps(results, indent=2))
         policies = policy_values(scored, settings)
         (folder / "policy_value.json").write_text(json.dumps(policies, indent=2))
-        for row, key in zip(policies, ("model", "best_single_arm", "nobody", "random")):
+        for row, key in zip(policies, ("model", "best_single_arm", "nobody", "random"), strict=True):
             mlflow.log_metric(f"policy_response_rate.{key}", row["response_rate"])
         feature_importance(model).to_csv(folder / "feature_importance.csv")
         (folder / "holdout").mkdir()
@@ -185,14 +204,21 @@ def train(settings: Settings, run_date: date) -> dict:
             registered_model_name=settings.mlflow.registered_model,
         )
         version = str(info.registered_model_version)
-        mlflow.MlflowClient().set_model_version_tag(settings.mlflow.registered_model, version, "run_date", run_date.isoformat())
+        mlflow.MlflowClient().set_model_version_tag(
+            settings.mlflow.registered_model, version, "run_date", run_date.isoformat()
+        )
         mlflow.set_tag("model_version", version)
-    return {"run_id": run.info.run_id, "model_version": version,
-            "qini": {arm: round(m["qini"], 4) for arm, m in results.items()}}
+    return {
+        "run_id": run.info.run_id,
+        "model_version": version,
+        "qini": {arm: round(m["qini"], 4) for arm, m in results.items()},
+    }
 
 
 def latest_training_run(settings: Settings, run_date: date):
     run = training_run_for(settings, run_date)
     if run is None:
-        raise MissingInputError(f"no training run logged for run_date={run_date}: run `uplift train --run-date {run_date}`")
+        raise MissingInputError(
+            f"no training run logged for run_date={run_date}: run `uplift train --run-date {run_date}`"
+        )
     return run

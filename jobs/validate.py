@@ -81,9 +81,7 @@ def _offending_rows(frame: DataFrame, expectation: dict, result: dict) -> list[d
     return [{k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in r.asDict().items()} for r in rows]
 
 
-def run_suite(
-    context, frame: DataFrame, input_name: str, suite_name: str, parameters: dict
-) -> CheckOutcome:
+def run_suite(context, frame: DataFrame, input_name: str, suite_name: str, parameters: dict) -> CheckOutcome:
     """Run one suite on a Spark DataFrame; describe every failed expectation."""
     suite = context.suites.add(load_suite(suite_name))
     batch = (
@@ -91,9 +89,7 @@ def run_suite(
         .add_dataframe_asset(suite_name)
         .add_batch_definition_whole_dataframe("run")
     )
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
-    )
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(
             name=suite_name,
@@ -143,8 +139,10 @@ def _raise_if_failed(outcomes: list[CheckOutcome], run_date: date, summary: Path
         return
     lines = [f"validation failed for run_date={run_date} (full report: {summary}):"]
     for outcome in failed:
-        lines.append(f"  input '{outcome.input}', suite '{outcome.suite}': "
-                     f"{len(outcome.failures)} of {outcome.evaluated} checks failed")
+        lines.append(
+            f"  input '{outcome.input}', suite '{outcome.suite}': "
+            f"{len(outcome.failures)} of {outcome.evaluated} checks failed"
+        )
         lines.extend(f"    - {failure}" for failure in outcome.failures)
     lines.append("Nothing downstream was written; fix the delivery (or the conf mapping) and rerun.")
     raise ValidationFailed("\n".join(lines))
@@ -197,7 +195,7 @@ def sample_ratio_mismatch(arm_counts: dict[str, int], expected_split: dict[str, 
     total = sum(observed)
     expected = [expected_split[arm] * total for arm in arms]
     statistic, p_value = stats.chisquare(observed, expected)
-    return {"observed": dict(zip(arms, observed)), "chi2": float(statistic), "p_value": float(p_value)}
+    return {"observed": dict(zip(arms, observed, strict=True)), "chi2": float(statistic), "p_value": float(p_value)}
 
 
 def covariate_balance(training: DataFrame, control: str) -> dict[str, dict[str, float]]:
@@ -228,12 +226,20 @@ def validate_features(spark: SparkSession, settings: Settings, run_date: date) -
     scoring = read_partition(spark, settings, "features/scoring", run_date)
     outcomes = [
         run_suite(
-            context, training, f"features/training run_date={run_date}", "features_training",
-            {"arms": exp.all_arms,
-             "columns": ["send_id", "customer_id", "campaign_id", "sent_at", "arm", "label", *FEATURES]},
+            context,
+            training,
+            f"features/training run_date={run_date}",
+            "features_training",
+            {
+                "arms": exp.all_arms,
+                "columns": ["send_id", "customer_id", "campaign_id", "sent_at", "arm", "label", *FEATURES],
+            },
         ),
         run_suite(
-            context, scoring, f"features/scoring run_date={run_date}", "features_scoring",
+            context,
+            scoring,
+            f"features/scoring run_date={run_date}",
+            "features_scoring",
             {"columns": ["customer_id", *FEATURES]},
         ),
     ]
@@ -249,7 +255,9 @@ def validate_features(spark: SparkSession, settings: Settings, run_date: date) -
     balance = covariate_balance(training, exp.control)
     unbalanced = {
         f"{arm}.{feature}": round(value, 3)
-        for arm, features in balance.items() for feature, value in features.items() if value > MAX_SMD
+        for arm, features in balance.items()
+        for feature, value in features.items()
+        if value > MAX_SMD
     }
     if unbalanced:
         randomization.success = False

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import mlflow
@@ -28,7 +29,7 @@ def dag(home):
 
 def test_tasks_run_in_pipeline_order(dag):
     assert {t.task_id for t in dag.tasks} == set(ORDER)
-    for upstream, downstream in zip(ORDER, ORDER[1:]):
+    for upstream, downstream in pairwise(ORDER):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
 
 
@@ -51,6 +52,7 @@ def test_schedule_is_nightly_by_data_interval(dag):
 
 
 # --- the DAG run by Airflow itself -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def airflow_home(settings, generated, tmp_path_factory):
@@ -76,7 +78,10 @@ def dags_test(env) -> subprocess.CompletedProcess:
     airflow = str(Path(sys.executable).parent / "airflow")
     return subprocess.run(
         [airflow, "dags", "test", "uplift_nightly", RUN_DATE.isoformat()],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 

@@ -3,8 +3,8 @@
 import pandas as pd
 
 from conftest import DEMO, RUN_DATE
-from jobs.generate import generate
 from helpers import settings_in
+from jobs.generate import generate
 
 
 def _raw(settings, source):

@@ -1,6 +1,7 @@
 """Uplift metrics against scikit-uplift and a literal implementation of the same definitions."""
 
 import warnings
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def literal_qini_auc(y, u, t):
         return points
 
     def area(pts):
-        return sum((x1 - x0) * (q0 + q1) / 2 for (x0, q0), (x1, q1) in zip(pts, pts[1:]))
+        return sum((x1 - x0) * (q0 + q1) / 2 for (x0, q0), (x1, q1) in pairwise(pts))
 
     perfect = curve(y * t - y * (1 - t))
     random_area = perfect[-1][0] * perfect[-1][1] / 2

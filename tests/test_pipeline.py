@@ -5,6 +5,7 @@ every eligible customer whose uplift tracks the true uplift, and a drift report.
 """
 
 import json
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -59,8 +60,15 @@ def test_challenger_is_logged_gated_and_promoted(settings, nightly):
         assert run.data.metrics[f"qini_ci_low.{arm}"] > 0
     assert run.data.tags["gate.decision"] == "promote"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"qini_and_deciles.png", "metrics.json", "holdout", "gate.json", "reports", "policy_value.json",
-            "feature_importance.csv"} <= artifacts
+    assert {
+        "qini_and_deciles.png",
+        "metrics.json",
+        "holdout",
+        "gate.json",
+        "reports",
+        "policy_value.json",
+        "feature_importance.csv",
+    } <= artifacts
     champion = registry.alias_version(settings, registry.CHAMPION)
     assert str(champion.version) == nightly["train"]["model_version"]
     assert champion.tags["run_date"] == RUN_DATE.isoformat()
@@ -68,7 +76,7 @@ def test_challenger_is_logged_gated_and_promoted(settings, nightly):
 
 def test_following_the_model_beats_sending_nobody(nightly):
     path = mlflow.artifacts.download_artifacts(run_id=nightly["train"]["run_id"], artifact_path="policy_value.json")
-    policies = {row["policy"]: row for row in json.loads(open(path).read())}
+    policies = {row["policy"]: row for row in json.loads(Path(path).read_text())}
     assert policies["follow the model"]["response_rate_low"] > policies["send nobody"]["response_rate_high"]
     assert policies["follow the model"]["response_rate"] > policies["random arm"]["response_rate"]
 
@@ -90,7 +98,7 @@ def test_targeting_follows_the_policy(settings, audience):
         rows = chosen[chosen["recommended_arm"] == arm]
         net = {a: rows[f"uplift_{a}"] * policy.value_per_response - policy.cost_per_send[a] for a in ARMS}
         assert (pd.DataFrame(net).idxmax(axis=1) == arm).all()
-    assert (audience.loc[audience["recommended_arm"] == "none", "selected"] == False).all()  # noqa: E712
+    assert not audience.loc[audience["recommended_arm"] == "none", "selected"].any()
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE)).set_index("recommended_arm")
     assert summary["customers"].sum() == audience["selected"].sum()
 
@@ -140,6 +148,7 @@ def test_model_rejects_input_without_its_features(settings, nightly):
 
 # --- lifecycle: these run last in this module, they add model versions -------------------
 
+
 def test_a_backfill_never_replaces_a_newer_champion(settings, spark, nightly):
     from datetime import timedelta
 
@@ -156,8 +165,12 @@ def test_a_backfill_never_replaces_a_newer_champion(settings, spark, nightly):
 
 def test_manual_promotion_and_rollback(settings, nightly):
     champion = str(registry.alias_version(settings, registry.CHAMPION).version)
-    newest = str(max(int(v.version) for v in mlflow.MlflowClient().search_model_versions(
-        f"name = '{settings.mlflow.registered_model}'")))
+    newest = str(
+        max(
+            int(v.version)
+            for v in mlflow.MlflowClient().search_model_versions(f"name = '{settings.mlflow.registered_model}'")
+        )
+    )
     assert newest != champion
     assert registry.promote(settings, newest) == {"champion": newest, "previous": champion}
     assert registry.rollback(settings) == {"champion": champion, "previous": newest}

@@ -29,9 +29,25 @@ def served(settings, nightly):
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri}
     server = subprocess.Popen(
-        [mlflow_cli, "models", "serve", "-m", f"models:/{settings.mlflow.registered_model}@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            mlflow_cli,
+            "models",
+            "serve",
+            "-m",
+            f"models:/{settings.mlflow.registered_model}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

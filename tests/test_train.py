@@ -42,7 +42,9 @@ def test_training_rows_can_be_capped_keeping_arm_shares(spark, settings):
     if not partition_dir(settings, "features/training", RUN_DATE).exists():
         run_etl(spark, settings, RUN_DATE)
     full = load_training_set(settings, RUN_DATE)
-    capped_settings = settings.model_copy(update={"training": settings.training.model_copy(update={"max_rows": 20_000})})
+    capped_settings = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"max_rows": 20_000})}
+    )
     capped = load_training_set(capped_settings, RUN_DATE)
     assert abs(len(capped) - 20_000) < 600
     shares = capped["arm"].value_counts(normalize=True) - full["arm"].value_counts(normalize=True)

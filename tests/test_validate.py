@@ -63,7 +63,12 @@ def test_broken_randomization_stops_training(spark, settings, tmp_path):
     # Half of the holdout lost upstream, and the loss concentrated on older customers.
     skewed = training.where("arm != 'control' or (age < 50 and send_id like '%0')  or age < 40")
     publish_partition(skewed, bad, "features/training", RUN_DATE)
-    publish_partition(spark.read.parquet(str(partition_dir(settings, "features/scoring", RUN_DATE))), bad, "features/scoring", RUN_DATE)
+    publish_partition(
+        spark.read.parquet(str(partition_dir(settings, "features/scoring", RUN_DATE))),
+        bad,
+        "features/scoring",
+        RUN_DATE,
+    )
     with pytest.raises(ValidationFailed) as err:
         validate_features(spark, bad, RUN_DATE)
     assert "sample ratio mismatch" in str(err.value)
