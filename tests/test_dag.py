@@ -19,12 +19,24 @@ ORDER = ["validate_raw", "etl", "validate_features", "train", "gate", "promote",
 
 
 @pytest.fixture(scope="module")
-def dag(home):
+def bag(home):
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(PROJECT / "dags"))
     assert bag.import_errors == {}
+    return bag
+
+
+@pytest.fixture(scope="module")
+def dag(bag):
     return bag.dags["uplift_nightly"]
+
+
+def test_dag_folder_holds_the_nightly_and_the_rollback(bag):
+    assert set(bag.dag_ids) == {"uplift_nightly", "uplift_model_rollback"}
+    rollback = bag.dags["uplift_model_rollback"]
+    assert [t.task_id for t in rollback.tasks] == ["rollback"]
+    assert type(rollback.timetable).__name__ == "NullTimetable", "runs only when triggered"
 
 
 def test_tasks_run_in_pipeline_order(dag):

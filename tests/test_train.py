@@ -50,3 +50,15 @@ def test_training_rows_can_be_capped_keeping_arm_shares(spark, settings):
     shares = capped["arm"].value_counts(normalize=True) - full["arm"].value_counts(normalize=True)
     assert shares.abs().max() < 0.02
     assert abs(capped["label"].mean() - full["label"].mean()) < 0.01
+
+
+def test_training_is_deterministic_for_a_seed(spark, settings):
+    from jobs.etl import run_etl
+    from jobs.train import fit_t_learner, load_training_set
+
+    if not partition_dir(settings, "features/training", RUN_DATE).exists():
+        run_etl(spark, settings, RUN_DATE)
+    rows = load_training_set(settings, RUN_DATE).sample(20_000, random_state=0)
+    first = fit_t_learner(rows, settings).predict(None, rows.head(500))
+    second = fit_t_learner(rows, settings).predict(None, rows.head(500))
+    assert first.equals(second)
