@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,6 +21,8 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="The registered model: status, promotion, rollback.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+audience_app = typer.Typer(help="Read a run's audience: summary, send lists, what-if.", no_args_is_help=True)
+app.add_typer(audience_app, name="audience")
 
 RunDate = Annotated[datetime, typer.Option("--run-date", formats=["%Y-%m-%d"], help="Logical date ds (YYYY-MM-DD).")]
 
@@ -72,6 +75,48 @@ def summary(run_date: RunDate) -> None:
     from jobs.report import run_summary
 
     typer.echo(run_summary(load_settings(), run_date.date()))
+
+
+@audience_app.command("show")
+def audience_show(run_date: RunDate, top: int = 10) -> None:
+    """Per-arm counts, expected lift and spend, and the top customers."""
+    from jobs.audience import show
+
+    typer.echo(show(load_settings(), run_date.date(), top))
+
+
+@audience_app.command("export")
+def audience_export(
+    run_date: RunDate,
+    arm: Annotated[str, typer.Option(help="The arm whose send list to write.")],
+    output: Annotated[Path | None, typer.Option(help="CSV file (default: var/exports/...).")] = None,
+    format: Annotated[str, typer.Option(help="Only csv for now.")] = "csv",
+) -> None:
+    """Write the send list of one arm (selected customers, holdout excluded) for the e-mail tool."""
+    from jobs.audience import export_csv
+
+    if format != "csv":
+        raise typer.BadParameter("only --format csv is supported", param_hint="--format")
+    settings = load_settings()
+    day = run_date.date()
+    target = output or settings.paths.reports.parent / "exports" / f"audience-{day}-{arm}.csv"
+    rows = export_csv(settings, day, arm, target)
+    typer.echo(json.dumps({"rows": rows, "file": str(target)}))
+
+
+@audience_app.command("what-if")
+def audience_what_if(
+    run_date: RunDate,
+    where: Annotated[str, typer.Option(help="Spark SQL condition, e.g. \"age_group = '25-34'\".")],
+    arm: Annotated[str, typer.Option(help="The message to try on the segment.")],
+) -> None:
+    """Expected response rate of a segment with and without a message."""
+    from jobs.audience import what_if
+    from jobs.spark import get_spark
+
+    settings = load_settings()
+    result = what_if(get_spark(settings, "uplift-what-if"), settings, run_date.date(), where, arm)
+    typer.echo(json.dumps(result, indent=2))
 
 
 @model_app.command("status")

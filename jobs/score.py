@@ -5,7 +5,8 @@ population never comes to the driver. The targeting policy from `targeting:` in 
 net value of arm a = value_per_response * uplift_a - cost_per_send[a]; each customer is
 recommended the arm of highest net value, or "none" when that value is not positive or the
 arm's uplift is below `min_uplift`; with `max_sends`, only the top customers by net value
-are selected.
+are selected (and with `max_spend`, only as many as the budget pays for); a stable random
+`holdout_share` of the selected is flagged `holdout`: not sent, kept as tomorrow's control.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def prediction_schema(settings: Settings) -> StructType:
     return StructType([*fields, StructField("best_arm", StringType())])
 
 
-def apply_policy(scored: DataFrame, settings: Settings) -> DataFrame:
-    """Add expected_net_value, recommended_arm, rank, decile and selected to per-arm uplifts."""
+def apply_policy(scored: DataFrame, settings: Settings, run_date: date) -> DataFrame:
+    """Add recommended_arm, expected uplift and net value, rank, decile, selected and holdout."""
     policy, arms = settings.targeting, settings.experiment.arms
     options = F.array(
         *[
@@ -59,10 +60,19 @@ def apply_policy(scored: DataFrame, settings: Settings) -> DataFrame:
         .withColumn("rank", F.row_number().over(by_value))
         .withColumn("decile", F.ntile(10).over(by_value))
     )
-    selected = F.col("recommended_arm") != "none"
+    recommended = F.col("recommended_arm") != "none"
+    costs = F.create_map(*[x for a in arms for x in (F.lit(a), F.lit(policy.cost_per_send[a]))])
+    so_far = by_value.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    out = out.withColumn("send_cost", F.when(recommended, costs[F.col("recommended_arm")]).otherwise(F.lit(0.0)))
+    selected = recommended
     if policy.max_sends is not None:
-        selected = selected & (F.col("rank") <= policy.max_sends)
-    return out.withColumn("selected", selected)
+        selected = selected & (F.sum(recommended.cast("int")).over(so_far) <= policy.max_sends)
+    if policy.max_spend is not None:
+        selected = selected & (F.sum("send_cost").over(so_far) <= policy.max_spend)
+    # A stable pseudo-random share of the selected stays unsent: tomorrow's randomized control.
+    draw = (F.xxhash64("customer_id", F.lit(run_date.isoformat())) % 1_000_000).cast("double") / 1_000_000
+    holdout = F.abs(draw) < policy.holdout_share
+    return out.withColumn("selected", selected).withColumn("holdout", F.col("selected") & holdout)
 
 
 def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
@@ -83,12 +93,14 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         "customer_id",
         *[F.col(f"_pred.{f.name}").alias(f.name) for f in prediction_schema(settings) if f.name != "best_arm"],
     )
-    audience = apply_policy(scored, settings).select(
+    audience = apply_policy(scored, settings, run_date).select(
         "customer_id",
         "recommended_arm",
         "selected",
+        "holdout",
         "expected_uplift",
         "expected_net_value",
+        "send_cost",
         "rank",
         "decile",
         F.col(f"p_{exp.control}").alias("p_control"),
@@ -100,13 +112,17 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     )
     path = publish_partition(audience, settings, "audience", run_date)
     published = spark.read.parquet(str(path))
+    sent = F.col("selected") & ~F.col("holdout")
     summary = (
         published.where("selected")
         .groupBy("recommended_arm")
         .agg(
             F.count("*").alias("customers"),
-            F.sum("expected_uplift").alias("expected_incremental_responses"),
-            F.sum("expected_net_value").alias("expected_net_value"),
+            F.sum(sent.cast("int")).alias("sends"),
+            F.sum(F.col("holdout").cast("int")).alias("holdout"),
+            F.sum(F.when(sent, F.col("expected_uplift")).otherwise(0.0)).alias("expected_incremental_responses"),
+            F.sum(F.when(sent, F.col("expected_net_value")).otherwise(0.0)).alias("expected_net_value"),
+            F.sum(F.when(sent, F.col("send_cost")).otherwise(0.0)).alias("spend"),
         )
         .withColumn("model_version", F.lit(str(champion.version)))
     )

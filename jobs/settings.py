@@ -91,6 +91,13 @@ class Targeting(_Strict):
     cost_per_send: dict[str, float]
     min_uplift: float
     max_sends: int | None = Field(default=None, gt=0)
+    max_spend: float | None = Field(default=None, gt=0)
+    holdout_share: float = Field(ge=0, lt=1)
+
+
+class Export(_Strict):
+    postgres_dsn_env: str | None = None
+    postgres_table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Drift(_Strict):
@@ -123,6 +130,7 @@ class Settings(_Strict):
     gate: Gate
     mlflow: Mlflow
     targeting: Targeting
+    export: Export
     drift: Drift
     spark: Spark
     schedule: Schedule

@@ -71,10 +71,12 @@ def _promote(settings: Settings, run_date: date) -> dict:
 
 
 def _score(settings: Settings, run_date: date) -> dict:
+    from jobs.audience import to_postgres
     from jobs.score import score
     from jobs.spark import get_spark
 
-    return score(get_spark(settings, "uplift-score"), settings, run_date)
+    result = score(get_spark(settings, "uplift-score"), settings, run_date)
+    return {**result, "postgres_rows": to_postgres(settings, run_date)}
 
 
 def _drift(settings: Settings, run_date: date) -> dict:

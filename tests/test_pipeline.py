@@ -101,6 +101,10 @@ def test_targeting_follows_the_policy(settings, audience):
     assert not audience.loc[audience["recommended_arm"] == "none", "selected"].any()
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE)).set_index("recommended_arm")
     assert summary["customers"].sum() == audience["selected"].sum()
+    assert (summary["sends"] + summary["holdout"] == summary["customers"]).all()
+    assert 0 < audience["holdout"].sum() < 0.1 * audience["selected"].sum()
+    sent = audience[audience["selected"] & ~audience["holdout"]]
+    assert summary["spend"].sum() == pytest.approx(sent["send_cost"].sum())
 
 
 def test_predicted_uplift_tracks_the_true_uplift(audience, truth):

@@ -1,0 +1,144 @@
+"""The audience table where campaign managers read it: terminal summary, CSV send list, what-if,
+and a PostgreSQL copy for campaign tools.
+
+Everything here streams the published Parquet partition in record batches (pyarrow); no
+table is loaded whole. The PostgreSQL copy replaces a run date's rows in one transaction, so
+a reader of the table sees the old run or the new one, never a mix. Its connection string is
+read from the environment variable named by `export.postgres_dsn_env`, never from a file in
+the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+
+from jobs.lake import MissingInputError, partition_dir
+from jobs.settings import Settings
+
+PG_TYPES = {
+    pa.string(): "text",
+    pa.large_string(): "text",
+    pa.float64(): "double precision",
+    pa.float32(): "real",
+    pa.int64(): "bigint",
+    pa.int32(): "integer",
+    pa.bool_(): "boolean",
+}
+
+
+def _dataset(settings: Settings, run_date: date) -> pads.Dataset:
+    path = partition_dir(settings, "audience", run_date)
+    if not path.exists():
+        raise MissingInputError(f"no audience for run_date={run_date} at {path}: run `uplift score` first")
+    return pads.dataset(str(path), format="parquet")
+
+
+def show(settings: Settings, run_date: date, top: int = 10) -> str:
+    """Per-arm counts, expected lift and spend, then the top customers by expected net value."""
+    summary = pd.read_parquet(partition_dir(settings, "audience_summary", run_date)).sort_values("recommended_arm")
+    dataset = _dataset(settings, run_date)
+    columns = ["rank", "customer_id", "recommended_arm", "expected_uplift", "expected_net_value", "holdout"]
+    best = dataset.to_table(columns=columns, filter=pc.field("rank") <= top).to_pandas().sort_values("rank")
+    total = dataset.count_rows()
+    return "\n".join(
+        [
+            f"Audience {run_date}: {total:,} customers scored, {int(summary['customers'].sum()):,} selected, "
+            f"{int(summary['sends'].sum()):,} to send ({int(summary['holdout'].sum()):,} held out), "
+            f"spend {summary['spend'].sum():,.2f}",
+            "",
+            summary.drop(columns=["model_version"]).to_string(index=False, float_format=lambda v: f"{v:,.2f}"),
+            "",
+            f"Top {top} customers by expected net value:",
+            best.to_string(index=False, float_format=lambda v: f"{v:.4f}"),
+        ]
+    )
+
+
+def export_csv(settings: Settings, run_date: date, arm: str, output: Path) -> int:
+    """Write the send list of one arm (selected, not held out) as CSV; return the row count."""
+    if arm not in settings.experiment.arms:
+        raise ValueError(f"unknown arm '{arm}': the arms are {settings.experiment.arms}")
+    wanted = (pc.field("recommended_arm") == arm) & pc.field("selected") & ~pc.field("holdout")
+    columns = ["customer_id", "recommended_arm", f"uplift_{arm}", "expected_net_value", "rank", "model_version"]
+    scanner = _dataset(settings, run_date).scanner(columns=columns, filter=wanted)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    with pacsv.CSVWriter(str(output), scanner.projected_schema) as writer:
+        for batch in scanner.to_batches():
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def what_if(spark, settings: Settings, run_date: date, where: str, arm: str) -> dict:
+    """Expected response rate of a segment with and without `arm` (Spark SQL condition `where`).
+
+    The segment is defined on the scoring features plus `age_group` (18-24, 25-34, 35-44,
+    45-59, 60+) and the audience columns.
+    """
+    if arm not in settings.experiment.arms:
+        raise ValueError(f"unknown arm '{arm}': the arms are {settings.experiment.arms}")
+    audience = spark.read.parquet(str(partition_dir(settings, "audience", run_date)))
+    features = spark.read.parquet(str(partition_dir(settings, "features/scoring", run_date)))
+    features.join(audience, "customer_id").createOrReplaceTempView("segment_base")
+    row = spark.sql(
+        f"""
+        WITH base AS (
+          SELECT *, CASE WHEN age < 25 THEN '18-24' WHEN age < 35 THEN '25-34' WHEN age < 45 THEN '35-44'
+                         WHEN age < 60 THEN '45-59' ELSE '60+' END AS age_group
+          FROM segment_base)
+        SELECT count(*) AS customers, avg(p_control) AS without_message, avg(p_{arm}) AS with_message
+        FROM base WHERE {where}
+        """
+    ).first()
+    if not row["customers"]:
+        return {"customers": 0, "where": where, "arm": arm}
+    return {
+        "customers": row["customers"],
+        "where": where,
+        "arm": arm,
+        "response_rate_without": row["without_message"],
+        "response_rate_with": row["with_message"],
+        "expected_uplift": row["with_message"] - row["without_message"],
+        "expected_incremental_responses": (row["with_message"] - row["without_message"]) * row["customers"],
+    }
+
+
+def to_postgres(settings: Settings, run_date: date) -> int | None:
+    """Replace run_date's rows of the PostgreSQL audience table; None when not configured."""
+    cfg = settings.export
+    dsn = os.environ.get(cfg.postgres_dsn_env) if cfg.postgres_dsn_env else None
+    if not dsn:
+        return None
+    import psycopg
+    from psycopg import sql
+
+    dataset = _dataset(settings, run_date)
+    schema = dataset.schema
+    table = sql.Identifier(cfg.postgres_table)
+    columns = [
+        sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(PG_TYPES.get(f.type, "timestamptz"))) for f in schema
+    ]
+    names = sql.SQL(", ").join(sql.Identifier(n) for n in ["run_date", *schema.names])
+    rows = 0
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (run_date date NOT NULL, {}, PRIMARY KEY (run_date, customer_id))"
+            ).format(table, sql.SQL(", ").join(columns))
+        )
+        conn.execute(sql.SQL("DELETE FROM {} WHERE run_date = %s").format(table), [run_date])
+        with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table, names)) as copy:
+            for batch in dataset.to_batches():
+                for record in batch.to_pylist():
+                    copy.write_row([run_date, *record.values()])
+                rows += batch.num_rows
+    return rows

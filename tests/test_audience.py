@@ -1,0 +1,76 @@
+"""Where campaign managers read the audience: terminal summary, CSV send list, what-if, PostgreSQL."""
+
+import uuid
+
+import pandas as pd
+import psycopg
+import pytest
+
+from conftest import RUN_DATE
+from jobs import audience as aud
+from jobs.lake import partition_dir
+
+ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@pytest.fixture(scope="module")
+def published(settings, nightly):
+    return pd.read_parquet(partition_dir(settings, "audience", RUN_DATE))
+
+
+def test_show_summarises_arms_and_top_customers(settings, published):
+    text = aud.show(settings, RUN_DATE, top=5)
+    assert f"{len(published):,} customers scored" in text
+    for arm in published.loc[published["selected"], "recommended_arm"].unique():
+        assert arm in text
+    top = published.sort_values("rank").head(5)["customer_id"]
+    assert all(customer in text for customer in top)
+
+
+def test_export_writes_the_send_list_of_one_arm(settings, published, tmp_path):
+    rows = aud.export_csv(settings, RUN_DATE, "subject_2", tmp_path / "send.csv")
+    sent = published[(published["recommended_arm"] == "subject_2") & published["selected"] & ~published["holdout"]]
+    exported = pd.read_csv(tmp_path / "send.csv")
+    assert rows == len(sent) == len(exported) > 0
+    assert set(exported["customer_id"]) == set(sent["customer_id"])
+    with pytest.raises(ValueError, match="unknown arm 'subject_7'"):
+        aud.export_csv(settings, RUN_DATE, "subject_7", tmp_path / "x.csv")
+
+
+def test_what_if_shows_who_a_message_helps_and_harms(spark, settings, nightly):
+    young = aud.what_if(spark, settings, RUN_DATE, "age_group = '18-24'", "subject_1")
+    seniors = aud.what_if(spark, settings, RUN_DATE, "age_group = '60+'", "subject_1")
+    assert young["customers"] > 0 and seniors["customers"] > 0
+    assert young["response_rate_with"] > young["response_rate_without"]
+    assert seniors["expected_uplift"] < 0, "subject_1 harms customers 60 and over"
+
+
+@pytest.fixture
+def postgres_dsn(monkeypatch, settings):
+    name = f"uplift_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={name}"
+    monkeypatch.setenv(settings.export.postgres_dsn_env, dsn)
+    yield dsn
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_postgres_copy_replaces_the_run_date_in_one_transaction(settings, published, postgres_dsn):
+    assert aud.to_postgres(settings, RUN_DATE) == len(published)
+    assert aud.to_postgres(settings, RUN_DATE) == len(published), "a rerun replaces, never appends"
+    with psycopg.connect(postgres_dsn) as conn:
+        total, dates = conn.execute("SELECT count(*), count(DISTINCT run_date) FROM audience").fetchone()
+        per_arm = dict(conn.execute("SELECT recommended_arm, count(*) FROM audience GROUP BY 1").fetchall())
+        uplift = conn.execute(
+            "SELECT uplift_subject_1 FROM audience WHERE customer_id = %s", [published.iloc[0]["customer_id"]]
+        ).fetchone()[0]
+    assert total == len(published) and dates == 1
+    assert per_arm == published["recommended_arm"].value_counts().to_dict()
+    assert uplift == pytest.approx(published.iloc[0]["uplift_subject_1"])
+
+
+def test_no_export_without_a_connection_string(settings, published, monkeypatch):
+    monkeypatch.delenv(settings.export.postgres_dsn_env, raising=False)
+    assert aud.to_postgres(settings, RUN_DATE) is None
