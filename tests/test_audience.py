@@ -74,3 +74,22 @@ def test_postgres_copy_replaces_the_run_date_in_one_transaction(settings, publis
 def test_no_export_without_a_connection_string(settings, published, monkeypatch):
     monkeypatch.delenv(settings.export.postgres_dsn_env, raising=False)
     assert aud.to_postgres(settings, RUN_DATE) is None
+
+
+def test_the_documented_queries_read_the_audience(spark, settings, published):
+    """The Spark SQL and DuckDB queries shown in the README, on the real table."""
+    import duckdb
+
+    lake = settings.paths.lake
+    spark_rows = spark.sql(
+        f"SELECT recommended_arm, count(*) AS customers FROM parquet.`{lake / 'audience'}` "
+        f"WHERE run_date = '{RUN_DATE}' AND selected GROUP BY recommended_arm"
+    ).collect()
+    duck_rows = duckdb.sql(
+        f"SELECT recommended_arm, count(*) AS customers "
+        f"FROM read_parquet('{lake}/audience/*/*.parquet', hive_partitioning = true) "
+        f"WHERE run_date = '{RUN_DATE}' AND selected GROUP BY recommended_arm"
+    ).fetchall()
+    expected = published[published["selected"]]["recommended_arm"].value_counts().to_dict()
+    assert {r["recommended_arm"]: r["customers"] for r in spark_rows} == expected
+    assert dict(duck_rows) == expected
