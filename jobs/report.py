@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 from datetime import date
 
-import pandas as pd
-
-from jobs.lake import MissingInputError, partition_dir
+from jobs.audience import show
+from jobs.lake import partition_dir
 from jobs.registry import status
 from jobs.settings import Settings
 from jobs.validate import report_dir
 
 
 def run_summary(settings: Settings, run_date: date) -> str:
-    """A readable summary of run_date's outputs; raises if the audience was not published."""
+    """The audience summary, then where every output of run_date is and how to open it."""
     audience = partition_dir(settings, "audience", run_date)
-    summary_dir = partition_dir(settings, "audience_summary", run_date)
-    if not summary_dir.exists():
-        raise MissingInputError(f"no audience published for run_date={run_date} (expected {audience})")
     reports = report_dir(settings, run_date)
-    per_arm = pd.read_parquet(summary_dir).sort_values("recommended_arm")
     gate = json.loads((reports / "gate.json").read_text()) if (reports / "gate.json").exists() else {}
     drift = json.loads((reports / "drift.json").read_text())["summary"] if (reports / "drift.json").exists() else {}
     models = status(settings)
@@ -28,8 +23,7 @@ def run_summary(settings: Settings, run_date: date) -> str:
     lines = [
         f"Uplift run {run_date}",
         "",
-        "Selected customers per recommended arm (expected incremental responses, net value):",
-        per_arm.to_string(index=False, float_format=lambda v: f"{v:,.2f}"),
+        show(settings, run_date, top=5),
         "",
         f"Audience table   {audience}",
         f"                 Spark SQL: SELECT * FROM parquet.`{settings.paths.lake / 'audience'}`"

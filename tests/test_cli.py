@@ -21,7 +21,7 @@ def test_every_step_is_a_command():
 def test_summary_and_model_status_after_a_run(nightly, settings):
     summary = runner.invoke(app, ["summary", "--run-date", RUN_DATE.isoformat()])
     assert summary.exit_code == 0, summary.output
-    assert "Selected customers per recommended arm" in summary.output
+    assert "customers scored" in summary.output and "Top 5 customers" in summary.output
     assert f"{settings.mlflow.registered_model} v" in summary.output
     assert "drift.html" in summary.output
     status = runner.invoke(app, ["model", "status"])
