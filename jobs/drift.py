@@ -1,9 +1,13 @@
-"""Drift: an Evidently data-drift report of the scoring set against the training reference.
+"""Drift: Evidently data-drift reports of what the model sees and what it recommends.
 
-Both sides are sampled to at most `drift.sample_rows` rows with a fixed seed, streaming the
+Every side is sampled to at most `drift.sample_rows` rows with a fixed seed, streaming the
 Parquet files batch by batch, so memory stays flat whatever the table size (Evidently's
-maintainers advise sampling; full large inputs take hours). The outcome is `ok`, or `warn`
-when the share of drifted features reaches `drift.drifted_share_warn`.
+maintainers advise sampling; full large inputs take hours). Two comparisons per run: the
+scoring set's features against the training set, and (when an earlier run exists) the
+predicted uplift of every arm and the recommended-arm mix against the previous run's
+audience. Each gives a drifted share; the outcome is `ok`, `warn` (share >=
+`drifted_share_warn`: the run continues, the summary shows it) or `fail` (share >=
+`drifted_share_fail`: `on_fail` decides, fail the run or block promotion).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 from datetime import date
 
+import pandas as pd
 from evidently import Report
 from evidently.presets import DataDriftPreset
 
@@ -42,8 +47,27 @@ def drifted_share(report: dict) -> tuple[float, dict[str, dict]]:
     return share, per_column
 
 
-def drift(settings: Settings, run_date: date) -> dict:
-    """Write drift.html and drift.json for run_date; return the outcome."""
+LEVELS = ("ok", "warn", "fail")
+
+
+class DriftFailed(RuntimeError):
+    """Drift reached drift.drifted_share_fail and drift.on_fail is fail_run."""
+
+
+def level(share: float, settings: Settings) -> str:
+    cfg = settings.drift
+    return "fail" if share >= cfg.drifted_share_fail else "warn" if share >= cfg.drifted_share_warn else "ok"
+
+
+def compare(reference: pd.DataFrame, current: pd.DataFrame) -> tuple:
+    """Evidently data-drift snapshot of current vs reference, its drifted share and column scores."""
+    snapshot = Report([DataDriftPreset()]).run(current_data=current, reference_data=reference)
+    share, per_column = drifted_share(snapshot.dict())
+    return snapshot, share, per_column
+
+
+def feature_drift(settings: Settings, run_date: date) -> tuple:
+    """The scoring set of run_date against the training set (the model's reference), sampled."""
     cfg = settings.drift
     reference = sample_parquet(
         partition_dir(settings, "features/training", run_date), DRIFT_FEATURES, cfg.sample_rows, cfg.seed
@@ -51,21 +75,80 @@ def drift(settings: Settings, run_date: date) -> dict:
     current = sample_parquet(
         partition_dir(settings, "features/scoring", run_date), DRIFT_FEATURES, cfg.sample_rows, cfg.seed
     )
-    snapshot = Report([DataDriftPreset()]).run(current_data=current, reference_data=reference)
+    return (*compare(reference, current), len(reference), len(current))
+
+
+def previous_audience(settings: Settings, run_date: date) -> date | None:
+    """The latest run date before run_date that published an audience."""
+    root = partition_dir(settings, "audience", run_date).parent
+    earlier = sorted(
+        date.fromisoformat(p.name[len("run_date=") :])
+        for p in (root.glob("run_date=*") if root.exists() else [])
+        if p.name[len("run_date=") :] < run_date.isoformat()
+    )
+    return earlier[-1] if earlier else None
+
+
+def prediction_drift(settings: Settings, run_date: date, previous: date) -> tuple:
+    """Predicted uplift per arm and the recommended-arm mix of run_date against the previous run."""
+    cfg = settings.drift
+    columns = [f"uplift_{arm}" for arm in settings.experiment.arms] + ["recommended_arm"]
+    samples = [
+        sample_parquet(partition_dir(settings, "audience", day), columns, cfg.sample_rows, cfg.seed)
+        for day in (previous, run_date)
+    ]
+    return compare(*samples)
+
+
+def drift(settings: Settings, run_date: date) -> dict:
+    """Write the drift reports of run_date (HTML + drift.json); return or raise on the outcome.
+
+    Outcome: the worst level of feature drift and prediction drift (ok < warn < fail). On fail,
+    `drift.on_fail: fail_run` fails the step (after the reports are written);
+    `block_promotion` lets the run finish, the gate having refused promotion already.
+    """
+    cfg = settings.drift
     folder = report_dir(settings, run_date)
     folder.mkdir(parents=True, exist_ok=True)
+    snapshot, share, per_column, reference_rows, current_rows = feature_drift(settings, run_date)
     snapshot.save_html(str(folder / "drift.html"))
-    payload = snapshot.dict()
-    share, per_column = drifted_share(payload)
-    outcome = "warn" if share >= cfg.drifted_share_warn else "ok"
+    levels = [level(share, settings)]
+    predictions, payload = None, {"features": snapshot.dict()}
+    previous = previous_audience(settings, run_date)
+    if previous is not None:
+        p_snapshot, p_share, p_columns = prediction_drift(settings, run_date, previous)
+        p_snapshot.save_html(str(folder / "drift_predictions.html"))
+        payload["predictions"] = p_snapshot.dict()
+        levels.append(level(p_share, settings))
+        predictions = {
+            "previous_run_date": previous.isoformat(),
+            "drifted_share": p_share,
+            "outcome": levels[-1],
+            "column_drift_scores": p_columns,
+        }
+    outcome = max(levels, key=LEVELS.index)
     summary = {
         "run_date": run_date.isoformat(),
         "outcome": outcome,
         "drifted_share": share,
         "threshold_warn": cfg.drifted_share_warn,
-        "reference_rows": len(reference),
-        "current_rows": len(current),
+        "threshold_fail": cfg.drifted_share_fail,
+        "on_fail": cfg.on_fail,
+        "reference_rows": reference_rows,
+        "current_rows": current_rows,
         "column_drift_scores": per_column,
+        "predictions": predictions,
     }
     (folder / "drift.json").write_text(json.dumps({"summary": summary, "evidently": payload}, indent=2, default=str))
-    return {**{k: summary[k] for k in ("outcome", "drifted_share")}, "html": str(folder / "drift.html")}
+    if outcome == "fail" and cfg.on_fail == "fail_run":
+        raise DriftFailed(
+            f"drift outcome 'fail' for run_date={run_date}: features drifted share {share:.2f}"
+            + (f", predictions vs {previous} {predictions['drifted_share']:.2f}" if predictions else "")
+            + f" (fail at {cfg.drifted_share_fail}); reports: {folder / 'drift.html'}, {folder / 'drift.json'}"
+        )
+    return {
+        "outcome": outcome,
+        "drifted_share": share,
+        "predictions": predictions and predictions["drifted_share"],
+        "html": str(folder / "drift.html"),
+    }

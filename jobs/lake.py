@@ -109,6 +109,9 @@ def read_raw(
 def publish_partition(df: DataFrame, settings: Settings, table: str, run_date: date) -> Path:
     """Write df as the run_date partition of table, replacing any previous one atomically."""
     target = partition_dir(settings, table, run_date)
+    # Left by a writer killed mid-way: never read (hidden), removed by the next publish.
+    for stale in table_dir(settings, table).glob(f".staging-{run_date.isoformat()}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = table_dir(settings, table) / f".staging-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
     df.write.mode("overwrite").parquet(str(staging))
     retired = staging.with_name(staging.name + "-retired")

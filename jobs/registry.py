@@ -5,8 +5,9 @@ The gate promotes a challenger only if, for every arm, its holdout Qini clears
 `gate.qini_floor` with the bootstrap interval above zero; and, when a champion exists, the
 champion was not trained for a later run date (a backfill never replaces newer knowledge)
 and the challenger's mean Qini is not below the champion's, re-evaluated on the same holdout,
-by more than `gate.champion_tolerance`. The decision and its reasons are tags on the training
-run plus `gate.json` there and in the run date's report folder.
+by more than `gate.champion_tolerance`; with `drift.on_fail: block_promotion`, also while the
+scoring features drift from the training set past `drift.drifted_share_fail`. The decision and
+its reasons are tags on the training run plus `gate.json` there and in the run date's report folder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from jobs import metrics
+from jobs.drift import feature_drift, level
 from jobs.settings import Settings
 from jobs.tracking import use_tracking
 from jobs.train import HOLDOUT_ARTIFACT
@@ -94,6 +96,14 @@ def decide(settings: Settings, run_date: date, run) -> dict:
             )
     else:
         reasons.append("no champion yet")
+    if settings.drift.on_fail == "block_promotion":
+        share = feature_drift(settings, run_date)[1]
+        if level(share, settings) == "fail":
+            passed = False
+            reasons.append(
+                f"scoring features drift from the training set (drifted share {share:.2f} >= "
+                f"{settings.drift.drifted_share_fail}) and drift.on_fail is block_promotion"
+            )
     return {
         "run_date": run_date.isoformat(),
         "run_id": run.info.run_id,

@@ -104,6 +104,8 @@ class Drift(_Strict):
     sample_rows: int = Field(gt=0)
     seed: int
     drifted_share_warn: float = Field(gt=0, le=1)
+    drifted_share_fail: float = Field(gt=0, le=1)
+    on_fail: Literal["fail_run", "block_promotion"]
 
 
 class Spark(_Strict):
