@@ -106,16 +106,24 @@ def audience_export(
 
 @audience_app.command("what-if")
 def audience_what_if(
-    run_date: RunDate,
     where: Annotated[str, typer.Option(help="Spark SQL condition, e.g. \"age_group = '25-34'\".")],
     arm: Annotated[str, typer.Option(help="The message to try on the segment.")],
+    run_date: Annotated[
+        datetime | None,
+        typer.Option("--run-date", formats=["%Y-%m-%d"], help="Audience date (default: the latest published)."),
+    ] = None,
 ) -> None:
     """Expected response rate of a segment with and without a message."""
     from jobs.audience import what_if
+    from jobs.lake import MissingInputError, partition_dates
     from jobs.spark import get_spark
 
     settings = load_settings()
-    result = what_if(get_spark(settings, "uplift-what-if"), settings, run_date.date(), where, arm)
+    published = partition_dates(settings, "audience")
+    if run_date is None and not published:
+        raise MissingInputError("no audience published yet: run the pipeline first")
+    day = run_date.date() if run_date else published[-1]
+    result = what_if(get_spark(settings, "uplift-what-if"), settings, day, where, arm)
     typer.echo(json.dumps(result, indent=2))
 
 

@@ -20,7 +20,7 @@ from evidently import Report
 from evidently.presets import DataDriftPreset
 
 from jobs.etl import FEATURES
-from jobs.lake import partition_dir, sample_parquet
+from jobs.lake import partition_dates, partition_dir, sample_parquet
 from jobs.settings import Settings
 from jobs.validate import report_dir
 
@@ -80,12 +80,7 @@ def feature_drift(settings: Settings, run_date: date) -> tuple:
 
 def previous_audience(settings: Settings, run_date: date) -> date | None:
     """The latest run date before run_date that published an audience."""
-    root = partition_dir(settings, "audience", run_date).parent
-    earlier = sorted(
-        date.fromisoformat(p.name[len("run_date=") :])
-        for p in (root.glob("run_date=*") if root.exists() else [])
-        if p.name[len("run_date=") :] < run_date.isoformat()
-    )
+    earlier = [day for day in partition_dates(settings, "audience") if day < run_date]
     return earlier[-1] if earlier else None
 
 

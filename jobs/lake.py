@@ -122,6 +122,14 @@ def publish_partition(df: DataFrame, settings: Settings, table: str, run_date: d
     return target
 
 
+def partition_dates(settings: Settings, table: str) -> list[date]:
+    """The run dates a table has published, oldest first."""
+    root = table_dir(settings, table)
+    return (
+        sorted(date.fromisoformat(p.name[len("run_date=") :]) for p in root.glob("run_date=*")) if root.exists() else []
+    )
+
+
 def read_partition(spark: SparkSession, settings: Settings, table: str, run_date: date) -> DataFrame:
     path = partition_dir(settings, table, run_date)
     if not path.exists():

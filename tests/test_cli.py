@@ -29,6 +29,13 @@ def test_summary_and_model_status_after_a_run(nightly, settings):
     assert json.loads(status.output)["champion"]["version"]
 
 
+def test_what_if_defaults_to_the_latest_audience(nightly):
+    result = runner.invoke(app, ["audience", "what-if", "--where", "age_group = '60+'", "--arm", "subject_1"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["customers"] > 0 and answer["expected_uplift"] < 0
+
+
 def test_a_bad_run_date_is_refused():
     result = runner.invoke(app, ["etl", "--run-date", "30/10/2026"])
     assert result.exit_code != 0
