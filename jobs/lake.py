@@ -74,12 +74,20 @@ def raw_partitions(settings: Settings, source: str, run_date: date) -> list[Path
 
 
 def read_raw(
-    spark: SparkSession, settings: Settings, source: str, run_date: date, *, only_run_date: bool = False
+    spark: SparkSession,
+    settings: Settings,
+    source: str,
+    run_date: date,
+    *,
+    only_run_date: bool = False,
+    check_types: bool = False,
 ) -> DataFrame:
     """A source's deliveries up to run_date (or of run_date alone), in canonical names and types.
 
     Adds `dt` (the delivery date). Columns outside the contract are dropped here, so nothing
-    unmapped (and no PII beyond the contract) travels further.
+    unmapped (and no PII beyond the contract) travels further. A value that does not parse as
+    its type becomes null; with check_types, `unparsable` lists such columns per row (and
+    `raw_<column>` keeps what was delivered) for validation to report.
     """
     folders = raw_partitions(settings, source, run_date)
     if only_run_date:
@@ -100,10 +108,17 @@ def read_raw(
             f"raw source '{source}': delivered columns {frame.columns} lack {missing} "
             f"(mapped in conf sources.{source}.columns)"
         )
-    selected = [
-        F.col(f"`{conf.columns[name]}`").cast(RAW_TYPES[name]).alias(name) for name in CANONICAL_COLUMNS[source]
+    delivered = {name: F.col(f"`{conf.columns[name]}`") for name in CANONICAL_COLUMNS[source]}
+    typed = [column.try_cast(RAW_TYPES[name]).alias(name) for name, column in delivered.items()]
+    dt = F.col("dt").cast("date").alias("dt")
+    if not check_types:
+        return frame.select(*typed, dt)
+    raw = [column.cast("string").alias(f"raw_{name}") for name, column in delivered.items()]
+    failed = [
+        F.when(F.col(f"raw_{name}").isNotNull() & F.col(name).isNull(), F.lit(name))
+        for name in CANONICAL_COLUMNS[source]
     ]
-    return frame.select(*selected, F.col("dt").cast("date").alias("dt"))
+    return frame.select(*typed, *raw, dt).withColumn("unparsable", F.concat_ws(",", *failed))
 
 
 def publish_partition(df: DataFrame, settings: Settings, table: str, run_date: date) -> Path:

@@ -62,6 +62,12 @@ class Experiment(_Strict):
         return self
 
 
+class Validation(_Strict):
+    volume_tolerance: float = Field(gt=0)
+    volume_days: int = Field(gt=0)
+    volume_min_history: int = Field(gt=0)
+
+
 class Features(_Strict):
     eligibility: str
 
@@ -127,6 +133,7 @@ class Settings(_Strict):
     paths: Paths
     sources: dict[Literal["users", "sends", "responses"], Source]
     experiment: Experiment
+    validation: Validation
     features: Features
     training: Training
     gate: Gate

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import great_expectations as gx
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 SUITES_DIR = PROJECT_ROOT / "expectations"
 MAX_SMD = 0.1
 SAMPLE_ROWS = 5
-HIDDEN_COLUMNS = {"email"}  # PII never goes into an error message or a report
+HIDDEN_COLUMNS = {"email", "raw_email"}  # PII never goes into an error message or a report
 
 
 class ValidationFailed(RuntimeError):
@@ -161,31 +161,76 @@ def _with_raw_checks(frame: DataFrame, timestamp: str, customers: DataFrame) -> 
     )
 
 
+def volume_band(spark: SparkSession, settings: Settings, source: str, run_date: date) -> tuple[int, int | None]:
+    """(min, max) rows of run_date's delivery: non-empty, and within `validation.volume_tolerance`
+    of the average of the earlier deliveries in `validation.volume_days` (once there are
+    `validation.volume_min_history` of them)."""
+    cfg = settings.validation
+    since = run_date - timedelta(days=cfg.volume_days)
+    earlier = (
+        read_raw(spark, settings, source, run_date)
+        .where((F.col("dt") >= F.lit(since)) & (F.col("dt") < F.lit(run_date)))
+        .groupBy("dt")
+        .count()
+        .collect()
+    )
+    if len(earlier) < cfg.volume_min_history:
+        return 1, None
+    average = sum(row["count"] for row in earlier) / len(earlier)
+    return max(1, int(average * (1 - cfg.volume_tolerance))), int(average * (1 + cfg.volume_tolerance)) + 1
+
+
 def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     """Validate the run date's delivery of every source; raise ValidationFailed on any failure."""
     out = report_dir(settings, run_date) / "validation"
     context = _context(out / "data_docs")
     exp = settings.experiment
-    users_today = read_raw(spark, settings, "users", run_date, only_run_date=True)
     customers_so_far = read_raw(spark, settings, "users", run_date)
-    frames = {
-        "users": users_today,
-        "sends": _with_raw_checks(
-            read_raw(spark, settings, "sends", run_date, only_run_date=True), "sent_at", customers_so_far
-        ),
-        "responses": _with_raw_checks(
-            read_raw(spark, settings, "responses", run_date, only_run_date=True), "responded_at", customers_so_far
-        ),
+    today = {
+        source: read_raw(spark, settings, source, run_date, only_run_date=True, check_types=True) for source in SOURCES
     }
-    parameters = {"arms": exp.all_arms, "max_delivery_lag_days": exp.attribution_window_days}
-    outcomes = [
-        run_suite(context, frames[source], f"raw/{source} dt={run_date}", f"raw_{source}", parameters)
-        for source in SOURCES
-    ]
+    first_send = (
+        read_raw(spark, settings, "sends", run_date).groupBy("customer_id").agg(F.min("sent_at").alias("_first_send"))
+    )
+    responses = _with_raw_checks(today["responses"], "responded_at", customers_so_far).join(
+        first_send, "customer_id", "left"
+    )
+    frames = {
+        "users": today["users"],
+        "sends": _with_raw_checks(today["sends"], "sent_at", customers_so_far),
+        "responses": responses.withColumn(
+            "after_a_send", F.coalesce(F.col("_first_send") < F.col("responded_at"), F.lit(False))
+        ).drop("_first_send"),
+    }
+    outcomes = []
+    for source in SOURCES:
+        min_rows, max_rows = volume_band(spark, settings, source, run_date)
+        parameters = {
+            "arms": exp.all_arms,
+            "max_delivery_lag_days": exp.attribution_window_days,
+            "min_rows": min_rows,
+            "max_rows": max_rows,
+        }
+        outcomes.append(run_suite(context, frames[source], f"raw/{source} dt={run_date}", f"raw_{source}", parameters))
+    counts = {row["arm"]: row["count"] for row in today["sends"].groupBy("arm").count().collect()}
+    outcomes.append(_randomization(f"raw/sends dt={run_date}", counts, settings))
     summary = out / "raw.json"
     _write_summary(summary, outcomes)
     _raise_if_failed(outcomes, run_date, summary)
     return {"raw_checks": sum(o.evaluated for o in outcomes), "report": str(summary)}
+
+
+def _randomization(input_name: str, arm_counts: dict[str, int], settings: Settings) -> CheckOutcome:
+    """The sample-ratio-mismatch check of one set of arm counts, as a check outcome."""
+    exp = settings.experiment
+    srm = sample_ratio_mismatch(arm_counts, exp.expected_split)
+    outcome = CheckOutcome(input_name, "randomization", srm["p_value"] >= exp.srm_p_value_min, 1)
+    if not outcome.success:
+        outcome.failures.append(
+            f"sample ratio mismatch: arm counts {srm['observed']} vs expected split "
+            f"{exp.expected_split} (chi2={srm['chi2']:.1f}, p={srm['p_value']:.2g} < {exp.srm_p_value_min})"
+        )
+    return outcome
 
 
 def sample_ratio_mismatch(arm_counts: dict[str, int], expected_split: dict[str, float]) -> dict:
@@ -245,13 +290,8 @@ def validate_features(spark: SparkSession, settings: Settings, run_date: date) -
     ]
     counts = {row["arm"]: row["count"] for row in training.groupBy("arm").count().collect()}
     srm = sample_ratio_mismatch(counts, exp.expected_split)
-    srm_ok = srm["p_value"] >= exp.srm_p_value_min
-    randomization = CheckOutcome(f"features/training run_date={run_date}", "randomization", srm_ok, 2)
-    if not srm_ok:
-        randomization.failures.append(
-            f"sample ratio mismatch: arm counts {srm['observed']} vs expected split "
-            f"{exp.expected_split} (chi2={srm['chi2']:.1f}, p={srm['p_value']:.2g} < {exp.srm_p_value_min})"
-        )
+    randomization = _randomization(f"features/training run_date={run_date}", counts, settings)
+    randomization.evaluated = 2
     balance = covariate_balance(training, exp.control)
     unbalanced = {
         f"{arm}.{feature}": round(value, 3)
