@@ -181,6 +181,15 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
     return training, scoring
 
 
+def duplicates_removed(spark: SparkSession, settings: Settings, run_date: date) -> dict[str, int]:
+    """How many delivered rows `dedupe` drops: repeated send_id and response_id up to run_date."""
+    counts = {}
+    for source, key in (("sends", "send_id"), ("responses", "response_id")):
+        repeats = read_raw(spark, settings, source, run_date).groupBy(key).count().where("count > 1")
+        counts[f"duplicate_{source}_removed"] = int(repeats.agg(F.sum(F.col("count") - 1)).first()[0] or 0)
+    return counts
+
+
 def run_etl(spark: SparkSession, settings: Settings, run_date: date) -> dict[str, int]:
     """Build and publish features/training and features/scoring for run_date."""
     training, scoring = build_sets(spark, settings, run_date)
@@ -189,4 +198,5 @@ def run_etl(spark: SparkSession, settings: Settings, run_date: date) -> dict[str
     return {
         "training_rows": spark.read.parquet(str(training_path)).count(),
         "scoring_rows": spark.read.parquet(str(scoring_path)).count(),
+        **duplicates_removed(spark, settings, run_date),
     }

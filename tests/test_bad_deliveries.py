@@ -110,9 +110,18 @@ def truncated_csv(s):
 
 
 CASES = [
-    missing_column, wrong_type, null_ids, duplicate_ids, unknown_arm, response_before_any_send,
-    response_for_unknown_customer, empty_delivery, all_rows_in_one_arm, volume_collapse,
-    unparsable_timestamps, truncated_csv,
+    missing_column,
+    wrong_type,
+    null_ids,
+    duplicate_ids,
+    unknown_arm,
+    response_before_any_send,
+    response_for_unknown_customer,
+    empty_delivery,
+    all_rows_in_one_arm,
+    volume_collapse,
+    unparsable_timestamps,
+    truncated_csv,
 ]
 
 

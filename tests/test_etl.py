@@ -61,6 +61,7 @@ def test_training_rows_are_matured_deduplicated_labelled_sends(spark, history):
     counts = run_etl(spark, history, RUN)
     training = pd.read_parquet(partition_dir(history, "features/training", RUN)).set_index("send_id")
     assert counts["training_rows"] == 3
+    assert counts["duplicate_sends_removed"] == 1 and counts["duplicate_responses_removed"] == 0
     assert sorted(training.index) == ["s1", "s2", "s3"]
     assert training["label"].to_dict() == {"s1": 1, "s2": 0, "s3": 0}
 
@@ -114,3 +115,56 @@ def test_a_renamed_column_mapping_must_match_the_delivery(spark, history):
     renamed = history.model_copy(update={"sources": sources})
     with pytest.raises(MissingInputError, match=r"raw source 'sends'.*\['variant'\]"):
         run_etl(spark, renamed, RUN)
+
+
+def test_own_column_names_and_csv_need_only_configuration(spark, settings, generated, tmp_path):
+    """A user whose files name every column differently, responses as CSV: conf changes only."""
+    from conftest import DEMO, RUN_DATE
+    from helpers import settings_in
+    from jobs.generate import generate
+    from jobs.validate import validate_raw
+
+    renamed = {
+        "users": {
+            "customer_id": "cust_no",
+            "signup_date": "joined",
+            "age": "age_years",
+            "gender": "sex",
+            "customer_type": "segment",
+            "email": "mail",
+        },
+        "sends": {
+            "send_id": "delivery_id",
+            "campaign_id": "campaign",
+            "customer_id": "cust_no",
+            "sent_at": "delivered_ts",
+            "arm": "variant",
+        },
+        "responses": {
+            "response_id": "event_id",
+            "customer_id": "cust_no",
+            "responded_at": "event_ts",
+            "response_type": "event",
+        },
+    }
+    sources = {
+        name: settings.sources[name].model_copy(
+            update={"columns": columns, "format": "csv" if name == "responses" else "parquet"}
+        )
+        for name, columns in renamed.items()
+    }
+    theirs = settings_in(settings, tmp_path).model_copy(update={"sources": sources})
+    generate(theirs, last_day=RUN_DATE, **DEMO)
+    delivered = pd.read_csv(next((theirs.paths.lake / "raw" / "responses" / f"dt={RUN_DATE}").glob("*.csv")))
+    assert set(delivered.columns) == {"event_id", "cust_no", "event_ts", "event"}
+
+    validate_raw(spark, theirs, RUN_DATE)
+    run_etl(spark, theirs, RUN_DATE)
+    if not partition_dir(settings, "features/training", RUN_DATE).exists():
+        run_etl(spark, settings, RUN_DATE)
+    ours = pd.read_parquet(partition_dir(settings, "features/training", RUN_DATE))
+    mine = pd.read_parquet(partition_dir(theirs, "features/training", RUN_DATE))
+    key = ["send_id"]
+    pd.testing.assert_frame_equal(
+        ours.sort_values(key).reset_index(drop=True), mine.sort_values(key).reset_index(drop=True), check_dtype=False
+    )
