@@ -16,6 +16,7 @@ Control: 5% base, +4 for vip, +2 under 30.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ import pandas as pd
 
 from jobs.settings import Settings
 
+log = logging.getLogger(__name__)
 DEMO_ARMS = ("subject_1", "subject_2", "subject_3")
 DOMAINS = np.array(["gmail.com", "yahoo.com", "outlook.com", "corp.example"])
 DOMAIN_P = [0.45, 0.2, 0.25, 0.1]
@@ -96,7 +98,12 @@ def deliver(settings: Settings, source: str, frame: pd.DataFrame, day: date) -> 
 def generate(
     settings: Settings, *, customers: int, days: int, sends_per_day: int, last_day: date, seed: int
 ) -> GeneratedData:
-    """Land `days` daily deliveries ending on last_day, and write the ground truth."""
+    """Land `days` daily deliveries ending on last_day, and write the ground truth.
+
+    Streams day by day: a day's users snapshot and sends are written as they are drawn, and a
+    day's responses as soon as no later send can add to them, so memory holds the customers
+    and a day of activity, whatever the number of days. Logs progress per day.
+    """
     if tuple(settings.experiment.arms) != DEMO_ARMS:
         raise ValueError(f"the demo generator knows arms {DEMO_ARMS}, conf has {settings.experiment.arms}")
     rng = np.random.default_rng(seed)
@@ -113,7 +120,17 @@ def generate(
     signup = pd.to_datetime(users["signup_date"]).to_numpy()
     window = settings.experiment.attribution_window_days
     n_sends = n_responses = 0
-    responses_by_day: dict[date, list[pd.DataFrame]] = {}
+    pending: dict[date, list[pd.DataFrame]] = {}  # responses by the day they happen
+
+    def flush(before: date) -> None:
+        """Deliver every response day earlier than `before`: no later send can add to it."""
+        nonlocal n_responses
+        for day_out in sorted(d for d in pending if d < before):
+            frame = pd.concat(pending.pop(day_out)).sort_values("responded_at", kind="stable")
+            frame.insert(0, "response_id", [f"R{n_responses + k:09d}" for k in range(len(frame))])
+            n_responses += len(frame)
+            deliver(settings, "responses", frame, day_out)
+
     for i in range(days):
         day = first_day + timedelta(days=i)
         day_ts = np.datetime64(day)
@@ -155,13 +172,12 @@ def generate(
         for frame in (qualifying, opens):
             for day_out, part in frame.groupby(frame["responded_at"].dt.date):
                 if day_out <= last_day:
-                    responses_by_day.setdefault(day_out, []).append(part)
-
-    for day in sorted(responses_by_day):
-        frame = pd.concat(responses_by_day[day]).sort_values("responded_at", kind="stable")
-        frame.insert(0, "response_id", [f"R{n_responses + k:09d}" for k in range(len(frame))])
-        n_responses += len(frame)
-        deliver(settings, "responses", frame, day)
+                    pending.setdefault(day_out, []).append(part)
+        flush(before=day + timedelta(days=1))  # sends of later days respond later
+        log.info(
+            "generated %s: %d/%d days, %s sends, %s responses", day, i + 1, days, f"{n_sends:,}", f"{n_responses:,}"
+        )
+    flush(before=last_day + timedelta(days=1))
     return GeneratedData(customers, n_sends, n_responses, first_day, last_day)
 
 

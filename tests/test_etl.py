@@ -168,3 +168,36 @@ def test_own_column_names_and_csv_need_only_configuration(spark, settings, gener
     pd.testing.assert_frame_equal(
         ours.sort_values(key).reset_index(drop=True), mine.sort_values(key).reset_index(drop=True), check_dtype=False
     )
+
+
+@pytest.fixture
+def edges(settings, tmp_path):
+    """Two customers, one send each; D's response lands exactly at the window's end but is
+    delivered late (10 days after it happened), E's one second after the window."""
+    s = settings_in(settings, tmp_path)
+    users = USERS.head(2).assign(customer_id=["D", "E"])
+    for offset in range(30):
+        day = RUN - timedelta(days=offset)
+        # E is upgraded to vip on 10-20: the send of 10-12 must still see 'vip'-less history.
+        changed = users.assign(customer_type=["regular", "vip" if day >= date(2026, 10, 20) else "regular"])
+        deliver(s, "users", changed, day)
+    sends = [_send(f"s_{customer}", customer, datetime(2026, 10, 12, 10), "subject_1") for customer in "DE"]
+    deliver(s, "sends", pd.DataFrame(sends), date(2026, 10, 12))
+    deliver(s, "responses", pd.DataFrame([_response("r_d", "D", datetime(2026, 10, 19, 10))]), date(2026, 10, 29))
+    deliver(s, "responses", pd.DataFrame([_response("r_e", "E", datetime(2026, 10, 19, 10, 0, 1))]), date(2026, 10, 19))
+    return s
+
+
+def test_window_edges_late_responses_and_attribute_history(spark, edges):
+    run_etl(spark, edges, RUN)
+    t = pd.read_parquet(partition_dir(edges, "features/training", RUN)).set_index("send_id")
+    assert t.loc["s_D", "label"] == 1, "a response exactly at sent_at + window counts"
+    assert t.loc["s_E", "label"] == 0, "one second later it does not"
+    assert t.loc["s_E", "customer_type"] == "regular", "a later upgrade does not rewrite the send's history"
+    scoring = pd.read_parquet(partition_dir(edges, "features/scoring", RUN)).set_index("customer_id")
+    assert scoring.loc["E", "customer_type"] == "vip"
+
+    earlier = date(2026, 10, 20)  # D's send has matured, but its response is not delivered yet
+    run_etl(spark, edges, earlier)
+    before = pd.read_parquet(partition_dir(edges, "features/training", earlier)).set_index("send_id")
+    assert before.loc["s_D", "label"] == 0, "a run sees only deliveries dated up to its run date"
