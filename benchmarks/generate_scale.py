@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,13 +48,13 @@ def run(customers: int, sends_per_day: int, days: int) -> dict:
     wall = time.perf_counter() - started
     peak_kb = int(done.stderr.strip().splitlines()[-1].split("=")[1])
     summary = json.loads(done.stdout.strip().splitlines()[-1])
+    shutil.rmtree(home)
     return {
         "sends": summary["sends"],
         "responses": summary["responses"],
         "wall_s": round(wall, 1),
         "sends_per_s": round(summary["sends"] / wall),
         "peak_rss_mb": round(peak_kb / 1024),
-        "home": home,
     }
 
 
