@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, Asset, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 import jobs
@@ -22,6 +22,17 @@ from jobs.steps import SPARK_STEPS, STEPS
 
 settings = load_settings()
 SPARK_JOB = str(Path(jobs.__file__).parent / "bin" / "spark_job.py")
+# Downstream DAGs can be scheduled on each new audience partition.
+AUDIENCE = Asset(name="uplift_audience", uri=f"file://{settings.paths.lake / 'audience'}")
+
+
+def on_failure(context) -> None:
+    from datetime import date
+
+    from jobs.steps import record_failure
+
+    step = context["ti"].task_id.replace("_", "-")
+    record_failure(step, date.fromisoformat(context["ds"]), context.get("exception"))
 
 
 def spark_step(step: str) -> SparkSubmitOperator:
@@ -30,6 +41,7 @@ def spark_step(step: str) -> SparkSubmitOperator:
         application=SPARK_JOB,
         application_args=[step, "--run-date", "{{ ds }}"],
         conn_id="spark_default",
+        outlets=[AUDIENCE] if step == "score" else [],
         name=f"uplift-{step}",
         driver_memory=settings.spark.driver_memory,
         conf={
@@ -65,6 +77,7 @@ with DAG(
         "retry_delay": timedelta(minutes=settings.schedule.retry_delay_minutes),
         "retry_exponential_backoff": True,
         "execution_timeout": timedelta(minutes=settings.schedule.task_timeout_minutes),
+        "on_failure_callback": on_failure,
     },
     tags=["uplift"],
     doc_md=__doc__,

@@ -113,3 +113,35 @@ def run(step: str, run_date: date, settings: Settings | None = None) -> dict:
     result = _IMPLEMENTATIONS[step](settings, run_date)
     print(json.dumps({"step": step, "run_date": run_date.isoformat(), **result}, default=str), flush=True)
     return result
+
+
+def failure_reason(settings: Settings, step: str, run_date: date, error: BaseException | None) -> str:
+    """One line saying which step failed and why; for validation, which checks failed."""
+    from jobs.validate import report_dir
+
+    summary = {"validate-raw": "raw.json", "validate-features": "features.json"}.get(step)
+    path = report_dir(settings, run_date) / "validation" / summary if summary else None
+    if path is not None and path.exists():
+        report = json.loads(path.read_text())
+        failed = [
+            f"{check['input']} {check['suite']}: " + " | ".join(f.split("\n")[0] for f in check["failures"])
+            for check in report["checks"]
+            if not check["success"]
+        ]
+        if failed:
+            return f"{step} failed for run_date={run_date}: " + "; ".join(failed)
+    detail = str(error).strip().splitlines()[0] if error and str(error).strip() else type(error).__name__
+    return f"{step} failed for run_date={run_date}: {detail}"
+
+
+def record_failure(step: str, run_date: date, error: BaseException | None) -> str:
+    """Write the one-line reason to <reports>/run_date=<ds>/failure.txt and the log; return it."""
+    from jobs.validate import report_dir
+
+    settings = load_settings()
+    line = failure_reason(settings, step, run_date, error)
+    path = report_dir(settings, run_date) / "failure.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(line + "\n")
+    log.error(line)
+    return line

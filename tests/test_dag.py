@@ -56,6 +56,12 @@ def test_spark_steps_are_submitted_to_spark_default(dag):
     assert etl.application_args == ["etl", "--run-date", "{{ ds }}"]
 
 
+def test_audience_is_published_as_an_asset(dag):
+    outlets = dag.get_task("score").outlets
+    assert [a.name for a in outlets] == ["uplift_audience"]
+    assert outlets[0].uri.endswith("/var/lake/audience")
+
+
 def test_schedule_is_nightly_by_data_interval(dag):
     from airflow.timetables.interval import CronDataIntervalTimetable
 
@@ -149,3 +155,6 @@ def test_bad_delivery_fails_the_run_and_keeps_previous_outputs(successful_run, a
     assert {p.name: p.stat().st_mtime_ns for p in audience_dir.iterdir()} == before
     assert (lake / "features" / "training" / f"run_date={RUN_DATE}").stat().st_mtime_ns == training_before
     assert champion_version(root).version == champion_before
+    reason = (root / "var" / "reports" / f"run_date={RUN_DATE}" / "failure.txt").read_text()
+    assert reason.startswith(f"validate-raw failed for run_date={RUN_DATE}: raw/sends")
+    assert "expect_column_values_to_be_in_set" in reason and "subject_9" in reason
