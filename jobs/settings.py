@@ -7,6 +7,7 @@ in a user's column mapping never turns into a silent empty join.
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # s3://, file:, mlflow-artifacts:/ ...
 SOURCES = ("users", "sends", "responses")
 CANONICAL_COLUMNS = {
     "users": ("customer_id", "signup_date", "age", "gender", "customer_type", "email"),
@@ -202,9 +204,9 @@ def load_settings(conf_dir: Path | None = None) -> Settings:
     mlflow = settings.mlflow.model_copy(
         update={
             "tracking_uri": _sqlite_absolute(settings.mlflow.tracking_uri, root),
-            "artifact_root": str(_absolute(Path(settings.mlflow.artifact_root), root))
-            if "://" not in settings.mlflow.artifact_root
-            else settings.mlflow.artifact_root,
+            "artifact_root": settings.mlflow.artifact_root
+            if URI_SCHEME.match(settings.mlflow.artifact_root)
+            else str(_absolute(Path(settings.mlflow.artifact_root), root)),
         }
     )
     return settings.model_copy(update={"paths": paths, "mlflow": mlflow})
