@@ -48,7 +48,7 @@ def test_validation_reports_are_written(settings, nightly):
     raw = json.loads((folder / "raw.json").read_text())
     features = json.loads((folder / "features.json").read_text())
     assert raw["success"] and features["success"]
-    assert {c["suite"] for c in raw["checks"]} == {"raw_users", "raw_sends", "raw_responses"}
+    assert {c["suite"] for c in raw["checks"]} == {"raw_users", "raw_sends", "raw_responses", "randomization"}
     assert features["sample_ratio_mismatch"]["p_value"] > settings.experiment.srm_p_value_min
     assert (folder / "data_docs" / "index.html").exists()
 
