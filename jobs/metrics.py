@@ -33,16 +33,24 @@ def _as_arrays(*arrays) -> list[np.ndarray]:
     return [np.asarray(a, dtype=float) for a in arrays]
 
 
-def qini_curve(y_true, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
-    """Points (k, Q(k)) of the Qini curve, k = number of top-ranked rows."""
+def _counts_at_thresholds(y_true, uplift, treatment) -> tuple[np.ndarray, ...]:
+    """Rows, treated rows, treated responses and control responses among the top-k rows, for
+    each k that ends a run of tied scores (rows ranked by uplift, highest first)."""
     y_true, uplift, treatment = _as_arrays(y_true, uplift, treatment)
     order = np.argsort(uplift, kind="mergesort")[::-1]
     y_true, uplift, treatment = y_true[order], uplift[order], treatment[order]
     ends = np.r_[np.where(np.diff(uplift))[0], uplift.size - 1]
-    n_treated = np.cumsum(treatment)[ends]
-    y_treated = np.cumsum(y_true * treatment)[ends]
-    y_control = np.cumsum(y_true * (1 - treatment))[ends]
-    n_all = ends + 1.0
+    return (
+        ends + 1.0,
+        np.cumsum(treatment)[ends],
+        np.cumsum(y_true * treatment)[ends],
+        np.cumsum(y_true * (1 - treatment))[ends],
+    )
+
+
+def qini_curve(y_true, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
+    """Points (k, Q(k)) of the Qini curve, k = number of top-ranked rows."""
+    n_all, n_treated, y_treated, y_control = _counts_at_thresholds(y_true, uplift, treatment)
     n_control = n_all - n_treated
     ratio = np.divide(n_treated, n_control, out=np.zeros_like(n_treated), where=n_control != 0)
     return np.r_[0.0, n_all], np.r_[0.0, y_treated - y_control * ratio]
@@ -67,14 +75,7 @@ def qini_auc_score(y_true, uplift, treatment) -> float:
 
 def uplift_curve(y_true, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
     """Points (k, U(k)) of the uplift curve, on the same thresholds as the Qini curve."""
-    y_true, uplift, treatment = _as_arrays(y_true, uplift, treatment)
-    order = np.argsort(uplift, kind="mergesort")[::-1]
-    y_true, uplift, treatment = y_true[order], uplift[order], treatment[order]
-    ends = np.r_[np.where(np.diff(uplift))[0], uplift.size - 1]
-    n_treated = np.cumsum(treatment)[ends]
-    y_treated = np.cumsum(y_true * treatment)[ends]
-    y_control = np.cumsum(y_true * (1 - treatment))[ends]
-    n_all = ends + 1.0
+    n_all, n_treated, y_treated, y_control = _counts_at_thresholds(y_true, uplift, treatment)
     n_control = n_all - n_treated
     rate_t = np.divide(y_treated, n_treated, out=np.zeros_like(y_treated), where=n_treated != 0)
     rate_c = np.divide(y_control, n_control, out=np.zeros_like(y_control), where=n_control != 0)
