@@ -213,24 +213,29 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
         }
         outcomes.append(run_suite(context, frames[source], f"raw/{source} dt={run_date}", f"raw_{source}", parameters))
     counts = {row["arm"]: row["count"] for row in today["sends"].groupBy("arm").count().collect()}
-    outcomes.append(_randomization(f"raw/sends dt={run_date}", counts, settings))
+    outcomes.append(_randomization(f"raw/sends dt={run_date}", counts, settings)[0])
     summary = out / "raw.json"
     _write_summary(summary, outcomes)
     _raise_if_failed(outcomes, run_date, summary)
     return {"raw_checks": sum(o.evaluated for o in outcomes), "report": str(summary)}
 
 
-def _randomization(input_name: str, arm_counts: dict[str, int], settings: Settings) -> CheckOutcome:
-    """The sample-ratio-mismatch check of one set of arm counts, as a check outcome."""
+def _randomization(
+    input_name: str, arm_counts: dict[str, int], settings: Settings, checks: int = 1
+) -> tuple[CheckOutcome, dict]:
+    """The sample-ratio-mismatch check of one set of arm counts: its outcome and the test itself.
+
+    `checks` counts the randomization checks the outcome will report (SRM, plus balance).
+    """
     exp = settings.experiment
     srm = sample_ratio_mismatch(arm_counts, exp.expected_split)
-    outcome = CheckOutcome(input_name, "randomization", srm["p_value"] >= exp.srm_p_value_min, 1)
+    outcome = CheckOutcome(input_name, "randomization", srm["p_value"] >= exp.srm_p_value_min, checks)
     if not outcome.success:
         outcome.failures.append(
             f"sample ratio mismatch: arm counts {srm['observed']} vs expected split "
             f"{exp.expected_split} (chi2={srm['chi2']:.1f}, p={srm['p_value']:.2g} < {exp.srm_p_value_min})"
         )
-    return outcome
+    return outcome, srm
 
 
 def sample_ratio_mismatch(arm_counts: dict[str, int], expected_split: dict[str, float]) -> dict:
@@ -289,9 +294,7 @@ def validate_features(spark: SparkSession, settings: Settings, run_date: date) -
         ),
     ]
     counts = {row["arm"]: row["count"] for row in training.groupBy("arm").count().collect()}
-    srm = sample_ratio_mismatch(counts, exp.expected_split)
-    randomization = _randomization(f"features/training run_date={run_date}", counts, settings)
-    randomization.evaluated = 2
+    randomization, srm = _randomization(f"features/training run_date={run_date}", counts, settings, checks=2)
     balance = covariate_balance(training, exp.control)
     unbalanced = {
         f"{arm}.{feature}": round(value, 3)
