@@ -145,5 +145,7 @@ def drift(settings: Settings, run_date: date) -> dict:
         "outcome": outcome,
         "drifted_share": share,
         "predictions": predictions and predictions["drifted_share"],
+        "reference_rows": reference_rows,
+        "current_rows": current_rows,
         "html": str(folder / "drift.html"),
     }

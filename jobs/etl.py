@@ -182,11 +182,13 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
 
 
 def duplicates_removed(spark: SparkSession, settings: Settings, run_date: date) -> dict[str, int]:
-    """How many delivered rows `dedupe` drops: repeated send_id and response_id up to run_date."""
+    """Rows read of sends and responses up to run_date, and how many of them `dedupe` drops."""
     counts = {}
     for source, key in (("sends", "send_id"), ("responses", "response_id")):
-        repeats = read_raw(spark, settings, source, run_date).groupBy(key).count().where("count > 1")
-        counts[f"duplicate_{source}_removed"] = int(repeats.agg(F.sum(F.col("count") - 1)).first()[0] or 0)
+        per_key = read_raw(spark, settings, source, run_date).groupBy(key).count()
+        rows, repeats = per_key.agg(F.sum("count"), F.sum(F.col("count") - 1)).first()
+        counts[f"raw_{source}_rows"] = int(rows or 0)
+        counts[f"duplicate_{source}_removed"] = int(repeats or 0)
     return counts
 
 

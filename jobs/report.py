@@ -1,8 +1,16 @@
-"""What a run produced and where: the short tour printed by `uplift summary` and `make demo`."""
+"""What a run produced and where.
+
+- `run_report`: the per-run report of the `report` step (last task of the nightly DAG): rows
+  in and out and wall time of every step, arm shares of the audience, Qini, gate decision,
+  drift outcome and model versions; written next to the run's other reports, logged to the
+  run date's MLflow training run, and printed as a table in the task log.
+- `run_summary`: the short tour printed by `uplift summary` and `make demo`.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from datetime import date
 
 from jobs.audience import show
@@ -10,6 +18,118 @@ from jobs.lake import partition_dir
 from jobs.registry import status
 from jobs.settings import Settings
 from jobs.validate import report_dir
+
+
+def _rows(step: str, result: dict) -> tuple[int | None, int | None]:
+    """(rows in, rows out) of a step, from the summary it returned."""
+    if step == "validate-raw":
+        delivered = sum(result["delivered_rows"].values())
+        return delivered, delivered
+    if step == "etl":
+        return result["raw_sends_rows"] + result["raw_responses_rows"], result["training_rows"] + result["scoring_rows"]
+    if step == "validate-features":
+        checked = result["training_rows"] + result["scoring_rows"]
+        return checked, checked
+    if step == "train":
+        return result["train_rows"] + result["holdout_rows"], None
+    if step == "score":
+        return result["rows"], result["rows"]
+    if step == "drift":
+        return result["reference_rows"] + result["current_rows"], None
+    return None, None
+
+
+def run_report(settings: Settings, run_date: date) -> dict:
+    """Gather the step records of run_date (each step's last successful attempt) into one report."""
+    from jobs.steps import STEPS
+
+    folder = report_dir(settings, run_date) / "steps"
+    records = {
+        step: json.loads((folder / f"{step}.json").read_text()) for step in STEPS if (folder / f"{step}.json").exists()
+    }
+    stages = []
+    for step, record in records.items():
+        rows_in, rows_out = _rows(step, record)
+        stages.append(
+            {
+                "step": step,
+                "started_at": record["started_at"],
+                "seconds": record["seconds"],
+                "rows_in": rows_in,
+                "rows_out": rows_out,
+                "rows_per_s": round(rows_in / record["seconds"]) if rows_in and record["seconds"] > 0 else None,
+            }
+        )
+    score, train = records.get("score", {}), records.get("train", {})
+    recommended = score.get("recommended", {})
+    audience_rows = sum(recommended.values())
+    gate = records.get("gate", {})
+    drift = records.get("drift", {})
+    return {
+        "run_date": run_date.isoformat(),
+        "missing_steps": [s for s in STEPS if s not in records and s != "report"],
+        "stages": stages,
+        "total_step_seconds": round(sum(s["seconds"] for s in stages), 1),
+        "audience_rows": audience_rows,
+        "arm_shares": {arm: round(n / audience_rows, 4) for arm, n in sorted(recommended.items())}
+        if audience_rows
+        else {},
+        "qini": train.get("qini"),
+        "trained_model_version": train.get("model_version"),
+        "scored_with_model_version": score.get("model_version"),
+        "gate": {"decision": gate.get("decision"), "reasons": gate.get("reasons")},
+        "promoted": records.get("promote", {}).get("promoted"),
+        "drift": {"outcome": drift.get("outcome"), "drifted_share": drift.get("drifted_share")},
+    }
+
+
+def format_report(report: dict) -> str:
+    """The run report as a plain-text table for the task log and the terminal."""
+    lines = [
+        f"Run report {report['run_date']}",
+        f"{'step':<18}{'seconds':>9}{'rows in':>13}{'rows out':>13}{'rows/s':>11}",
+    ]
+    for s in report["stages"]:
+        cells = [f"{v:,}" if v is not None else "-" for v in (s["rows_in"], s["rows_out"], s["rows_per_s"])]
+        lines.append(f"{s['step']:<18}{s['seconds']:>9.1f}{cells[0]:>13}{cells[1]:>13}{cells[2]:>11}")
+    lines.append(f"{'total':<18}{report['total_step_seconds']:>9.1f}")
+    if report["missing_steps"]:
+        lines.append(f"no record for: {', '.join(report['missing_steps'])}")
+    shares = ", ".join(f"{arm} {share:.1%}" for arm, share in report["arm_shares"].items())
+    lines += [
+        f"audience         {report['audience_rows']:,} customers: {shares}",
+        f"qini             {report['qini']} (scikit-uplift normalisation)",
+        f"gate             {report['gate']['decision']}: {'; '.join(report['gate']['reasons'] or [])}",
+        f"models           trained v{report['trained_model_version']}, "
+        f"scored with v{report['scored_with_model_version']}",
+        f"drift            {report['drift']['outcome']} (drifted share {report['drift']['drifted_share']})",
+    ]
+    return "\n".join(lines)
+
+
+def publish_run_report(settings: Settings, run_date: date) -> dict:
+    """Write run_report.json, log it to the run date's MLflow training run, print it; return it."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from jobs.tracking import training_run_for
+
+    report = run_report(settings, run_date)
+    path = report_dir(settings, run_date) / "run_report.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(format_report(report), flush=True)
+    run = training_run_for(settings, run_date)
+    if run is not None:
+        client = mlflow.MlflowClient()
+        metrics = {f"stage_seconds.{s['step']}": s["seconds"] for s in report["stages"]}
+        metrics |= {f"rows_in.{s['step']}": s["rows_in"] for s in report["stages"] if s["rows_in"] is not None}
+        metrics |= {f"rows_out.{s['step']}": s["rows_out"] for s in report["stages"] if s["rows_out"] is not None}
+        metrics |= {f"arm_share.{arm}": share for arm, share in report["arm_shares"].items()}
+        metrics["audience_rows"] = report["audience_rows"]
+        now = int(time.time() * 1000)
+        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        client.log_artifact(run.info.run_id, str(path))
+    return {"report": str(path), "mlflow_run_id": run.info.run_id if run else None}
 
 
 def run_summary(settings: Settings, run_date: date) -> str:
@@ -35,5 +155,8 @@ def run_summary(settings: Settings, run_date: date) -> str:
         f"Validation       {reports / 'validation'} (Data Docs: {reports / 'validation' / 'data_docs' / 'index.html'})",
         f"Drift report     {reports / 'drift.html'} (outcome {drift.get('outcome', 'n/a')}, "
         f"drifted share {drift.get('drifted_share', float('nan')):.2f})",
+        f"Run report       {reports / 'run_report.json'}",
     ]
+    if (reports / "run_report.json").exists():
+        lines += ["", format_report(json.loads((reports / "run_report.json").read_text()))]
     return "\n".join(lines)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date
+import time
+from datetime import UTC, date, datetime
 
 from jobs.settings import Settings, load_settings
 
 log = logging.getLogger("uplift")
 
 SPARK_STEPS = ("validate-raw", "etl", "validate-features", "score")
-STEPS = ("validate-raw", "etl", "validate-features", "train", "gate", "promote", "score", "drift")
+STEPS = ("validate-raw", "etl", "validate-features", "train", "gate", "promote", "score", "drift", "report")
 
 
 def _validate_raw(settings: Settings, run_date: date) -> dict:
@@ -94,6 +95,12 @@ def _drift(settings: Settings, run_date: date) -> dict:
     return result
 
 
+def _report(settings: Settings, run_date: date) -> dict:
+    from jobs.report import publish_run_report
+
+    return publish_run_report(settings, run_date)
+
+
 _IMPLEMENTATIONS = {
     "validate-raw": _validate_raw,
     "etl": _etl,
@@ -103,15 +110,30 @@ _IMPLEMENTATIONS = {
     "promote": _promote,
     "score": _score,
     "drift": _drift,
+    "report": _report,
 }
 
 
 def run(step: str, run_date: date, settings: Settings | None = None) -> dict:
-    """Run one step for run_date and print its summary as a JSON line."""
+    """Run one step for run_date, print its summary as a JSON line and keep it for the run report."""
+    from jobs.validate import report_dir
+
     settings = settings or load_settings()
     log.info("step %s for run_date=%s", step, run_date)
+    started_at, started = datetime.now(UTC), time.perf_counter()
     result = _IMPLEMENTATIONS[step](settings, run_date)
-    print(json.dumps({"step": step, "run_date": run_date.isoformat(), **result}, default=str), flush=True)
+    record = {
+        "step": step,
+        "run_date": run_date.isoformat(),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 2),
+        **result,
+    }
+    print(json.dumps(record, default=str), flush=True)
+    if step != "report":  # a rerun of a step replaces its record: the report shows the last attempt
+        path = report_dir(settings, run_date) / "steps" / f"{step}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2, default=str))
     return result
 
 

@@ -211,6 +211,8 @@ def train(settings: Settings, run_date: date) -> dict:
     return {
         "run_id": run.info.run_id,
         "model_version": version,
+        "train_rows": len(train_rows),
+        "holdout_rows": len(holdout),
         "qini": {arm: round(m["qini"], 4) for arm, m in results.items()},
     }
 

@@ -217,7 +217,8 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
     summary = out / "raw.json"
     _write_summary(summary, outcomes)
     _raise_if_failed(outcomes, run_date, summary)
-    return {"raw_checks": sum(o.evaluated for o in outcomes), "report": str(summary)}
+    delivered = {source: frame.count() for source, frame in today.items()}
+    return {"raw_checks": sum(o.evaluated for o in outcomes), "delivered_rows": delivered, "report": str(summary)}
 
 
 def _randomization(
@@ -311,4 +312,10 @@ def validate_features(spark: SparkSession, settings: Settings, run_date: date) -
     summary = out / "features.json"
     _write_summary(summary, outcomes, {"sample_ratio_mismatch": srm, "covariate_smd": balance})
     _raise_if_failed(outcomes, run_date, summary)
-    return {"srm_p_value": srm["p_value"], "arm_counts": counts, "report": str(summary)}
+    return {
+        "srm_p_value": srm["p_value"],
+        "arm_counts": counts,
+        "training_rows": sum(counts.values()),
+        "scoring_rows": scoring.count(),
+        "report": str(summary),
+    }

@@ -24,6 +24,7 @@ def test_summary_and_model_status_after_a_run(nightly, settings):
     assert "customers scored" in summary.output and "Top 5 customers" in summary.output
     assert f"{settings.mlflow.registered_model} v" in summary.output
     assert "drift.html" in summary.output
+    assert "rows/s" in summary.output and "validate-raw" in summary.output
     status = runner.invoke(app, ["model", "status"])
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)["champion"]["version"]

@@ -15,7 +15,7 @@ import pytest
 from conftest import RUN_DATE, TEST_CONF, write_overlay
 
 PROJECT = Path(__file__).resolve().parent.parent
-ORDER = ["validate_raw", "etl", "validate_features", "train", "gate", "promote", "score", "drift"]
+ORDER = ["validate_raw", "etl", "validate_features", "train", "gate", "promote", "score", "drift", "report"]
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,32 @@ def test_drift_report_is_written(settings, nightly):
     assert nightly["drift"]["outcome"] == drift["summary"]["outcome"]
 
 
+def test_run_report_counts_rows_and_times_every_step(settings, nightly, audience):
+    report = json.loads((report_dir(settings, RUN_DATE) / "run_report.json").read_text())
+    stages = {s["step"]: s for s in report["stages"]}
+    assert list(stages) == [s for s in steps.STEPS if s != "report"] and report["missing_steps"] == []
+    assert all(s["seconds"] > 0 for s in stages.values())
+    raw = settings.paths.lake / "raw"
+    delivered = sum(len(pd.read_parquet(raw / source / f"dt={RUN_DATE}")) for source in ("users", "sends", "responses"))
+    assert stages["validate-raw"]["rows_in"] == delivered
+    raw_rows = sum(len(pd.read_parquet(raw / source)) for source in ("sends", "responses"))
+    assert stages["etl"]["rows_in"] == raw_rows
+    assert stages["score"]["rows_out"] == len(audience) == report["audience_rows"]
+    shares = audience["recommended_arm"].value_counts(normalize=True)
+    assert report["arm_shares"] == pytest.approx(shares.to_dict(), abs=1e-4)
+    assert report["gate"]["decision"] == nightly["gate"]["decision"]
+    assert report["drift"]["outcome"] == nightly["drift"]["outcome"]
+    assert report["trained_model_version"] == nightly["train"]["model_version"]
+    assert report["qini"] == nightly["train"]["qini"]
+
+    run = mlflow.get_run(nightly["train"]["run_id"])
+    assert run.data.metrics["stage_seconds.etl"] == stages["etl"]["seconds"]
+    assert run.data.metrics["rows_out.score"] == len(audience)
+    assert run.data.metrics["arm_share.none"] == pytest.approx(shares.get("none", 0.0), abs=1e-4)
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    assert "run_report.json" in artifacts
+
+
 def test_rescoring_replaces_the_audience(settings, spark, nightly, audience):
     steps.run("score", RUN_DATE, settings)
     again = pd.read_parquet(partition_dir(settings, "audience", RUN_DATE))
