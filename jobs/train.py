@@ -32,14 +32,17 @@ HOLDOUT_ARTIFACT = "holdout/predictions.parquet"
 EARLY_STOPPING_ROUNDS = 30
 
 
+TRAINING_COLUMNS = ["customer_id", "arm", "label", *NUMERIC_FEATURES, *CATEGORICAL_FEATURES]
+
+
 def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
-    """The run date's training set, or a uniform sample of `training.max_rows` rows of it."""
+    """The run date's training set (the columns training uses), or a uniform sample of `training.max_rows`."""
     path = partition_dir(settings, "features/training", run_date)
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
     if settings.training.max_rows is None:
-        return pd.read_parquet(path)
-    return sample_parquet(path, None, settings.training.max_rows, settings.training.seed)
+        return pd.read_parquet(path, columns=TRAINING_COLUMNS)
+    return sample_parquet(path, TRAINING_COLUMNS, settings.training.max_rows, settings.training.seed)
 
 
 def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:

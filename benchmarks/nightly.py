@@ -1,0 +1,429 @@
+"""The nightly run at three sizes: wall time per stage, rows/s, peak memory, Qini vs the oracle.
+
+For each size, in a fresh project home: generate the data, then run every step of the
+nightly DAG as the DAG runs it, each in its own process: the Spark steps through
+`spark-submit` (local[2]: driver and executors share one JVM), the others as `uplift <step>`.
+A sampler follows each process tree and keeps the peak resident memory of
+- the driver: the Python process that runs the step (the PySpark driver, or the whole step);
+- the JVM: Spark's driver and executors (one process in local mode);
+- the Python workers: the processes Spark starts for Python UDFs (model scoring).
+
+Measured in the same run, on the same data and cores:
+- raw LightGBM `predict` of the champion's boosters on the scoring features, in memory: the
+  physical limit for scoring (scoring efficiency = its wall time / the score step's);
+- the DuckDB reference ETL and the pandas + LightGBM script (benchmarks/references.py).
+
+    python -m benchmarks.nightly --size S M L     (make bench SIZE="S M L")
+
+Writes benchmarks/results/<date>.json (sizes of earlier runs of the day are kept) and
+<date>.md, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from importlib.metadata import version
+from pathlib import Path
+
+import psutil
+import yaml
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROJECT = Path(__file__).resolve().parent.parent
+RUN_DATE = date(2026, 10, 30)
+SIZES = {  # customers, sends per day over 30 days
+    "S": (50_000, 8_334),
+    "M": (500_000, 83_334),
+    "L": (2_000_000, 333_334),
+}
+DAYS = 30
+SEED = 5
+# The bench runs the settings a user gets (conf/base); only the Spark driver memory is set
+# here, so that every size runs with the same JVM heap.
+DRIVER_MEMORY = "6g"
+TARGETS = {
+    "m_nightly_s": 300,
+    "scoring_efficiency": 0.5,
+    "l_over_m_wall": 4.5,
+    "l_over_m_driver_memory": 1.5,
+    "qini_vs_oracle": 0.8,
+}
+
+
+class PeakMemory:
+    """Samples a process tree every `every` seconds; keeps the peak RSS per kind of process."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        self.root, self.every = psutil.Process(pid), every
+        self.peak = {"driver": 0, "jvm": 0, "python_workers": 0}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def kind(process: psutil.Process) -> str | None:
+        name, cmdline = process.name(), " ".join(process.cmdline())
+        if name == "java":
+            return "jvm"
+        if name in ("bash", "sh", "spark-submit", "spark-class"):
+            return None  # launcher scripts
+        if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
+            return "python_workers"
+        return "driver"  # the step's Python process (named `uplift` when run as the CLI) and its helpers
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            totals = dict.fromkeys(self.peak, 0)
+            try:
+                for process in [self.root, *self.root.children(recursive=True)]:
+                    try:
+                        kind = self.kind(process)
+                        if kind:
+                            totals[kind] += process.memory_info().rss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        continue
+            except psutil.NoSuchProcess:
+                return
+            for kind, value in totals.items():
+                self.peak[kind] = max(self.peak[kind], value)
+            self._done.wait(self.every)
+
+    def stop(self) -> dict[str, int]:
+        self._done.set()
+        self._thread.join()
+        return {f"{kind}_mb": round(value / 2**20) for kind, value in self.peak.items()}
+
+
+def measured(command: list[str], env: dict, log: Path) -> dict:
+    """Run command to completion; its wall time, peak memory and last stdout line."""
+    started = time.perf_counter()
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=out, text=True)
+        sampler = PeakMemory(process.pid)
+        stdout, _ = process.communicate()
+    wall = time.perf_counter() - started
+    memory = sampler.stop()
+    with log.open("a") as out:
+        out.write(stdout)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return {"wall_s": round(wall, 1), **memory, "output": json.loads(lines[-1]) if lines else None}
+
+
+def step_command(step: str, settings) -> list[str]:
+    from jobs.steps import SPARK_STEPS
+
+    bin_dir = Path(sys.executable).parent
+    if step not in SPARK_STEPS:
+        return [str(bin_dir / "uplift"), step, "--run-date", RUN_DATE.isoformat()]
+    return [  # what SparkSubmitOperator runs for the DAG's Spark tasks
+        str(bin_dir / "spark-submit"),
+        "--master",
+        settings.spark.master,
+        "--driver-memory",
+        DRIVER_MEMORY,
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        "--conf",
+        f"spark.sql.shuffle.partitions={settings.spark.shuffle_partitions}",
+        "--conf",
+        "spark.ui.enabled=false",
+        str(PROJECT / "jobs" / "bin" / "spark_job.py"),
+        step,
+        "--run-date",
+        RUN_DATE.isoformat(),
+    ]
+
+
+def raw_predict_reference(settings) -> dict:
+    """The champion's LightGBM boosters on the scoring features in memory: seconds and rows/s."""
+    import mlflow
+    import pandas as pd
+
+    from jobs.lake import partition_dir
+    from jobs.registry import CHAMPION, alias_version
+    from jobs.tracking import use_tracking
+
+    use_tracking(settings)
+    champion = alias_version(settings, CHAMPION)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{champion.version}")
+    tlearner = model.unwrap_python_model()
+    features = pd.read_parquet(partition_dir(settings, "features/scoring", RUN_DATE), columns=tlearner.features)
+    x = tlearner.design_matrix(features)
+    started = time.perf_counter()
+    for booster in tlearner.models.values():
+        booster.predict_proba(x, num_threads=os.cpu_count())
+    seconds = time.perf_counter() - started
+    return {"rows": len(x), "seconds": round(seconds, 2), "rows_per_s": round(len(x) / seconds)}
+
+
+def model_vs_oracle(settings, report: dict) -> dict:
+    """Per arm: the model's holdout Qini and the Qini of ranking the same rows by true uplift."""
+    import mlflow
+    import pandas as pd
+
+    from jobs import metrics
+    from jobs.train import HOLDOUT_ARTIFACT, latest_training_run
+
+    run = latest_training_run(settings, RUN_DATE)
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT)
+    truth = pd.read_parquet(settings.paths.ground_truth / "customers.parquet")
+    scored = pd.read_parquet(local).merge(truth, on="customer_id", suffixes=("", "_true"))
+    exp, out = settings.experiment, {}
+    for arm in exp.arms:
+        rows = scored[scored["arm"].isin([arm, exp.control])]
+        treated = (rows["arm"] == arm).to_numpy().astype(int)
+        true_uplift = (rows[f"p_{arm}_true"] - rows["p_control_true"]).to_numpy()
+        oracle = metrics.qini_auc_score(rows["label"].to_numpy(), true_uplift, treated)
+        model = report["qini"][arm]
+        out[arm] = {"model": model, "oracle": round(oracle, 4), "ratio": round(model / oracle, 3)}
+    return out
+
+
+def run_size(size: str, keep: bool) -> dict:
+    customers, per_day = SIZES[size]
+    home = Path(tempfile.mkdtemp(prefix=f"uplift-bench-{size}-"))
+    logs = home / "logs"
+    logs.mkdir()
+    env = {
+        **os.environ,
+        "UPLIFT_HOME": str(home),
+        "UPLIFT_CONF": str(home / "bench.yml"),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+    }
+    (home / "bench.yml").write_text(yaml.safe_dump({"spark": {"driver_memory": DRIVER_MEMORY}}))
+    os.environ.update({k: env[k] for k in ("UPLIFT_HOME", "UPLIFT_CONF")})
+    from jobs.settings import load_settings
+    from jobs.steps import STEPS
+
+    settings = load_settings()
+    print(f"[{size}] home {home}", flush=True)
+    stages = {}
+    stages["generate"] = measured(
+        [
+            str(Path(sys.executable).parent / "uplift"),
+            "generate",
+            "--last-day",
+            RUN_DATE.isoformat(),
+            "--customers",
+            str(customers),
+            "--sends-per-day",
+            str(per_day),
+            "--days",
+            str(DAYS),
+            "--seed",
+            str(SEED),
+        ],
+        env,
+        logs / "generate.log",
+    )
+    generated = stages["generate"].pop("output")
+    print(f"[{size}] generate {stages['generate']['wall_s']} s: {generated}", flush=True)
+    for step in STEPS:
+        stages[step] = measured(step_command(step, settings), env, logs / f"{step}.log")
+        stages[step].pop("output")
+        print(f"[{size}] {step} {stages[step]}", flush=True)
+
+    report = json.loads((settings.paths.reports / f"run_date={RUN_DATE}" / "run_report.json").read_text())
+    for stage in report["stages"]:
+        stages[stage["step"]] |= {k: stage[k] for k in ("seconds", "rows_in", "rows_out")}
+        stages[stage["step"]]["rows_per_s"] = (
+            round(stage["rows_in"] / stages[stage["step"]]["wall_s"]) if stage["rows_in"] else None
+        )
+    nightly_s = round(sum(stages[s]["wall_s"] for s in STEPS), 1)
+    predict = raw_predict_reference(settings)
+    score_rows = stages["score"]["rows_in"]
+    pipeline_score_rate = score_rows / stages["score"]["wall_s"]
+
+    references = {}
+    duckdb_out = home / "duckdb_etl"
+    references["duckdb_etl"] = measured(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.references",
+            "duckdb-etl",
+            "--run-date",
+            str(RUN_DATE),
+            "--out",
+            str(duckdb_out),
+        ],
+        env | {"PYTHONPATH": str(PROJECT)},
+        logs / "duckdb_etl.log",
+    )
+    references["pandas_tlearner"] = measured(
+        [sys.executable, "-m", "benchmarks.references", "pandas-tlearner", "--run-date", str(RUN_DATE)],
+        env | {"PYTHONPATH": str(PROJECT)},
+        logs / "pandas_tlearner.log",
+    )
+    result = {
+        "customers": customers,
+        "sends": generated["sends"],
+        "responses": generated["responses"],
+        "training_rows": stages["etl"]["rows_out"] - score_rows,
+        "scoring_rows": score_rows,
+        "stages": stages,
+        "nightly_wall_s": nightly_s,
+        "peak_memory_mb": {
+            kind: max(s[f"{kind}_mb"] for name, s in stages.items() if name != "generate")
+            for kind in ("driver", "jvm", "python_workers")
+        },
+        "raw_predict": predict,
+        "pipeline_scoring_rows_per_s": round(pipeline_score_rate),
+        "scoring_efficiency": round(pipeline_score_rate / predict["rows_per_s"], 3),
+        "qini_vs_oracle": model_vs_oracle(settings, report),
+        "references": references,
+        "gate": report["gate"]["decision"],
+        "drift": report["drift"]["outcome"],
+    }
+    if not keep:
+        shutil.rmtree(home)
+    return result
+
+
+def environment() -> dict:
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    packages = [
+        "pyspark",
+        "lightgbm",
+        "mlflow",
+        "apache-airflow",
+        "great-expectations",
+        "evidently",
+        "duckdb",
+        "pandas",
+    ]
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "java": java,
+        "spark_master": "local[2]",
+        "driver_memory": DRIVER_MEMORY,
+        **{name: version(name) for name in packages},
+    }
+
+
+def targets(sizes: dict) -> list[dict]:
+    """Each target of the benchmark issue that the sizes measured allow checking."""
+    checks = []
+    if "M" in sizes:
+        m = sizes["M"]
+        checks.append({"target": "M nightly wall < 300 s", "value": m["nightly_wall_s"]})
+        checks[-1]["met"] = m["nightly_wall_s"] < TARGETS["m_nightly_s"]
+        checks.append(
+            {
+                "target": "M scoring efficiency >= 0.5",
+                "value": m["scoring_efficiency"],
+                "met": m["scoring_efficiency"] >= TARGETS["scoring_efficiency"],
+            }
+        )
+    if "M" in sizes and "L" in sizes:
+        ratio = sizes["L"]["nightly_wall_s"] / sizes["M"]["nightly_wall_s"]
+        checks.append({"target": "L / M nightly wall <= 4.5", "value": round(ratio, 2), "met": ratio <= 4.5})
+        driver = sizes["L"]["peak_memory_mb"]["driver"] / sizes["M"]["peak_memory_mb"]["driver"]
+        checks.append({"target": "L / M driver peak memory <= 1.5", "value": round(driver, 2), "met": driver <= 1.5})
+    for size, row in sizes.items():
+        worst = min(arm["ratio"] for arm in row["qini_vs_oracle"].values())
+        checks.append({"target": f"{size} Qini / oracle >= 0.8 (worst arm)", "value": worst, "met": worst >= 0.8})
+    return checks
+
+
+def markdown(report: dict) -> str:
+    sizes = report["sizes"]
+    names = list(sizes)
+    stage_names = list(next(iter(sizes.values()))["stages"])
+    lines = [
+        f"# Nightly benchmark {report['date']}",
+        "",
+        f"`{report['command']}` on {report['environment']['cores']} cores, "
+        f"{report['environment']['memory_gb']} GB ({report['environment']['cpu']}); "
+        f"Spark {report['environment']['pyspark']} local[2], driver memory {report['environment']['driver_memory']}.",
+        "",
+        "| | "
+        + " | ".join(f"{n}: {sizes[n]['sends']:,} sends, {sizes[n]['customers']:,} customers" for n in names)
+        + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
+    for stage in stage_names:
+        cells = []
+        for n in names:
+            s = sizes[n]["stages"][stage]
+            rate = f", {s['rows_per_s']:,} rows/s" if s.get("rows_per_s") else ""
+            cells.append(f"{s['wall_s']} s{rate}; driver {s['driver_mb']} MB, JVM {s['jvm_mb']} MB")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    rows = {
+        "**nightly (all steps, without generate)**": lambda r: f"**{r['nightly_wall_s']} s**",
+        "peak memory: driver / JVM / Python workers": lambda r: " / ".join(
+            f"{r['peak_memory_mb'][k]} MB" for k in ("driver", "jvm", "python_workers")
+        ),
+        "raw LightGBM predict (scoring rows, in memory)": lambda r: (
+            f"{r['raw_predict']['seconds']} s, {r['raw_predict']['rows_per_s']:,} rows/s"
+        ),
+        "scoring efficiency (score step rows/s / raw predict rows/s)": lambda r: str(r["scoring_efficiency"]),
+        "Qini model / oracle per arm": lambda r: ", ".join(
+            f"{arm} {v['model']} / {v['oracle']} = {v['ratio']}" for arm, v in r["qini_vs_oracle"].items()
+        ),
+        "DuckDB reference ETL": lambda r: (
+            f"{r['references']['duckdb_etl']['wall_s']} s, {r['references']['duckdb_etl']['driver_mb']} MB "
+            f"(vs our ETL {r['stages']['etl']['wall_s']} s)"
+        ),
+        "pandas + LightGBM script, end to end": lambda r: (
+            f"{r['references']['pandas_tlearner']['wall_s']} s, {r['references']['pandas_tlearner']['driver_mb']} MB, "
+            "Qini " + ", ".join(f"{v:.4f}" for v in r["references"]["pandas_tlearner"]["output"]["qini"].values())
+        ),
+        "gate / drift": lambda r: f"{r['gate']} / {r['drift']}",
+    }
+    for label, cell in rows.items():
+        lines.append(f"| {label} | " + " | ".join(cell(sizes[n]) for n in names) + " |")
+    lines += ["", "| target | value | met |", "| --- | --- | --- |"]
+    lines += [f"| {c['target']} | {c['value']} | {'yes' if c['met'] else '**no**'} |" for c in report["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--keep", action="store_true", help="keep each size's project home (data, logs)")
+    args = parser.parse_args()
+
+    today = date.today().isoformat()
+    out = RESULTS / f"{today}.json"
+    report = json.loads(out.read_text()) if out.exists() else {"date": today, "sizes": {}}
+    for size in args.size:
+        report["sizes"][size] = run_size(size, args.keep)
+        report["sizes"] = {k: report["sizes"][k] for k in SIZES if k in report["sizes"]}
+        report["command"] = "make bench SIZE=" + "'" + " ".join(report["sizes"]) + "'"
+        report["environment"] = environment()
+        report["targets"] = targets(report["sizes"])
+        RESULTS.mkdir(exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        out.with_suffix(".md").write_text(markdown(report))
+    print(out.with_suffix(".md").read_text())
+    print(f"written {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
