@@ -20,7 +20,7 @@ export PYSPARK_PYTHON := $(VENV)/bin/python
 export PYSPARK_DRIVER_PYTHON := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench dist clean
 setup: $(VENV)/.synced
 
 $(UV):
@@ -42,6 +42,10 @@ demo: setup
 
 test: setup
 	python -m pytest
+
+# The job code for a Spark cluster's executors: set spark.py_files to it (README, Operations).
+dist: setup
+	python -m jobs.dist dist/uplift_jobs.zip
 
 lint: setup
 	ruff check jobs dags tests benchmarks

@@ -2,7 +2,8 @@
 
 Wiring only: every task runs `jobs.steps` for its logical date `ds`, the same code as
 `uplift <step> --run-date ds`. Spark steps go through spark-submit on the `spark_default`
-connection (local mode by default, a cluster by changing the connection alone).
+connection (local mode by default; for a cluster, the connection plus `spark.py_files`, the
+job code shipped to the executors).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def spark_step(step: str) -> SparkSubmitOperator:
         task_id=step.replace("-", "_"),
         application=SPARK_JOB,
         application_args=[step, "--run-date", "{{ ds }}"],
+        py_files=settings.spark.py_files,
         conn_id="spark_default",
         outlets=[AUDIENCE] if step == "score" else [],
         name=f"uplift-{step}",

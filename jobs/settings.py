@@ -120,6 +120,7 @@ class Spark(_Strict):
     master: str
     shuffle_partitions: int = Field(gt=0)
     driver_memory: str
+    py_files: str | None = None
 
 
 class Schedule(_Strict):
@@ -204,12 +205,18 @@ def load_settings(conf_dir: Path | None = None) -> Settings:
     mlflow = settings.mlflow.model_copy(
         update={
             "tracking_uri": _sqlite_absolute(settings.mlflow.tracking_uri, root),
-            "artifact_root": settings.mlflow.artifact_root
-            if URI_SCHEME.match(settings.mlflow.artifact_root)
-            else str(_absolute(Path(settings.mlflow.artifact_root), root)),
+            "artifact_root": _path_or_uri(settings.mlflow.artifact_root, root),
         }
     )
-    return settings.model_copy(update={"paths": paths, "mlflow": mlflow})
+    spark = settings.spark.model_copy(update={"py_files": _path_or_uri(settings.spark.py_files, root)})
+    return settings.model_copy(update={"paths": paths, "mlflow": mlflow, "spark": spark})
+
+
+def _path_or_uri(value: str | None, root: Path) -> str | None:
+    """A URI as given (s3://, hdfs://, file:...), a relative path made absolute under root."""
+    if value is None or URI_SCHEME.match(value):
+        return value
+    return str(_absolute(Path(value), root))
 
 
 def _sqlite_absolute(uri: str, root: Path) -> str:
