@@ -51,8 +51,10 @@ lint: setup
 	ruff check jobs dags tests benchmarks
 	ruff format --check jobs dags tests benchmarks
 
+# The nightly run per size (S 250k, M 2.5M, L 10M sends), with references: benchmarks/results/<date>.{json,md}.
+SIZE ?= S M L
 bench: setup
-	python -m benchmarks.model_quality
+	python -m benchmarks.nightly --size $(SIZE)
 
 clean:
 	rm -rf var
