@@ -123,15 +123,52 @@ def average_treatment_effect(y_true, treatment) -> float:
     return float(y_true[treatment == 1].mean() - y_true[treatment == 0].mean())
 
 
+def _weighted_qini_points(ranked: dict, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Qini curve points of the ranked rows, each repeated `weights` times (see qini_interval)."""
+    w, ends = weights[ranked["order"]], ranked["ends"]
+    n_all = np.cumsum(w)[ends]
+    n_treated = np.cumsum(w * ranked["t"])[ends]
+    y_treated = np.cumsum(w * ranked["y_t"])[ends]
+    y_control = np.cumsum(w * ranked["y_c"])[ends]
+    n_control = n_all - n_treated
+    ratio = np.divide(n_treated, n_control, out=np.zeros_like(n_treated), where=n_control != 0)
+    return np.r_[0.0, n_all], np.r_[0.0, y_treated - y_control * ratio]
+
+
+def _area(x: np.ndarray, q: np.ndarray) -> float:
+    return float(np.sum(np.diff(x) * (q[1:] + q[:-1])) / 2)
+
+
 def qini_interval(y_true, uplift, treatment, *, rounds: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of qini_auc_score, resampling within each group."""
+    """Percentile bootstrap interval of qini_auc_score, resampling within each group.
+
+    A resample is the original rows, each repeated as often as it was drawn: ranking and tie
+    runs are those of the original rows, so both curves are sorted once, and every round is
+    weighted cumulative sums (the same scores as re-sorting each resample, in O(n) a round).
+    """
     y_true, uplift, treatment = _as_arrays(y_true, uplift, treatment)
     rng = np.random.default_rng(seed)
     treated, control = np.flatnonzero(treatment == 1), np.flatnonzero(treatment == 0)
+    rankings = []
+    for score in (uplift, y_true * treatment - y_true * (1 - treatment)):  # the model's, the perfect
+        order = np.argsort(score, kind="mergesort")[::-1]
+        rankings.append(
+            {
+                "order": order,
+                "ends": np.r_[np.where(np.diff(score[order]))[0], score.size - 1],
+                "t": treatment[order],
+                "y_t": (y_true * treatment)[order],
+                "y_c": (y_true * (1 - treatment))[order],
+            }
+        )
     scores = []
     for _ in range(rounds):
         rows = np.r_[rng.choice(treated, treated.size), rng.choice(control, control.size)]
-        scores.append(qini_auc_score(y_true[rows], uplift[rows], treatment[rows]))
+        weights = np.bincount(rows, minlength=y_true.size).astype(float)
+        (x_model, q_model), (x_perfect, q_perfect) = (_weighted_qini_points(r, weights) for r in rankings)
+        random_area = x_perfect[-1] * q_perfect[-1] / 2
+        perfect_area = _area(x_perfect, q_perfect) - random_area
+        scores.append(0.0 if perfect_area == 0 else (_area(x_model, q_model) - random_area) / perfect_area)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(scores, [tail, 100 - tail])
     return float(low), float(high)

@@ -108,6 +108,23 @@ def test_interval_contains_the_score_and_uplift_at_k():
     assert deciles[0]["observed_uplift"] > deciles[-1]["observed_uplift"]
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_interval_equals_scoring_every_resample(ties):
+    """The weighted bootstrap gives the scores of re-ranking each resample from scratch."""
+    rng = np.random.default_rng(4)
+    t = rng.integers(0, 2, 2000)
+    u = rng.integers(0, 20, 2000) / 20 if ties else rng.random(2000)
+    y = (rng.random(2000) < 0.1 + 0.2 * t * u).astype(int)
+    draws = np.random.default_rng(9)
+    treated, control = np.flatnonzero(t == 1), np.flatnonzero(t == 0)
+    scores = []
+    for _ in range(30):
+        rows = np.r_[draws.choice(treated, treated.size), draws.choice(control, control.size)]
+        scores.append(metrics.qini_auc_score(y[rows], u[rows], t[rows]))
+    expected = np.percentile(scores, [2.5, 97.5])
+    assert metrics.qini_interval(y, u, t, rounds=30, seed=9) == pytest.approx(tuple(expected), abs=1e-12)
+
+
 def test_policy_value_recovers_known_response_rates():
     rng = np.random.default_rng(3)
     n = 200_000
