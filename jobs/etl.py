@@ -66,7 +66,9 @@ def point_in_time_features(
     Anchors without a users snapshot before their day are dropped.
     """
     a = anchors.join(F.broadcast(snapshots), "anchor_day")
-    attrs = users.select(
+    # Only the snapshots some anchor uses (scoring: one of them) go into the shuffle.
+    used = F.broadcast(snapshots.select(F.col("snapshot_dt").alias("dt")).distinct())
+    attrs = users.join(used, "dt", "left_semi").select(
         "customer_id",
         F.col("dt").alias("snapshot_dt"),
         "age",
@@ -143,16 +145,21 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
         read_raw(spark, settings, "responses", run_date), "response_id", ["dt", "responded_at", "customer_id"]
     )
     end_of_day = F.lit(run_date + timedelta(days=1)).cast("timestamp")
-    sends = sends.where(F.col("sent_at") < end_of_day).drop("dt")
-    qualifying = responses.where(
-        F.col("response_type").isin(exp.qualifying_response_types) & (F.col("responded_at") < end_of_day)
-    ).select("customer_id", "responded_at")
+    # The deduplicated history feeds the labels and both feature sets: deduplicate it once.
+    sends = sends.where(F.col("sent_at") < end_of_day).drop("dt").persist()
+    qualifying = (
+        responses.where(
+            F.col("response_type").isin(exp.qualifying_response_types) & (F.col("responded_at") < end_of_day)
+        )
+        .select("customer_id", "responded_at")
+        .persist()
+    )
     snapshot_days = [date.fromisoformat(p.name[3:]) for p in raw_partitions(settings, "users", run_date)]
 
     last_matured = run_date - timedelta(days=exp.attribution_window_days)
     matured = label_sends(
         sends.where(F.to_date("sent_at") <= F.lit(last_matured)), qualifying, exp.attribution_window_days
-    )
+    ).persist()  # read three times: its days, the anchors, the labels
     send_days = [row.d for row in matured.select(F.to_date("sent_at").alias("d")).distinct().collect()]
     training_anchors = matured.select(
         F.col("send_id").alias("anchor_id"),
@@ -195,8 +202,11 @@ def duplicates_removed(spark: SparkSession, settings: Settings, run_date: date) 
 def run_etl(spark: SparkSession, settings: Settings, run_date: date) -> dict[str, int]:
     """Build and publish features/training and features/scoring for run_date."""
     training, scoring = build_sets(spark, settings, run_date)
-    training_path = publish_partition(training.repartition(4), settings, "features/training", run_date)
-    scoring_path = publish_partition(scoring.repartition(4), settings, "features/scoring", run_date)
+    try:
+        training_path = publish_partition(training.repartition(4), settings, "features/training", run_date)
+        scoring_path = publish_partition(scoring.repartition(4), settings, "features/scoring", run_date)
+    finally:
+        spark.catalog.clearCache()  # the persisted history of build_sets
     return {
         "training_rows": spark.read.parquet(str(training_path)).count(),
         "scoring_rows": spark.read.parquet(str(scoring_path)).count(),

@@ -195,23 +195,31 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
     responses = _with_raw_checks(today["responses"], "responded_at", customers_so_far).join(
         first_send, "customer_id", "left"
     )
+    # Every expectation is a Spark job over its frame: join the checks in once, not per expectation.
     frames = {
-        "users": today["users"],
-        "sends": _with_raw_checks(today["sends"], "sent_at", customers_so_far),
+        "users": today["users"].persist(),
+        "sends": _with_raw_checks(today["sends"], "sent_at", customers_so_far).persist(),
         "responses": responses.withColumn(
             "after_a_send", F.coalesce(F.col("_first_send") < F.col("responded_at"), F.lit(False))
-        ).drop("_first_send"),
+        )
+        .drop("_first_send")
+        .persist(),
     }
     outcomes = []
-    for source in SOURCES:
-        min_rows, max_rows = volume_band(spark, settings, source, run_date)
-        parameters = {
-            "arms": exp.all_arms,
-            "max_delivery_lag_days": exp.attribution_window_days,
-            "min_rows": min_rows,
-            "max_rows": max_rows,
-        }
-        outcomes.append(run_suite(context, frames[source], f"raw/{source} dt={run_date}", f"raw_{source}", parameters))
+    try:
+        for source in SOURCES:
+            min_rows, max_rows = volume_band(spark, settings, source, run_date)
+            parameters = {
+                "arms": exp.all_arms,
+                "max_delivery_lag_days": exp.attribution_window_days,
+                "min_rows": min_rows,
+                "max_rows": max_rows,
+            }
+            outcomes.append(
+                run_suite(context, frames[source], f"raw/{source} dt={run_date}", f"raw_{source}", parameters)
+            )
+    finally:
+        spark.catalog.clearCache()
     counts = {row["arm"]: row["count"] for row in today["sends"].groupBy("arm").count().collect()}
     outcomes.append(_randomization(f"raw/sends dt={run_date}", counts, settings)[0])
     summary = out / "raw.json"
@@ -272,9 +280,18 @@ def validate_features(spark: SparkSession, settings: Settings, run_date: date) -
     """Validate the run date's training and scoring sets and the randomization behind them."""
     out = report_dir(settings, run_date) / "validation"
     context = _context(out / "data_docs")
+    training = read_partition(spark, settings, "features/training", run_date).persist()
+    scoring = read_partition(spark, settings, "features/scoring", run_date).persist()
+    try:
+        return _validate_feature_tables(context, out, training, scoring, settings, run_date)
+    finally:
+        spark.catalog.clearCache()
+
+
+def _validate_feature_tables(
+    context, out: Path, training: DataFrame, scoring: DataFrame, settings: Settings, run_date: date
+) -> dict:
     exp = settings.experiment
-    training = read_partition(spark, settings, "features/training", run_date)
-    scoring = read_partition(spark, settings, "features/scoring", run_date)
     outcomes = [
         run_suite(
             context,
