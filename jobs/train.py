@@ -9,7 +9,9 @@ reuses to re-evaluate the champion on the same rows.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -46,16 +48,21 @@ def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
 
 
 def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
-    """One LightGBM classifier per arm, early-stopped on a stratified validation split of its rows."""
+    """One LightGBM classifier per arm, early-stopped on a stratified validation split of its rows.
+
+    The arms are fitted side by side, one thread each: small trees gain little from threads
+    within one fit, and lose a lot when the cores are shared (Spark workers, other jobs).
+    """
     exp, cfg = settings.experiment, settings.training
     categories = {c: sorted(train[c].dropna().astype(str).unique().tolist()) for c in CATEGORICAL_FEATURES}
     model = TLearnerModel({}, exp.control, exp.arms, NUMERIC_FEATURES, categories)
-    for arm in exp.all_arms:
+
+    def fit_arm(arm: str) -> lgb.LGBMClassifier:
         rows = train[train["arm"] == arm]
         if rows["label"].nunique() < 2:
             raise ValueError(f"arm '{arm}' has {len(rows)} training rows and a single label value: cannot fit")
         fit, valid = train_test_split(rows, test_size=0.15, stratify=rows["label"], random_state=cfg.seed)
-        classifier = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=2, verbose=-1)
+        classifier = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=1, verbose=-1)
         classifier.fit(
             model.design_matrix(fit),
             fit["label"],
@@ -63,7 +70,10 @@ def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
             eval_y=(valid["label"],),
             callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
         )
-        model.models[arm] = classifier
+        return classifier
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        model.models.update(zip(exp.all_arms, pool.map(fit_arm, exp.all_arms), strict=True))
     return model
 
 

@@ -12,7 +12,7 @@ from jobs.tracking import use_tracking
 from jobs.validate import report_dir
 
 
-def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, tmp_path):
+def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, generated, tmp_path):
     from jobs.etl import run_etl
 
     if not partition_dir(settings, "features/training", RUN_DATE).exists():
@@ -35,7 +35,7 @@ def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, tmp
         use_tracking(settings)
 
 
-def test_training_rows_can_be_capped_keeping_arm_shares(spark, settings):
+def test_training_rows_can_be_capped_keeping_arm_shares(spark, settings, generated):
     from jobs.etl import run_etl
     from jobs.train import load_training_set
 
@@ -52,7 +52,7 @@ def test_training_rows_can_be_capped_keeping_arm_shares(spark, settings):
     assert abs(capped["label"].mean() - full["label"].mean()) < 0.01
 
 
-def test_training_is_deterministic_for_a_seed(spark, settings):
+def test_training_is_deterministic_for_a_seed(spark, settings, generated):
     from jobs.etl import run_etl
     from jobs.train import fit_t_learner, load_training_set
 
