@@ -174,7 +174,7 @@ def model_vs_oracle(settings, report: dict) -> dict:
     import pandas as pd
 
     from jobs import metrics
-    from jobs.train import HOLDOUT_ARTIFACT, latest_training_run
+    from jobs.tracking import HOLDOUT_ARTIFACT, latest_training_run
 
     run = latest_training_run(settings, RUN_DATE)
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT)

@@ -21,8 +21,7 @@ from evidently.presets import DataDriftPreset
 
 from jobs.etl import FEATURES
 from jobs.lake import partition_dates, partition_dir, sample_parquet
-from jobs.settings import Settings
-from jobs.validate import report_dir
+from jobs.settings import Settings, report_dir
 
 # weekday is the same for every scoring row by construction: comparing it says nothing.
 DRIFT_FEATURES = [f for f in FEATURES if f != "weekday"]

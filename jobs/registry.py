@@ -22,10 +22,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from jobs import metrics
-from jobs.drift import feature_drift, level
 from jobs.settings import Settings
-from jobs.tracking import use_tracking
-from jobs.train import HOLDOUT_ARTIFACT
+from jobs.tracking import HOLDOUT_ARTIFACT, use_tracking
 
 CHAMPION, PREVIOUS = "champion", "previous"
 
@@ -97,6 +95,8 @@ def decide(settings: Settings, run_date: date, run) -> dict:
     else:
         reasons.append("no champion yet")
     if settings.drift.on_fail == "block_promotion":
+        from jobs.drift import feature_drift, level  # Evidently: imported only when it is needed
+
         share = feature_drift(settings, run_date)[1]
         if level(share, settings) == "fail":
             passed = False

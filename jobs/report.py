@@ -16,8 +16,7 @@ from datetime import date
 from jobs.audience import show
 from jobs.lake import partition_dir
 from jobs.registry import status
-from jobs.settings import Settings
-from jobs.validate import report_dir
+from jobs.settings import Settings, report_dir
 
 
 def _rows(step: str, result: dict) -> tuple[int | None, int | None]:

@@ -190,6 +190,11 @@ def config_files(conf_dir: Path | None = None) -> list[Path]:
     return files
 
 
+def report_dir(settings: Settings, run_date: date) -> Path:
+    """Where the reports of run_date go: validation, gate, drift, step records, run report."""
+    return settings.paths.reports / f"run_date={run_date.isoformat()}"
+
+
 def load_settings(conf_dir: Path | None = None) -> Settings:
     """Merge and validate the settings; relative paths become absolute under UPLIFT_HOME."""
     raw: dict = {}

@@ -48,8 +48,8 @@ def _train(settings: Settings, run_date: date) -> dict:
 
 def _gate(settings: Settings, run_date: date) -> dict:
     from jobs import registry
-    from jobs.train import latest_training_run
-    from jobs.validate import report_dir
+    from jobs.settings import report_dir
+    from jobs.tracking import latest_training_run
 
     decision = registry.decide(settings, run_date, latest_training_run(settings, run_date))
     registry.record(settings, decision, report_dir(settings, run_date) / "gate.json")
@@ -58,7 +58,7 @@ def _gate(settings: Settings, run_date: date) -> dict:
 
 def _promote(settings: Settings, run_date: date) -> dict:
     from jobs import registry
-    from jobs.train import latest_training_run
+    from jobs.tracking import latest_training_run
 
     run = latest_training_run(settings, run_date)
     decision = run.data.tags.get("gate.decision")
@@ -84,8 +84,8 @@ def _drift(settings: Settings, run_date: date) -> dict:
     import mlflow
 
     from jobs.drift import drift
+    from jobs.settings import report_dir
     from jobs.tracking import training_run_for
-    from jobs.validate import report_dir
 
     result = drift(settings, run_date)
     run = training_run_for(settings, run_date)
@@ -116,7 +116,7 @@ _IMPLEMENTATIONS = {
 
 def run(step: str, run_date: date, settings: Settings | None = None) -> dict:
     """Run one step for run_date, print its summary as a JSON line and keep it for the run report."""
-    from jobs.validate import report_dir
+    from jobs.settings import report_dir
 
     settings = settings or load_settings()
     log.info("step %s for run_date=%s", step, run_date)
@@ -139,7 +139,7 @@ def run(step: str, run_date: date, settings: Settings | None = None) -> dict:
 
 def failure_reason(settings: Settings, step: str, run_date: date, error: BaseException | None) -> str:
     """One line saying which step failed and why; for validation, which checks failed."""
-    from jobs.validate import report_dir
+    from jobs.settings import report_dir
 
     summary = {"validate-raw": "raw.json", "validate-features": "features.json"}.get(step)
     path = report_dir(settings, run_date) / "validation" / summary if summary else None
@@ -158,7 +158,7 @@ def failure_reason(settings: Settings, step: str, run_date: date, error: BaseExc
 
 def record_failure(step: str, run_date: date, error: BaseException | None) -> str:
     """Write the one-line reason to <reports>/run_date=<ds>/failure.txt and the log; return it."""
-    from jobs.validate import report_dir
+    from jobs.settings import report_dir
 
     settings = load_settings()
     line = failure_reason(settings, step, run_date, error)

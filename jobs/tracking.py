@@ -10,6 +10,9 @@ from mlflow.entities import Run
 
 from jobs.settings import Settings
 
+# The training run's holdout rows with their predictions, which the gate re-scores.
+HOLDOUT_ARTIFACT = "holdout/predictions.parquet"
+
 
 def use_tracking(settings: Settings) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id."""
@@ -26,6 +29,18 @@ def use_tracking(settings: Settings) -> str:
     )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def latest_training_run(settings: Settings, run_date: date) -> Run:
+    """The most recent training run of run_date; MissingInputError when there is none."""
+    run = training_run_for(settings, run_date)
+    if run is None:
+        from jobs.lake import MissingInputError
+
+        raise MissingInputError(
+            f"no training run logged for run_date={run_date}: run `uplift train --run-date {run_date}`"
+        )
+    return run
 
 
 def training_run_for(settings: Settings, run_date: date) -> Run | None:

@@ -28,9 +28,8 @@ from jobs.etl import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from jobs.lake import MissingInputError, partition_dir, sample_parquet
 from jobs.model import TLearnerModel
 from jobs.settings import Settings
-from jobs.tracking import training_run_for, use_tracking
+from jobs.tracking import HOLDOUT_ARTIFACT, use_tracking
 
-HOLDOUT_ARTIFACT = "holdout/predictions.parquet"
 EARLY_STOPPING_ROUNDS = 30
 
 
@@ -228,12 +227,3 @@ def train(settings: Settings, run_date: date) -> dict:
         "holdout_rows": len(holdout),
         "qini": {arm: round(m["qini"], 4) for arm, m in results.items()},
     }
-
-
-def latest_training_run(settings: Settings, run_date: date):
-    run = training_run_for(settings, run_date)
-    if run is None:
-        raise MissingInputError(
-            f"no training run logged for run_date={run_date}: run `uplift train --run-date {run_date}`"
-        )
-    return run

@@ -26,7 +26,7 @@ from scipy import stats
 
 from jobs.etl import FEATURES, NUMERIC_FEATURES
 from jobs.lake import read_partition, read_raw
-from jobs.settings import PROJECT_ROOT, SOURCES, Settings
+from jobs.settings import PROJECT_ROOT, SOURCES, Settings, report_dir
 
 log = logging.getLogger(__name__)
 SUITES_DIR = PROJECT_ROOT / "expectations"
@@ -146,10 +146,6 @@ def _raise_if_failed(outcomes: list[CheckOutcome], run_date: date, summary: Path
         lines.extend(f"    - {failure}" for failure in outcome.failures)
     lines.append("Nothing downstream was written; fix the delivery (or the conf mapping) and rerun.")
     raise ValidationFailed("\n".join(lines))
-
-
-def report_dir(settings: Settings, run_date: date) -> Path:
-    return settings.paths.reports / f"run_date={run_date.isoformat()}"
 
 
 def _with_raw_checks(frame: DataFrame, timestamp: str, customers: DataFrame) -> DataFrame:

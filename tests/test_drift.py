@@ -12,8 +12,8 @@ from helpers import settings_in
 from jobs import registry
 from jobs.drift import DriftFailed, drift
 from jobs.lake import partition_dir
+from jobs.settings import report_dir
 from jobs.tracking import training_run_for
-from jobs.validate import report_dir
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from scipy import stats
 from conftest import RUN_DATE
 from jobs import registry, steps
 from jobs.lake import partition_dir
-from jobs.validate import report_dir
+from jobs.settings import report_dir
 
 ARMS = ["subject_1", "subject_2", "subject_3"]
 

@@ -8,8 +8,8 @@ from conftest import RUN_DATE
 from helpers import settings_in
 from jobs import registry, steps
 from jobs.lake import partition_dir, publish_partition
+from jobs.settings import report_dir
 from jobs.tracking import use_tracking
-from jobs.validate import report_dir
 
 
 def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, generated, tmp_path):
