@@ -191,7 +191,7 @@ def model_vs_oracle(settings, report: dict) -> dict:
     return out
 
 
-def run_size(size: str, keep: bool) -> dict:
+def run_size(size: str, keep: bool, references: bool = True) -> dict:
     customers, per_day = SIZES[size]
     home = Path(tempfile.mkdtemp(prefix=f"uplift-bench-{size}-"))
     logs = home / "logs"
@@ -248,27 +248,28 @@ def run_size(size: str, keep: bool) -> dict:
     score_rows = stages["score"]["rows_in"]
     pipeline_score_rate = score_rows / stages["score"]["wall_s"]
 
-    references = {}
+    reference_runs = {}
     duckdb_out = home / "duckdb_etl"
-    references["duckdb_etl"] = measured(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.references",
-            "duckdb-etl",
-            "--run-date",
-            str(RUN_DATE),
-            "--out",
-            str(duckdb_out),
-        ],
-        env | {"PYTHONPATH": str(PROJECT)},
-        logs / "duckdb_etl.log",
-    )
-    references["pandas_tlearner"] = measured(
-        [sys.executable, "-m", "benchmarks.references", "pandas-tlearner", "--run-date", str(RUN_DATE)],
-        env | {"PYTHONPATH": str(PROJECT)},
-        logs / "pandas_tlearner.log",
-    )
+    if references:
+        reference_runs["duckdb_etl"] = measured(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.references",
+                "duckdb-etl",
+                "--run-date",
+                str(RUN_DATE),
+                "--out",
+                str(duckdb_out),
+            ],
+            env | {"PYTHONPATH": str(PROJECT)},
+            logs / "duckdb_etl.log",
+        )
+        reference_runs["pandas_tlearner"] = measured(
+            [sys.executable, "-m", "benchmarks.references", "pandas-tlearner", "--run-date", str(RUN_DATE)],
+            env | {"PYTHONPATH": str(PROJECT)},
+            logs / "pandas_tlearner.log",
+        )
     result = {
         "customers": customers,
         "sends": generated["sends"],
@@ -285,7 +286,7 @@ def run_size(size: str, keep: bool) -> dict:
         "pipeline_scoring_rows_per_s": round(pipeline_score_rate),
         "scoring_efficiency": round(pipeline_score_rate / predict["rows_per_s"], 3),
         "qini_vs_oracle": model_vs_oracle(settings, report),
-        "references": references,
+        "references": reference_runs,
         "gate": report["gate"]["decision"],
         "drift": report["drift"]["outcome"],
     }
@@ -390,14 +391,15 @@ def markdown(report: dict) -> str:
             f"{r['references']['duckdb_etl']['wall_s']} s, {r['references']['duckdb_etl']['driver_mb']} MB "
             f"(vs our ETL {r['stages']['etl']['wall_s']} s)"
         ),
-        "pandas + LightGBM script, end to end": lambda r: (
+        "pandas + LightGBM script, end to end (reference)": lambda r: (
             f"{r['references']['pandas_tlearner']['wall_s']} s, {r['references']['pandas_tlearner']['driver_mb']} MB, "
             "Qini " + ", ".join(f"{v:.4f}" for v in r["references"]["pandas_tlearner"]["output"]["qini"].values())
         ),
         "gate / drift": lambda r: f"{r['gate']} / {r['drift']}",
     }
     for label, cell in rows.items():
-        lines.append(f"| {label} | " + " | ".join(cell(sizes[n]) for n in names) + " |")
+        cells = [cell(sizes[n]) if sizes[n]["references"] or "reference" not in label else "not run" for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "| target | value | met |", "| --- | --- | --- |"]
     lines += [f"| {c['target']} | {c['value']} | {'yes' if c['met'] else '**no**'} |" for c in report["targets"]]
     return "\n".join(lines) + "\n"
@@ -407,13 +409,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--keep", action="store_true", help="keep each size's project home (data, logs)")
+    parser.add_argument("--skip-references", action="store_true", help="skip the DuckDB and pandas references")
     args = parser.parse_args()
 
     today = date.today().isoformat()
     out = RESULTS / f"{today}.json"
     report = json.loads(out.read_text()) if out.exists() else {"date": today, "sizes": {}}
     for size in args.size:
-        report["sizes"][size] = run_size(size, args.keep)
+        report["sizes"][size] = run_size(size, args.keep, references=not args.skip_references)
         report["sizes"] = {k: report["sizes"][k] for k in SIZES if k in report["sizes"]}
         report["command"] = "make bench SIZE=" + "'" + " ".join(report["sizes"]) + "'"
         report["environment"] = environment()
