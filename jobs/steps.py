@@ -11,7 +11,7 @@ import logging
 import time
 from datetime import UTC, date, datetime
 
-from jobs.settings import Settings, load_settings
+from jobs.settings import Settings, load_settings, report_dir
 
 log = logging.getLogger("uplift")
 
@@ -48,7 +48,6 @@ def _train(settings: Settings, run_date: date) -> dict:
 
 def _gate(settings: Settings, run_date: date) -> dict:
     from jobs import registry
-    from jobs.settings import report_dir
     from jobs.tracking import latest_training_run
 
     decision = registry.decide(settings, run_date, latest_training_run(settings, run_date))
@@ -84,7 +83,6 @@ def _drift(settings: Settings, run_date: date) -> dict:
     import mlflow
 
     from jobs.drift import drift
-    from jobs.settings import report_dir
     from jobs.tracking import training_run_for
 
     result = drift(settings, run_date)
@@ -116,7 +114,6 @@ _IMPLEMENTATIONS = {
 
 def run(step: str, run_date: date, settings: Settings | None = None) -> dict:
     """Run one step for run_date, print its summary as a JSON line and keep it for the run report."""
-    from jobs.settings import report_dir
 
     settings = settings or load_settings()
     log.info("step %s for run_date=%s", step, run_date)
@@ -139,7 +136,6 @@ def run(step: str, run_date: date, settings: Settings | None = None) -> dict:
 
 def failure_reason(settings: Settings, step: str, run_date: date, error: BaseException | None) -> str:
     """One line saying which step failed and why; for validation, which checks failed."""
-    from jobs.settings import report_dir
 
     summary = {"validate-raw": "raw.json", "validate-features": "features.json"}.get(step)
     path = report_dir(settings, run_date) / "validation" / summary if summary else None
@@ -158,7 +154,6 @@ def failure_reason(settings: Settings, step: str, run_date: date, error: BaseExc
 
 def record_failure(step: str, run_date: date, error: BaseException | None) -> str:
     """Write the one-line reason to <reports>/run_date=<ds>/failure.txt and the log; return it."""
-    from jobs.settings import report_dir
 
     settings = load_settings()
     line = failure_reason(settings, step, run_date, error)
