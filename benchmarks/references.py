@@ -168,19 +168,21 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
         con.execute("SET TimeZone = 'UTC'")  # as the Spark session: dates of timestamps are UTC dates
         con.execute(f"CREATE TEMP TABLE users AS {_raw_sql(settings, 'users', run_date)}")
         con.execute(f"CREATE TEMP TABLE snapshot_days AS SELECT * FROM (VALUES {snapshot_days}) v(snapshot_dt)")
-        # Dedupe as jobs.etl.dedupe: the first delivered row per key, then the run-date cut.
+        # Dedupe as jobs.etl.dedupe: the first delivered row per key (other columns break ties), then the run-date cut.
         con.execute(f"""
             CREATE TEMP TABLE sends AS
             SELECT send_id, campaign_id, customer_id, sent_at, arm FROM ({_raw_sql(settings, "sends", run_date)})
             QUALIFY row_number() OVER (PARTITION BY send_id
-                ORDER BY dt ASC NULLS LAST, sent_at ASC NULLS LAST, customer_id ASC NULLS LAST, arm ASC NULLS LAST) = 1
+                ORDER BY dt ASC NULLS LAST, sent_at ASC NULLS LAST, customer_id ASC NULLS LAST, arm ASC NULLS LAST,
+                    campaign_id ASC NULLS LAST) = 1
             AND sent_at < {end_of_day}
         """)
         con.execute(f"""
             CREATE TEMP TABLE qualifying AS
             SELECT customer_id, responded_at FROM ({_raw_sql(settings, "responses", run_date)})
             QUALIFY row_number() OVER (PARTITION BY response_id
-                ORDER BY dt ASC NULLS LAST, responded_at ASC NULLS LAST, customer_id ASC NULLS LAST) = 1
+                ORDER BY dt ASC NULLS LAST, responded_at ASC NULLS LAST, customer_id ASC NULLS LAST,
+                    response_type ASC NULLS LAST) = 1
             AND response_type IN ({qualifying_types}) AND responded_at < {end_of_day}
         """)
         con.execute(f"""
@@ -252,10 +254,11 @@ def pandas_tlearner(settings: Settings, run_date: date) -> dict:
 
     users = _read_raw_pandas(settings, "users", run_date)
     sends = _read_raw_pandas(settings, "sends", run_date)
-    sends = sends.sort_values(["dt", "sent_at", "customer_id", "arm"], kind="stable").drop_duplicates("send_id")
+    sends = sends.sort_values(["dt", "sent_at", "customer_id", "arm", "campaign_id"], kind="stable")
+    sends = sends.drop_duplicates("send_id")
     sends = sends[sends["sent_at"] < end_of_day]
     responses = _read_raw_pandas(settings, "responses", run_date)
-    responses = responses.sort_values(["dt", "responded_at", "customer_id"], kind="stable")
+    responses = responses.sort_values(["dt", "responded_at", "customer_id", "response_type"], kind="stable")
     responses = responses.drop_duplicates("response_id")
     qualifying = responses.loc[
         responses["response_type"].isin(exp.qualifying_response_types) & (responses["responded_at"] < end_of_day),

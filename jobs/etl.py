@@ -38,8 +38,13 @@ LOOKBACK_DAYS = 90
 
 
 def dedupe(frame: DataFrame, key: str, order: list[str]) -> DataFrame:
-    """Keep one row per key, the first delivered (deterministic for any delivery order)."""
-    first = Window.partitionBy(key).orderBy(*[F.col(c).asc_nulls_last() for c in order])
+    """Keep one row per key, the first by `order` (e.g. first delivered).
+
+    The remaining columns break ties, so copies that differ in any column are resolved the
+    same way whatever the order the rows were delivered or read in.
+    """
+    columns = [*order, *sorted(c for c in frame.columns if c not in order and c != key)]
+    first = Window.partitionBy(key).orderBy(*[F.col(c).asc_nulls_last() for c in columns])
     return frame.withColumn("_n", F.row_number().over(first)).where("_n = 1").drop("_n")
 
 

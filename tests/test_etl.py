@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers import settings_in
-from jobs.etl import FEATURES, FORBIDDEN_FEATURES, run_etl
+from jobs.etl import FEATURES, FORBIDDEN_FEATURES, dedupe, run_etl
 from jobs.generate import deliver
 from jobs.lake import MissingInputError, partition_dir
 
@@ -64,6 +64,23 @@ def test_training_rows_are_matured_deduplicated_labelled_sends(spark, history):
     assert counts["duplicate_sends_removed"] == 1 and counts["duplicate_responses_removed"] == 0
     assert sorted(training.index) == ["s1", "s2", "s3"]
     assert training["label"].to_dict() == {"s1": 1, "s2": 0, "s3": 0}
+
+
+def test_dedupe_picks_the_same_copy_whatever_the_delivery_order(spark):
+    # Two copies of s1 delivered the same day at the same time, differing only in campaign_id.
+    copies = [
+        ("s1", "cmp_b", "A", datetime(2026, 10, 5, 10), "subject_1", date(2026, 10, 5)),
+        ("s1", "cmp_a", "A", datetime(2026, 10, 5, 10), "subject_1", date(2026, 10, 5)),
+        ("s2", "cmp_a", "B", datetime(2026, 10, 5, 11), "control", date(2026, 10, 5)),
+    ]
+    schema = "send_id string, campaign_id string, customer_id string, sent_at timestamp, arm string, dt date"
+    order = ["dt", "sent_at", "customer_id", "arm"]
+    picks = set()
+    for rows in (copies, copies[::-1]):
+        kept = dedupe(spark.createDataFrame(rows, schema).repartition(1), "send_id", order).toPandas()
+        assert sorted(kept["send_id"]) == ["s1", "s2"]
+        picks.add(kept.set_index("send_id").loc["s1", "campaign_id"])
+    assert picks == {"cmp_a"}
 
 
 def test_features_use_only_history_before_the_send(spark, history):
