@@ -28,7 +28,7 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON) --reinstall-package pyspark
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON) --reinstall-package pyspark
 	touch $@
 
 demo: setup
