@@ -2,15 +2,17 @@
 
 Uplift of arm a for customer x is ``p_a(x) - p_control(x)``. `predict` returns, per row,
 `p_<arm>` for every arm, `uplift_<arm>` for every treatment arm and `best_arm`, the arm
-with the highest uplift (or "none" when no uplift is positive).
+with the highest uplift (or "none" when no uplift is positive). The arithmetic lives in
+`jobs.tlearner`, which batch scoring runs in Spark's workers without MLflow.
 """
 
 from __future__ import annotations
 
 import lightgbm as lgb
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
+
+from jobs import tlearner
 
 
 class TLearnerModel(mlflow.pyfunc.PythonModel):
@@ -33,17 +35,11 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
         return [*self.numeric, *self.categories]
 
     def output_columns(self) -> list[str]:
-        return [f"p_{a}" for a in [self.control, *self.arms]] + [f"uplift_{a}" for a in self.arms] + ["best_arm"]
+        return tlearner.output_columns(self.control, self.arms)
 
     def design_matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The features in training order and dtypes; unseen categories become missing."""
-        missing = [c for c in self.features if c not in frame.columns]
-        if missing:
-            raise ValueError(f"model input lacks feature columns {missing}; expected all of {self.features}")
-        x = frame[self.numeric].astype("float64")
-        for name, levels in self.categories.items():
-            x[name] = pd.Categorical(frame[name].astype("string"), categories=levels)
-        return x
+        return tlearner.design_matrix(frame, self.numeric, self.categories)
 
     def predict_proba(self, frame: pd.DataFrame) -> pd.DataFrame:
         x = self.design_matrix(frame)
@@ -53,10 +49,14 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
         )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        out = self.predict_proba(model_input)
-        for arm in self.arms:
-            out[f"uplift_{arm}"] = out[f"p_{arm}"] - out[f"p_{self.control}"]
-        uplifts = out[[f"uplift_{a}" for a in self.arms]].to_numpy()
-        best = np.array(self.arms)[uplifts.argmax(axis=1)]
-        out["best_arm"] = np.where(uplifts.max(axis=1) > 0, best, "none")
-        return out[self.output_columns()]
+        return tlearner.with_uplifts(self.predict_proba(model_input), self.control, self.arms)
+
+    def portable(self) -> tlearner.PortableTLearner:
+        """The fitted boosters as model strings (their best iteration), for Spark's scoring workers."""
+        return tlearner.PortableTLearner(
+            control=self.control,
+            arms=list(self.arms),
+            numeric=list(self.numeric),
+            categories={name: list(levels) for name, levels in self.categories.items()},
+            boosters={arm: model.booster_.model_to_string() for arm, model in self.models.items()},
+        )

@@ -24,6 +24,8 @@ def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", settings.spark.shuffle_partitions)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Scoring's Arrow batches: LightGBM's per-call cost spread over 50k rows, not 10k (-10%).
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", 50_000)
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")

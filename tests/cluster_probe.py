@@ -19,8 +19,8 @@ def where(_):
     import jobs
 
     shipped = Path(os.getcwd()) / "uplift_jobs.zip"
-    # Where unpickling the champion model would load its class from (found, not imported: cheap).
-    model = importlib.util.find_spec("jobs.model").origin
+    # Where unpickling the champion's boosters would load their class from (found, not imported: cheap).
+    model = importlib.util.find_spec("jobs.tlearner").origin
     yield {
         "jobs": os.path.normpath(os.path.join(os.getcwd(), jobs.__file__)),
         "model": os.path.normpath(os.path.join(os.getcwd(), model)),

@@ -170,6 +170,19 @@ def test_rescoring_replaces_the_audience(settings, spark, nightly, audience):
     )
 
 
+def test_batch_scores_are_the_served_models_predictions(settings, nightly, audience):
+    # Spark's workers score with the champion's boosters, not the pyfunc: the numbers must agree.
+    model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{nightly['score']['model_version']}")
+    features = pd.read_parquet(partition_dir(settings, "features/scoring", RUN_DATE))
+    served = model.predict(features).set_index(features["customer_id"]).sort_index()
+    scored = audience.set_index("customer_id").sort_index()
+    assert len(scored) == len(served) > 1000
+    pd.testing.assert_series_equal(scored["p_control"], served["p_control"])
+    for arm in settings.experiment.arms:
+        pd.testing.assert_series_equal(scored[f"p_{arm}"], served[f"p_{arm}"])
+        pd.testing.assert_series_equal(scored[f"uplift_{arm}"], served[f"uplift_{arm}"])
+
+
 def test_model_rejects_input_without_its_features(settings, nightly):
     model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}@champion")
     with pytest.raises(Exception, match="age"):

@@ -1,0 +1,69 @@
+"""The T-learner's prediction arithmetic, without MLflow: design matrix, probabilities, uplifts.
+
+Uplift of arm a for customer x is ``p_a(x) - p_control(x)``, one LightGBM model per arm
+(control included). The MLflow pyfunc (`jobs.model`) and Spark's scoring workers
+(`jobs.score`) both predict through this module, so a served prediction and a batch-scored
+one are the same numbers. It imports pandas, NumPy and LightGBM only: a scoring worker
+starts without loading MLflow, and receives the boosters as LightGBM model strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+
+def design_matrix(frame: pd.DataFrame, numeric: list[str], categories: dict[str, list[str]]) -> pd.DataFrame:
+    """The features in training order and dtypes; unseen categories become missing."""
+    features = [*numeric, *categories]
+    missing = [c for c in features if c not in frame.columns]
+    if missing:
+        raise ValueError(f"model input lacks feature columns {missing}; expected all of {features}")
+    x = frame[numeric].astype("float64")
+    for name, levels in categories.items():
+        x[name] = pd.Categorical(frame[name].astype("string"), categories=levels)
+    return x
+
+
+def output_columns(control: str, arms: list[str]) -> list[str]:
+    return [f"p_{a}" for a in [control, *arms]] + [f"uplift_{a}" for a in arms] + ["best_arm"]
+
+
+def with_uplifts(probabilities: pd.DataFrame, control: str, arms: list[str]) -> pd.DataFrame:
+    """From `p_<arm>` of every arm: add `uplift_<arm>` per treatment arm and `best_arm`.
+
+    best_arm is the arm of highest uplift, or "none" when no uplift is positive.
+    """
+    out = probabilities
+    for arm in arms:
+        out[f"uplift_{arm}"] = out[f"p_{arm}"] - out[f"p_{control}"]
+    uplifts = out[[f"uplift_{a}" for a in arms]].to_numpy()
+    best = np.array(arms)[uplifts.argmax(axis=1)]
+    out["best_arm"] = np.where(uplifts.max(axis=1) > 0, best, "none")
+    return out[output_columns(control, arms)]
+
+
+@dataclass(frozen=True)
+class PortableTLearner:
+    """A fitted T-learner as plain data (model strings): cheap to ship to Spark's Python workers."""
+
+    control: str
+    arms: list[str]
+    numeric: list[str]
+    categories: dict[str, list[str]]
+    boosters: dict[str, str]  # arm (control included) -> LightGBM model string, best iteration
+
+    def load(self) -> dict[str, lgb.Booster]:
+        return {arm: lgb.Booster(model_str=text) for arm, text in self.boosters.items()}
+
+    def predict(self, frame: pd.DataFrame, boosters: dict[str, lgb.Booster], num_threads: int = 1) -> pd.DataFrame:
+        """`output_columns` for every row of frame, with boosters from `load()`."""
+        x = design_matrix(frame, self.numeric, self.categories)
+        probabilities = pd.DataFrame(
+            {f"p_{arm}": booster.predict(x, num_threads=num_threads) for arm, booster in boosters.items()},
+            index=frame.index,
+        )
+        return with_uplifts(probabilities, self.control, self.arms)
