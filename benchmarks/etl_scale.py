@@ -1,0 +1,120 @@
+"""The ETL at ten times the M scale: 25M sends, 5M customers, 30 days of deliveries.
+
+Generates the data in a fresh project home, then runs the ETL step as the nightly DAG runs it
+(`spark-submit`, local[2], the same driver memory as `benchmarks.nightly`), with the settings a
+user gets (conf/base). Records the wall time and peak memory of each, the rows of the raw
+deliveries and of the published training and scoring sets (counted from Parquet metadata:
+nothing is collected), and the disk the lake and Spark's scratch space took.
+
+    python -m benchmarks.etl_scale [--scale 10]
+
+Writes benchmarks/results/etl-scale-<date>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import yaml
+
+from benchmarks.nightly import DAYS, DRIVER_MEMORY, RESULTS, RUN_DATE, SEED, SIZES, measured, step_command
+
+
+def _rows(path: Path) -> int:
+    return pads.dataset(str(path), format="parquet").count_rows()
+
+
+def _disk_mb(path: Path) -> int:
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20)
+
+
+def run(scale: int, keep: bool) -> dict:
+    customers, per_day = (n * scale for n in SIZES["M"])
+    home = Path(tempfile.mkdtemp(prefix=f"uplift-etl-x{scale}-"))
+    logs = home / "logs"
+    logs.mkdir()
+    scratch = home / "spark-local"
+    env = {
+        **os.environ,
+        "UPLIFT_HOME": str(home),
+        "UPLIFT_CONF": str(home / "bench.yml"),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_DIRS": str(scratch),
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+    }
+    (home / "bench.yml").write_text(yaml.safe_dump({"spark": {"driver_memory": DRIVER_MEMORY}}))
+    os.environ.update({k: env[k] for k in ("UPLIFT_HOME", "UPLIFT_CONF")})
+    from jobs.settings import load_settings
+
+    settings = load_settings()
+    print(f"[x{scale}] home {home}", flush=True)
+    uplift = str(Path(sys.executable).parent / "uplift")
+    generate = [uplift, "generate", "--last-day", RUN_DATE.isoformat(), "--customers", str(customers)]
+    generate += ["--sends-per-day", str(per_day), "--days", str(DAYS), "--seed", str(SEED)]
+    stages = {"generate": measured(generate, env, logs / "generate.log")}
+    generated = stages["generate"].pop("output")
+    print(f"[x{scale}] generate {stages['generate']}: {generated}", flush=True)
+    lake = settings.paths.lake
+    raw = {source: _rows(lake / "raw" / source) for source in ("users", "sends", "responses")}
+    raw_mb = _disk_mb(lake / "raw")
+    stages["etl"] = measured(step_command("etl", settings), env, logs / "etl.log")
+    etl = stages["etl"].pop("output")
+    print(f"[x{scale}] etl {stages['etl']}: {etl}", flush=True)
+    published = {table: _rows(lake / "features" / table / f"run_date={RUN_DATE}") for table in ("training", "scoring")}
+    result = {
+        "scale": scale,
+        "customers": customers,
+        "sends": generated["sends"],
+        "responses": generated["responses"],
+        "raw_rows": raw,
+        "raw_mb": raw_mb,
+        "stages": stages,
+        "etl_summary": etl,
+        "published_rows": published,
+        "etl_rows_per_s": round(sum(raw.values()) / stages["etl"]["wall_s"]),
+        "spark_scratch_mb_left": _disk_mb(scratch) if scratch.exists() else 0,
+        "home": str(home),
+    }
+    if not keep:
+        shutil.rmtree(home)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=10, help="multiple of the M size (customers and sends)")
+    parser.add_argument("--keep", action="store_true", help="keep the project home (data, logs)")
+    args = parser.parse_args()
+    from benchmarks.nightly import environment
+
+    report = {
+        "date": date.today().isoformat(),
+        "command": f"python -m benchmarks.etl_scale --scale {args.scale}",
+        "environment": environment(),
+        **run(args.scale, args.keep),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"etl-scale-{report['date']}.json"
+    out.write_text(json.dumps(report, indent=2))
+    g, e = report["stages"]["generate"], report["stages"]["etl"]
+    print(f"| x{args.scale} | {report['sends']:,} sends, {report['customers']:,} customers |")
+    print("| --- | --- |")
+    print(f"| raw rows | {report['raw_rows']} ({report['raw_mb']} MB Parquet) |")
+    print(f"| generate | {g['wall_s']} s, peak {g['driver_mb']} MB |")
+    memory = f"driver {e['driver_mb']} MB, JVM {e['jvm_mb']} MB"
+    print(f"| etl | {e['wall_s']} s, {report['etl_rows_per_s']:,} raw rows/s; {memory} |")
+    print(f"| published | {report['published_rows']} |")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
