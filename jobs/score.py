@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime
 
 import mlflow
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
@@ -60,53 +60,8 @@ def predict_arms(features: DataFrame, model: PortableTLearner, settings: Setting
     return features.select("customer_id", *FEATURES).mapInPandas(predict_batches, prediction_schema(settings))
 
 
-def rank_by_value(frame: DataFrame, running: dict[str, Column], ranges: int) -> DataFrame:
-    """Add `rank` (1 = highest expected_net_value, ties by customer_id), `decile` (as Spark's
-    `ntile(10)` over that order) and, per name in `running`, the running total of that column
-    in rank order, this row included.
-
-    Without moving every row into one partition: the rows are cut into `ranges` value ranges
-    at approximate quantiles of expected_net_value; a window ranks each range on its own, and
-    the row counts and totals of the ranges above it (one row per range, collected) offset its
-    ranks and totals. Equal values fall in the same range, so the order is the one total order
-    a single global window gives. Reads frame three times: persist an expensive one.
-    """
-    value = "expected_net_value"
-    cuts = sorted(set(frame.approxQuantile(value, [i / ranges for i in range(1, ranges)], 0.001)))
-    # Range 0 holds the highest values: a value's range is the number of cuts it does not exceed.
-    frame = frame.withColumn("_range", sum(((F.col(value) <= cut).cast("int") for cut in cuts), F.lit(0)))
-    totals = {"_rows": F.count("*"), **{name: F.sum(column) for name, column in running.items()}}
-    per_range = frame.groupBy("_range").agg(*[c.alias(name) for name, c in totals.items()]).collect()
-    above, offsets = dict.fromkeys(totals, 0), {}
-    for row in sorted(per_range, key=lambda r: r["_range"]):
-        offsets[row["_range"]] = dict(above)
-        above = {name: above[name] + (row[name] or 0) for name in totals}
-
-    def offset(name: str) -> Column:
-        if not offsets:
-            return F.lit(0)
-        pairs = [x for r, o in offsets.items() for x in (F.lit(r), F.lit(o[name]))]
-        return F.create_map(*pairs)[F.col("_range")]
-
-    within = Window.partitionBy("_range").orderBy(F.col(value).desc(), F.col("customer_id"))
-    so_far = within.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    out = frame.withColumn("rank", (F.row_number().over(within) + offset("_rows")).cast("int"))
-    for name, column in running.items():
-        out = out.withColumn(name, F.sum(column).over(so_far) + offset(name))
-    # ntile(10) of n rows: the first n % 10 deciles hold one row more than the others.
-    size, bigger = divmod(above["_rows"], 10)
-    in_bigger = bigger * (size + 1)
-    decile = F.when(F.col("rank") <= in_bigger, F.floor((F.col("rank") - 1) / (size + 1)) + 1).otherwise(
-        F.floor((F.col("rank") - 1 - in_bigger) / max(size, 1)) + bigger + 1
-    )
-    return out.withColumn("decile", decile.cast("int")).drop("_range")
-
-
 def apply_policy(scored: DataFrame, settings: Settings, run_date: date) -> DataFrame:
-    """Add recommended_arm, expected uplift and net value, rank, decile, selected and holdout.
-
-    Reads scored three times (`rank_by_value`): persist it when it is expensive to compute.
-    """
+    """Add recommended_arm, expected uplift and net value, rank, decile, selected and holdout."""
     policy, arms = settings.targeting, settings.experiment.arms
     options = F.array(
         *[
@@ -120,28 +75,29 @@ def apply_policy(scored: DataFrame, settings: Settings, run_date: date) -> DataF
     )
     best = F.array_max(options)  # structs compare field by field: highest net value wins
     worth_it = (best["net"] > 0) & (best["uplift"] >= policy.min_uplift)
-    recommended = F.col("recommended_arm") != "none"
-    costs = F.create_map(*[x for a in arms for x in (F.lit(a), F.lit(policy.cost_per_send[a]))])
+    by_value = Window.orderBy(F.col("expected_net_value").desc(), F.col("customer_id"))
     out = (
         scored.withColumn("_best", best)
         .withColumn("recommended_arm", F.when(worth_it, F.col("_best.arm")).otherwise(F.lit("none")))
         .withColumn("expected_net_value", F.col("_best.net"))
         .withColumn("expected_uplift", F.when(worth_it, F.col("_best.uplift")).otherwise(F.lit(0.0)))
         .drop("_best")
-        .withColumn("send_cost", F.when(recommended, costs[F.col("recommended_arm")]).otherwise(F.lit(0.0)))
+        .withColumn("rank", F.row_number().over(by_value))
+        .withColumn("decile", F.ntile(10).over(by_value))
     )
-    selected, running = recommended, {}
+    recommended = F.col("recommended_arm") != "none"
+    costs = F.create_map(*[x for a in arms for x in (F.lit(a), F.lit(policy.cost_per_send[a]))])
+    so_far = by_value.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    out = out.withColumn("send_cost", F.when(recommended, costs[F.col("recommended_arm")]).otherwise(F.lit(0.0)))
+    selected = recommended
     if policy.max_sends is not None:
-        running["_sends_so_far"] = recommended.cast("int")
-        selected = selected & (F.col("_sends_so_far") <= policy.max_sends)
+        selected = selected & (F.sum(recommended.cast("int")).over(so_far) <= policy.max_sends)
     if policy.max_spend is not None:
-        running["_spend_so_far"] = F.col("send_cost")
-        selected = selected & (F.col("_spend_so_far") <= policy.max_spend)
-    out = rank_by_value(out, running, settings.spark.shuffle_partitions)
+        selected = selected & (F.sum("send_cost").over(so_far) <= policy.max_spend)
     # A stable pseudo-random share of the selected stays unsent: tomorrow's randomized control.
     draw = (F.xxhash64("customer_id", F.lit(run_date.isoformat())) % 1_000_000).cast("double") / 1_000_000
     holdout = F.abs(draw) < policy.holdout_share
-    return out.withColumn("selected", selected).withColumn("holdout", F.col("selected") & holdout).drop(*running)
+    return out.withColumn("selected", selected).withColumn("holdout", F.col("selected") & holdout)
 
 
 def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
@@ -156,29 +112,25 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     exp = settings.experiment
     features = read_partition(spark, settings, "features/scoring", run_date)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}").unwrap_python_model()
-    # Predicted once: the ranking reads the predictions three times.
-    scored = predict_arms(features, model.portable(), settings).persist()
-    try:
-        audience = apply_policy(scored, settings, run_date).select(
-            "customer_id",
-            "recommended_arm",
-            "selected",
-            "holdout",
-            "expected_uplift",
-            "expected_net_value",
-            "send_cost",
-            "rank",
-            "decile",
-            F.col(f"p_{exp.control}").alias("p_control"),
-            *[F.col(f"p_{a}") for a in exp.arms],
-            *[F.col(f"uplift_{a}") for a in exp.arms],
-            F.lit(name).alias("model_name"),
-            F.lit(str(champion.version)).alias("model_version"),
-            F.lit(datetime.now(UTC)).cast("timestamp").alias("scored_at"),
-        )
-        path = publish_partition(audience, settings, "audience", run_date)
-    finally:
-        scored.unpersist()
+    scored = predict_arms(features, model.portable(), settings)
+    audience = apply_policy(scored, settings, run_date).select(
+        "customer_id",
+        "recommended_arm",
+        "selected",
+        "holdout",
+        "expected_uplift",
+        "expected_net_value",
+        "send_cost",
+        "rank",
+        "decile",
+        F.col(f"p_{exp.control}").alias("p_control"),
+        *[F.col(f"p_{a}") for a in exp.arms],
+        *[F.col(f"uplift_{a}") for a in exp.arms],
+        F.lit(name).alias("model_name"),
+        F.lit(str(champion.version)).alias("model_version"),
+        F.lit(datetime.now(UTC)).cast("timestamp").alias("scored_at"),
+    )
+    path = publish_partition(audience, settings, "audience", run_date)
     published = spark.read.parquet(str(path))
     sent = F.col("selected") & ~F.col("holdout")
     summary = (

@@ -1,10 +1,6 @@
 """The targeting policy on hand-made uplifts: best net value, floors, budgets, fresh holdout."""
 
-import numpy as np
 import pandas as pd
-import pytest
-from pyspark.sql import Window
-from pyspark.sql import functions as F
 
 from conftest import RUN_DATE
 from jobs.score import apply_policy
@@ -69,32 +65,3 @@ def test_a_stable_share_of_the_selected_is_held_out(spark, settings):
         == second.sort_values("customer_id")["holdout"].to_numpy()
     ).all()
     assert not (first["holdout"] & ~first["selected"]).any()
-
-
-@pytest.mark.parametrize("customers", [5003, 7])
-def test_ranking_by_value_ranges_equals_one_global_window(spark, settings, customers):
-    # Many customers share a value (ties across the ranges' cuts); budgets bind mid-way.
-    rng = np.random.default_rng(customers)
-    frame = pd.DataFrame({"customer_id": [f"C{i:05d}" for i in rng.permutation(customers)]})
-    for arm in ("subject_1", "subject_2", "subject_3"):
-        frame[f"uplift_{arm}"] = rng.choice(np.linspace(-0.02, 0.06, 40), customers)
-    policy = _policy(settings, max_sends=customers // 3, max_spend=customers / 100)
-    out = apply_policy(spark.createDataFrame(frame).repartition(3), policy, RUN_DATE)
-    # The reference: one window over every row, in a single partition.
-    by_value = Window.orderBy(F.col("expected_net_value").desc(), F.col("customer_id"))
-    so_far = by_value.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    recommended = F.col("recommended_arm") != "none"
-    within_budget = (F.sum(recommended.cast("int")).over(so_far) <= customers // 3) & (
-        F.sum("send_cost").over(so_far) <= customers / 100
-    )
-    both = (
-        out.withColumn("rank_ref", F.row_number().over(by_value))
-        .withColumn("decile_ref", F.ntile(10).over(by_value))
-        .withColumn("selected_ref", recommended & within_budget)
-        .toPandas()
-    )
-    assert sorted(both["rank"]) == list(range(1, customers + 1))
-    assert (both["rank"] == both["rank_ref"]).all()
-    assert (both["decile"] == both["decile_ref"]).all()
-    assert (both["selected"] == both["selected_ref"]).all()
-    assert 0 < both["selected"].sum() < (both["recommended_arm"] != "none").sum()
