@@ -4,7 +4,7 @@ Generates the data in a fresh project home, then runs the ETL step as the nightl
 (`spark-submit`, local[2], the same driver memory as `benchmarks.nightly`), with the settings a
 user gets (conf/base). Records the wall time and peak memory of each, the rows of the raw
 deliveries and of the published training and scoring sets (counted from Parquet metadata:
-nothing is collected), and the disk the lake and Spark's scratch space took.
+nothing is collected), and the size of the raw deliveries on disk.
 
     python -m benchmarks.etl_scale [--scale 10]
 
@@ -41,14 +41,12 @@ def run(scale: int, keep: bool) -> dict:
     home = Path(tempfile.mkdtemp(prefix=f"uplift-etl-x{scale}-"))
     logs = home / "logs"
     logs.mkdir()
-    scratch = home / "spark-local"
     env = {
         **os.environ,
         "UPLIFT_HOME": str(home),
         "UPLIFT_CONF": str(home / "bench.yml"),
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "SPARK_LOCAL_DIRS": str(scratch),
         "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
     }
     (home / "bench.yml").write_text(yaml.safe_dump({"spark": {"driver_memory": DRIVER_MEMORY}}))
@@ -81,7 +79,6 @@ def run(scale: int, keep: bool) -> dict:
         "etl_summary": etl,
         "published_rows": published,
         "etl_rows_per_s": round(sum(raw.values()) / stages["etl"]["wall_s"]),
-        "spark_scratch_mb_left": _disk_mb(scratch) if scratch.exists() else 0,
         "home": str(home),
     }
     if not keep:

@@ -80,8 +80,8 @@ class PeakMemory:
         if name == "java":
             return "jvm"
         if not name.startswith(("python", "uplift")):
-            # Launcher scripts, and helpers the JVM spawns: such a child can report the JVM's
-            # memory as its own until it execs (seen as a 6.9 GB "driver" in the 10x ETL).
+            # Launcher scripts and other helpers. Counting every non-Java process as the driver
+            # once recorded a 6.9 GB "driver" for the 10x ETL, whose Python driver peaks at 163 MB.
             return None
         if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
             return "python_workers"
