@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import sys
-import tempfile
 from datetime import date
 from pathlib import Path
 
 import pyarrow.dataset as pads
-import yaml
 
-from benchmarks.nightly import DAYS, DRIVER_MEMORY, RESULTS, RUN_DATE, SEED, SIZES, measured, step_command
+from benchmarks.nightly import RESULTS, RUN_DATE, SIZES, bench_home, generate_command, measured, step_command
 
 
 def _rows(path: Path) -> int:
@@ -38,27 +34,12 @@ def _disk_mb(path: Path) -> int:
 
 def run(scale: int, keep: bool) -> dict:
     customers, per_day = (n * scale for n in SIZES["M"])
-    home = Path(tempfile.mkdtemp(prefix=f"uplift-etl-x{scale}-"))
-    logs = home / "logs"
-    logs.mkdir()
-    env = {
-        **os.environ,
-        "UPLIFT_HOME": str(home),
-        "UPLIFT_CONF": str(home / "bench.yml"),
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
-    }
-    (home / "bench.yml").write_text(yaml.safe_dump({"spark": {"driver_memory": DRIVER_MEMORY}}))
-    os.environ.update({k: env[k] for k in ("UPLIFT_HOME", "UPLIFT_CONF")})
+    home, logs, env = bench_home(f"uplift-etl-x{scale}-")
     from jobs.settings import load_settings
 
     settings = load_settings()
     print(f"[x{scale}] home {home}", flush=True)
-    uplift = str(Path(sys.executable).parent / "uplift")
-    generate = [uplift, "generate", "--last-day", RUN_DATE.isoformat(), "--customers", str(customers)]
-    generate += ["--sends-per-day", str(per_day), "--days", str(DAYS), "--seed", str(SEED)]
-    stages = {"generate": measured(generate, env, logs / "generate.log")}
+    stages = {"generate": measured(generate_command(customers, per_day), env, logs / "generate.log")}
     generated = stages["generate"].pop("output")
     print(f"[x{scale}] generate {stages['generate']}: {generated}", flush=True)
     lake = settings.paths.lake

@@ -223,9 +223,10 @@ def model_vs_oracle(settings, report: dict) -> dict:
     return out
 
 
-def run_size(size: str, keep: bool, references: bool = True) -> dict:
-    customers, per_day = SIZES[size]
-    home = Path(tempfile.mkdtemp(prefix=f"uplift-bench-{size}-"))
+def bench_home(prefix: str) -> tuple[Path, Path, dict]:
+    """A fresh project home (the bench's conf overlay in it), its logs folder, and the
+    environment its steps run with; this process's settings point at it as well."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
     logs = home / "logs"
     logs.mkdir()
     env = {
@@ -238,30 +239,25 @@ def run_size(size: str, keep: bool, references: bool = True) -> dict:
     }
     (home / "bench.yml").write_text(yaml.safe_dump({"spark": {"driver_memory": DRIVER_MEMORY}}))
     os.environ.update({k: env[k] for k in ("UPLIFT_HOME", "UPLIFT_CONF")})
+    return home, logs, env
+
+
+def generate_command(customers: int, sends_per_day: int) -> list[str]:
+    """`uplift generate` of DAYS days ending on RUN_DATE, seed SEED."""
+    command = [str(Path(sys.executable).parent / "uplift"), "generate", "--last-day", RUN_DATE.isoformat()]
+    command += ["--customers", str(customers), "--sends-per-day", str(sends_per_day)]
+    return command + ["--days", str(DAYS), "--seed", str(SEED)]
+
+
+def run_size(size: str, keep: bool, references: bool = True) -> dict:
+    customers, per_day = SIZES[size]
+    home, logs, env = bench_home(f"uplift-bench-{size}-")
     from jobs.settings import load_settings
     from jobs.steps import STEPS
 
     settings = load_settings()
     print(f"[{size}] home {home}", flush=True)
-    stages = {}
-    stages["generate"] = measured(
-        [
-            str(Path(sys.executable).parent / "uplift"),
-            "generate",
-            "--last-day",
-            RUN_DATE.isoformat(),
-            "--customers",
-            str(customers),
-            "--sends-per-day",
-            str(per_day),
-            "--days",
-            str(DAYS),
-            "--seed",
-            str(SEED),
-        ],
-        env,
-        logs / "generate.log",
-    )
+    stages = {"generate": measured(generate_command(customers, per_day), env, logs / "generate.log")}
     generated = stages["generate"].pop("output")
     print(f"[{size}] generate {stages['generate']['wall_s']} s: {generated}", flush=True)
     for step in STEPS:
