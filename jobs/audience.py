@@ -78,25 +78,44 @@ def export_csv(settings: Settings, run_date: date, arm: str, output: Path) -> in
     return rows
 
 
+def band_labels(edges: list[float]) -> list[str]:
+    """Labels of the bands between edges: "<25", "25-34", ..., "60+" (integers shown without .0)."""
+    shown = [f"{e:g}" for e in edges]
+    inner = [f"{lo}-{float(hi) - 1:g}" if float(hi).is_integer() else f"{lo}-{hi}" for lo, hi in zip(shown, edges[1:])]
+    return [f"<{shown[0]}", *inner, f"{shown[-1]}+"]
+
+
+def band(column: str, edges: list[float]):
+    """A Spark column: the band label of a numeric column's value (null stays null)."""
+    from pyspark.sql import functions as F
+
+    labels = band_labels(edges)
+    value = F.col(column)
+    out = F.when(value.isNull(), F.lit(None))
+    for edge, label in zip(edges, labels, strict=False):
+        out = out.when(value < edge, F.lit(label))
+    return out.otherwise(F.lit(labels[-1]))
+
+
 def what_if(spark, settings: Settings, run_date: date, where: str, arm: str) -> dict:
     """Expected response rate of a segment with and without `arm` (Spark SQL condition `where`).
 
-    The segment is defined on the scoring features plus `age_group` (18-24, 25-34, 35-44,
-    45-59, 60+) and the audience columns.
+    The segment is defined on the scoring features, the audience columns and, for every numeric
+    attribute with `bins` in the feature spec, a `<name>_band` column ("25-34" for bins 25 and
+    35, "<25" below the first edge, "60+" from the last).
     """
     if arm not in settings.experiment.arms:
         raise ValueError(f"unknown arm '{arm}': the arms are {settings.experiment.arms}")
     audience = spark.read.parquet(str(partition_dir(settings, "audience", run_date)))
     features = spark.read.parquet(str(partition_dir(settings, "features/scoring", run_date)))
-    features.join(audience, "customer_id").createOrReplaceTempView("segment_base")
+    base = features.join(audience, "customer_id")
+    for name, edges in settings.features.segments().items():
+        base = base.withColumn(f"{name}_band", band(name, edges))
+    base.createOrReplaceTempView("segment_base")
     row = spark.sql(
         f"""
-        WITH base AS (
-          SELECT *, CASE WHEN age < 25 THEN '18-24' WHEN age < 35 THEN '25-34' WHEN age < 45 THEN '35-44'
-                         WHEN age < 60 THEN '45-59' ELSE '60+' END AS age_group
-          FROM segment_base)
         SELECT count(*) AS customers, avg(p_control) AS without_message, avg(p_{arm}) AS with_message
-        FROM base WHERE {where}
+        FROM segment_base WHERE {where}
         """
     ).first()
     if not row["customers"]:

@@ -19,13 +19,8 @@ import pandas as pd
 from evidently import Report
 from evidently.presets import DataDriftPreset
 
-from jobs.etl import FEATURES
 from jobs.lake import partition_dates, partition_dir, sample_parquet
 from jobs.settings import Settings, report_dir
-
-# weekday is the same for every scoring row by construction: comparing it says nothing.
-DRIFT_FEATURES = [f for f in FEATURES if f != "weekday"]
-
 
 def drifted_share(report: dict) -> tuple[float, dict[str, dict]]:
     """The share of drifted columns, and each column's test and score, from a snapshot's dict()."""
@@ -67,13 +62,9 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame) -> tuple:
 
 def feature_drift(settings: Settings, run_date: date) -> tuple:
     """The scoring set of run_date against the training set (the model's reference), sampled."""
-    cfg = settings.drift
-    reference = sample_parquet(
-        partition_dir(settings, "features/training", run_date), DRIFT_FEATURES, cfg.sample_rows, cfg.seed
-    )
-    current = sample_parquet(
-        partition_dir(settings, "features/scoring", run_date), DRIFT_FEATURES, cfg.sample_rows, cfg.seed
-    )
+    cfg, names = settings.drift, settings.features.names
+    reference = sample_parquet(partition_dir(settings, "features/training", run_date), names, cfg.sample_rows, cfg.seed)
+    current = sample_parquet(partition_dir(settings, "features/scoring", run_date), names, cfg.sample_rows, cfg.seed)
     return (*compare(reference, current), len(reference), len(current))
 
 

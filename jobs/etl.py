@@ -5,8 +5,9 @@ Every feature of a row is computed as of an anchor time from data strictly befor
   anchored at `sent_at`, labelled 1 when a qualifying response follows within the window;
 - a scoring row is an eligible customer of the run date's users snapshot, anchored at the
   end of the run date.
-User attributes come from the latest snapshot dated before the anchor's day. Nothing about
-the send itself (its arm, its outcome) enters a feature.
+User attributes come from the latest snapshot dated before the anchor's day. Which attributes
+and history features are computed is the feature spec's (`features:` in conf, jobs.features).
+Nothing about the send itself (its arm, its outcome) enters a feature.
 """
 
 from __future__ import annotations
@@ -16,25 +17,13 @@ from datetime import date, timedelta
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs.lake import publish_partition, raw_partitions, read_raw
+from jobs.features import FeatureSpec
+from jobs.lake import MissingInputError, publish_partition, raw_partitions, read_raw
 from jobs.settings import Settings
 
-NUMERIC_FEATURES = [
-    "age",
-    "tenure_days",
-    "weekday",
-    "n_sends_30d",
-    "n_sends_90d",
-    "n_responses_30d",
-    "n_responses_90d",
-    "days_since_last_response",
-    "response_rate_90d",
-]
-CATEGORICAL_FEATURES = ["gender", "customer_type", "email_domain", "previous_arm"]
-FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
-# Never a feature: the outcome, the treatment, identifiers and PII.
-FORBIDDEN_FEATURES = ["label", "arm", "send_id", "customer_id", "campaign_id", "sent_at", "email"]
-LOOKBACK_DAYS = 90
+# The send's columns the training set carries next to its features (never features themselves).
+TRAINING_KEYS = ["send_id", "customer_id", "campaign_id", "sent_at", "arm", "label"]
+SCORING_KEYS = ["customer_id"]
 
 
 def dedupe(frame: DataFrame, key: str, order: list[str]) -> DataFrame:
@@ -62,10 +51,40 @@ def _snapshot_for(spark: SparkSession, snapshot_days: list[date], anchor_days: l
     return spark.createDataFrame(pairs, "anchor_day date, snapshot_dt date")
 
 
+def _attribute(spec: FeatureSpec, name: str) -> Column:
+    """A feature from the users snapshot joined to the anchor (with `as_of`)."""
+    a, column = spec.attributes[name], F.col(f"u.`{spec.source_column(name)}`")
+    if a.derive == "days_since":
+        return F.datediff(F.to_date("as_of"), column).alias(name)
+    if a.derive == "email_domain":
+        return F.lower(F.substring_index(column, "@", -1)).alias(name)
+    return column.alias(name)
+
+
+def _windowed(at: str, days: int) -> Column:
+    return F.col(at) >= F.col("a.as_of") - F.expr(f"INTERVAL {days} DAYS")
+
+
+def _history(anchors: DataFrame, events: DataFrame, at: str, aggs: list[Column], lookback: int) -> DataFrame:
+    """Aggregates per anchor of a customer's events strictly before as_of, at most lookback days back."""
+    return (
+        anchors.alias("a")
+        .join(events.alias("e"), "customer_id")
+        .where((F.col(f"e.{at}") < F.col("a.as_of")) & _windowed(f"e.{at}", lookback))
+        .groupBy("a.anchor_id")
+        .agg(*aggs)
+    )
+
+
 def point_in_time_features(
-    anchors: DataFrame, users: DataFrame, sends: DataFrame, qualifying: DataFrame, snapshots: DataFrame
+    anchors: DataFrame,
+    users: DataFrame,
+    sends: DataFrame,
+    qualifying: DataFrame,
+    snapshots: DataFrame,
+    spec: FeatureSpec,
 ) -> DataFrame:
-    """Add FEATURES to anchors (`anchor_id`, `customer_id`, `as_of`, `anchor_day`).
+    """Add the spec's features to anchors (`anchor_id`, `customer_id`, `as_of`, `anchor_day`).
 
     users: all snapshots (with `dt`); sends and qualifying responses: deduplicated history.
     Anchors without a users snapshot before their day are dropped.
@@ -73,57 +92,45 @@ def point_in_time_features(
     a = anchors.join(F.broadcast(snapshots), "anchor_day")
     # Only the snapshots some anchor uses (scoring: one of them) go into the shuffle.
     used = F.broadcast(snapshots.select(F.col("snapshot_dt").alias("dt")).distinct())
-    attrs = users.join(used, "dt", "left_semi").select(
-        "customer_id",
-        F.col("dt").alias("snapshot_dt"),
-        "age",
-        "gender",
-        "customer_type",
-        "signup_date",
-        F.lower(F.substring_index("email", "@", -1)).alias("email_domain"),
-    )
-    a = a.join(attrs, ["customer_id", "snapshot_dt"])
-    a = a.withColumn("tenure_days", F.datediff(F.to_date("as_of"), "signup_date")).withColumn(
-        "weekday", F.dayofweek("anchor_day")
-    )
+    attrs = users.join(used, "dt", "left_semi").withColumnRenamed("dt", "snapshot_dt")
+    a = a.alias("a").join(attrs.alias("u"), ["customer_id", "snapshot_dt"])
+    a = a.select("anchor_id", "customer_id", "as_of", *[_attribute(spec, name) for name in spec.attributes])
 
-    lookback = F.expr(f"INTERVAL {LOOKBACK_DAYS} DAYS")
-    prior_sends = (
-        anchors.alias("a")
-        .join(sends.alias("s"), "customer_id")
-        .where((F.col("s.sent_at") < F.col("a.as_of")) & (F.col("s.sent_at") >= F.col("a.as_of") - lookback))
-        .groupBy("a.anchor_id")
-        .agg(
-            F.count("*").alias("n_sends_90d"),
-            F.sum(F.when(F.col("s.sent_at") >= F.col("a.as_of") - F.expr("INTERVAL 30 DAYS"), 1).otherwise(0)).alias(
-                "n_sends_30d"
-            ),
-            F.max_by("s.arm", "s.sent_at").alias("previous_arm"),
-        )
-    )
-    prior_responses = (
-        anchors.alias("a")
-        .join(qualifying.alias("r"), "customer_id")
-        .where((F.col("r.responded_at") < F.col("a.as_of")) & (F.col("r.responded_at") >= F.col("a.as_of") - lookback))
-        .groupBy("a.anchor_id")
-        .agg(
-            F.count("*").alias("n_responses_90d"),
-            F.sum(
-                F.when(F.col("r.responded_at") >= F.col("a.as_of") - F.expr("INTERVAL 30 DAYS"), 1).otherwise(0)
-            ).alias("n_responses_30d"),
-            F.max("r.responded_at").alias("_last_response"),
-        )
-    )
-    a = a.join(prior_sends, "anchor_id", "left").join(prior_responses, "anchor_id", "left")
-    counts = ["n_sends_30d", "n_sends_90d", "n_responses_30d", "n_responses_90d"]
-    a = a.fillna(0, subset=counts).fillna("none", subset=["previous_arm"])
-    return (
-        a.withColumn("days_since_last_response", _days_between(F.col("as_of"), F.col("_last_response")))
-        .withColumn(
-            "response_rate_90d",
-            F.when(F.col("n_sends_90d") > 0, F.col("n_responses_90d") / F.col("n_sends_90d")),
-        )
-        .drop("_last_response", "signup_date", "snapshot_dt")
+    h = spec.history
+    send_windows = sorted({*h.n_sends, *h.response_rate})
+    response_windows = sorted({*h.n_responses, *h.response_rate})
+    send_aggs = [F.sum(_windowed("e.sent_at", w).cast("long")).alias(f"_sends_{w}d") for w in send_windows]
+    if h.previous_arm:
+        recent = F.when(_windowed("e.sent_at", h.previous_arm), F.struct("e.sent_at", "e.arm"))
+        send_aggs.append(F.max(recent)["arm"].alias("previous_arm"))
+    response_aggs = [
+        F.sum(_windowed("e.responded_at", w).cast("long")).alias(f"_responses_{w}d") for w in response_windows
+    ]
+    if h.days_since_last_response:
+        recent = F.when(_windowed("e.responded_at", h.days_since_last_response), F.col("e.responded_at"))
+        response_aggs.append(F.max(recent).alias("_last_response"))
+    lookback = spec.lookback_days
+    if send_aggs:
+        a = a.join(_history(anchors, sends, "sent_at", send_aggs, lookback), "anchor_id", "left")
+    if response_aggs:
+        a = a.join(_history(anchors, qualifying, "responded_at", response_aggs, lookback), "anchor_id", "left")
+    zeros = [f"_sends_{w}d" for w in send_windows] + [f"_responses_{w}d" for w in response_windows]
+    a = a.fillna(0, subset=zeros)
+    derived = {f"n_sends_{w}d": F.col(f"_sends_{w}d") for w in h.n_sends}
+    derived |= {f"n_responses_{w}d": F.col(f"_responses_{w}d") for w in h.n_responses}
+    derived |= {
+        f"response_rate_{w}d": F.when(F.col(f"_sends_{w}d") > 0, F.col(f"_responses_{w}d") / F.col(f"_sends_{w}d"))
+        for w in h.response_rate
+    }
+    if h.days_since_last_response:
+        derived["days_since_last_response"] = _days_between(F.col("as_of"), F.col("_last_response"))
+    if h.previous_arm:
+        derived["previous_arm"] = F.coalesce(F.col("previous_arm"), F.lit("none"))
+    return a.select(
+        "anchor_id",
+        "customer_id",
+        "as_of",
+        *[derived[name].alias(name) if name in derived else F.col(name) for name in spec.names],
     )
 
 
@@ -143,7 +150,7 @@ def label_sends(sends: DataFrame, qualifying: DataFrame, window_days: int) -> Da
 
 def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple[DataFrame, DataFrame]:
     """The training set (matured, labelled sends) and the scoring set of run_date."""
-    exp = settings.experiment
+    exp, spec = settings.experiment, settings.features
     users = read_raw(spark, settings, "users", run_date)
     sends = dedupe(read_raw(spark, settings, "sends", run_date), "send_id", ["dt", "sent_at", "customer_id", "arm"])
     responses = dedupe(
@@ -172,15 +179,16 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
         F.col("sent_at").alias("as_of"),
         F.to_date("sent_at").alias("anchor_day"),
     )
-    training = point_in_time_features(
-        training_anchors, users, sends, qualifying, _snapshot_for(spark, snapshot_days, send_days)
-    ).withColumnRenamed("anchor_id", "send_id")
+    snapshot_for = _snapshot_for(spark, snapshot_days, send_days)
+    _require_snapshots(settings, snapshot_days, send_days)
+    training = point_in_time_features(training_anchors, users, sends, qualifying, snapshot_for, spec)
+    training = training.withColumnRenamed("anchor_id", "send_id").withColumnRenamed("as_of", "sent_at")
     training = training.join(matured.select("send_id", "campaign_id", "arm", "label"), "send_id").select(
-        "send_id", "customer_id", "campaign_id", F.col("as_of").alias("sent_at"), "arm", "label", *FEATURES
+        *TRAINING_KEYS, *spec.names
     )
 
     scoring_day = run_date + timedelta(days=1)
-    today = users.where(F.col("dt") == F.lit(max(snapshot_days))).where(settings.features.eligibility)
+    today = users.where(F.col("dt") == F.lit(max(snapshot_days))).where(spec.eligibility)
     scoring_anchors = today.select(
         F.col("customer_id").alias("anchor_id"),
         "customer_id",
@@ -188,9 +196,20 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
         F.lit(scoring_day).alias("anchor_day"),
     )
     scoring = point_in_time_features(
-        scoring_anchors, users, sends, qualifying, _snapshot_for(spark, snapshot_days, [scoring_day])
-    ).select("customer_id", *FEATURES)
+        scoring_anchors, users, sends, qualifying, _snapshot_for(spark, snapshot_days, [scoring_day]), spec
+    ).select(*SCORING_KEYS, *spec.names)
     return training, scoring
+
+
+def _require_snapshots(settings: Settings, snapshot_days: list[date], send_days: list[date]) -> None:
+    """Fail clearly when matured sends exist but none has a users snapshot dated before its day."""
+    if send_days and not any(d < max(send_days) for d in snapshot_days):
+        raise MissingInputError(
+            f"raw source 'users': no snapshot is dated before any matured send day (send days "
+            f"{min(send_days)}..{max(send_days)}, snapshots {[str(d) for d in snapshot_days]}): a send's "
+            "attributes come from the latest snapshot dated strictly before its day (the state it was "
+            f"targeted from). Land that snapshot under {settings.paths.lake / 'raw' / 'users'}/dt=<day before>."
+        )
 
 
 def duplicates_removed(spark: SparkSession, settings: Settings, run_date: date) -> dict[str, int]:

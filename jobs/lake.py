@@ -23,24 +23,7 @@ import pyarrow.dataset as pads
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.settings import CANONICAL_COLUMNS, Settings
-
-# Canonical Spark types of the raw contract; delivered columns are renamed then cast.
-RAW_TYPES = {
-    "customer_id": "string",
-    "signup_date": "date",
-    "age": "int",
-    "gender": "string",
-    "customer_type": "string",
-    "email": "string",
-    "send_id": "string",
-    "campaign_id": "string",
-    "sent_at": "timestamp",
-    "arm": "string",
-    "response_id": "string",
-    "responded_at": "timestamp",
-    "response_type": "string",
-}
+from jobs.settings import Settings
 
 
 class MissingInputError(RuntimeError):
@@ -84,10 +67,11 @@ def read_raw(
 ) -> DataFrame:
     """A source's deliveries up to run_date (or of run_date alone), in canonical names and types.
 
-    Adds `dt` (the delivery date). Columns outside the contract are dropped here, so nothing
-    unmapped (and no PII beyond the contract) travels further. A value that does not parse as
-    its type becomes null; with check_types, `unparsable` lists such columns per row (and
-    `raw_<column>` keeps what was delivered) for validation to report.
+    Adds `dt` (the delivery date). Only the contract's columns (for users: customer_id and the
+    columns the feature spec reads) are kept, so nothing undeclared travels further. A value
+    that does not parse as its type becomes null; with check_types, `unparsable` lists such
+    columns per row, `raw_<column>` keeps what was delivered and `source_file` the file (its
+    dt= folder and name), for validation to report.
     """
     folders = raw_partitions(settings, source, run_date)
     if only_run_date:
@@ -102,23 +86,33 @@ def read_raw(
         frame = reader.csv([str(f) for f in folders])
     else:
         frame = reader.parquet(*[str(f) for f in folders])
-    missing = [delivered for delivered in conf.columns.values() if delivered not in frame.columns]
+    types = settings.raw_types(source)
+    missing = {name: conf.delivered(name) for name in types if conf.delivered(name) not in frame.columns}
     if missing:
+        files = sorted({f.name for f in folders if not _has_columns(spark, conf, f, missing.values())})
         raise MissingInputError(
-            f"raw source '{source}': delivered columns {frame.columns} lack {missing} "
-            f"(mapped in conf sources.{source}.columns)"
+            f"raw source '{source}': the delivery lacks columns "
+            + ", ".join(f"'{d}'" + (f" (our '{n}')" if n != d else "") for n, d in missing.items())
+            + f" in {', '.join(files) or 'some files'} under {raw_dir(settings, source)}; delivered columns: "
+            f"{[c for c in frame.columns if c != 'dt']}. Map them in conf sources.{source}.columns, or fix "
+            "the feature spec (features.attributes) that reads them."
         )
-    delivered = {name: F.col(f"`{conf.columns[name]}`") for name in CANONICAL_COLUMNS[source]}
-    typed = [column.try_cast(RAW_TYPES[name]).alias(name) for name, column in delivered.items()]
+    delivered = {name: F.col(f"`{conf.delivered(name)}`") for name in types}
+    typed = [column.try_cast(types[name]).alias(name) for name, column in delivered.items()]
     dt = F.col("dt").cast("date").alias("dt")
     if not check_types:
         return frame.select(*typed, dt)
     raw = [column.cast("string").alias(f"raw_{name}") for name, column in delivered.items()]
-    failed = [
-        F.when(F.col(f"raw_{name}").isNotNull() & F.col(name).isNull(), F.lit(name))
-        for name in CANONICAL_COLUMNS[source]
-    ]
-    return frame.select(*typed, *raw, dt).withColumn("unparsable", F.concat_ws(",", *failed))
+    failed = [F.when(F.col(f"raw_{name}").isNotNull() & F.col(name).isNull(), F.lit(name)) for name in types]
+    source_file = F.regexp_extract(F.input_file_name(), r"[^/]+/[^/]+$", 0).alias("source_file")
+    return frame.select(*typed, *raw, dt, source_file).withColumn("unparsable", F.concat_ws(",", *failed))
+
+
+def _has_columns(spark: SparkSession, conf, folder: Path, columns) -> bool:
+    """Whether one delivery folder has all of columns (to name the deliveries that lack some)."""
+    reader = spark.read.option("header", "true")
+    frame = reader.csv(str(folder)) if conf.format == "csv" else reader.parquet(str(folder))
+    return all(c in frame.columns for c in columns)
 
 
 def publish_partition(df: DataFrame, settings: Settings, table: str, run_date: date) -> Path:

@@ -25,7 +25,6 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-from jobs.etl import FEATURES
 from jobs.lake import partition_dir, publish_partition, read_partition
 from jobs.registry import CHAMPION, alias_version
 from jobs.settings import Settings
@@ -44,8 +43,34 @@ def prediction_schema(settings: Settings) -> StructType:
     return StructType([StructField("customer_id", StringType()), *fields])
 
 
+class FeatureMismatchError(RuntimeError):
+    """The scoring set's features are not the ones the model was trained on."""
+
+
+def check_features(columns: list[str], model: PortableTLearner, keys: tuple[str, ...] = ("customer_id",)) -> None:
+    """Refuse a scoring set whose feature columns differ from the model's, naming the columns."""
+    trained = [*model.numeric, *model.categories]
+    given = [c for c in columns if c not in keys]
+    missing, unexpected = [c for c in trained if c not in given], [c for c in given if c not in trained]
+    if missing or unexpected:
+        raise FeatureMismatchError(
+            "the scoring set's features differ from the model's: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {missing}" if missing else "",
+                    f"not known to the model {unexpected}" if unexpected else "",
+                )
+                if part
+            )
+            + f". The model was trained on {trained}. A changed feature spec needs a model trained on it: "
+            "run the nightly through train and gate, or restore the spec the champion was trained with."
+        )
+
+
 def predict_arms(features: DataFrame, model: PortableTLearner, settings: Settings) -> DataFrame:
     """Per customer of features: every arm's response probability and every treatment's uplift."""
+    check_features(features.columns, model)
     shipped = features.sparkSession.sparkContext.broadcast(model)
     columns = [f.name for f in prediction_schema(settings)]
 
@@ -57,7 +82,8 @@ def predict_arms(features: DataFrame, model: PortableTLearner, settings: Setting
             predicted.insert(0, "customer_id", batch["customer_id"])
             yield predicted[columns]
 
-    return features.select("customer_id", *FEATURES).mapInPandas(predict_batches, prediction_schema(settings))
+    inputs = features.select("customer_id", *model.numeric, *model.categories)
+    return inputs.mapInPandas(predict_batches, prediction_schema(settings))
 
 
 def apply_policy(scored: DataFrame, settings: Settings, run_date: date) -> DataFrame:

@@ -2,6 +2,12 @@
 
 A wrong key or a wrong type fails at load time with the file and the key named, so a typo
 in a user's column mapping never turns into a silent empty join.
+
+Overlays merge into the base mapping by mapping, key by key, except the values under the keys
+in REPLACED_WHOLE: an overlay that sets one of them (the arms' maps, a column mapping, the
+feature spec's attributes and history) replaces it entirely, so a user's experiment never
+inherits the demo's arms or attributes. A per-arm map left inconsistent with the arms fails
+at load time, naming the key.
 """
 
 from __future__ import annotations
@@ -15,14 +21,19 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from jobs.features import RESPONSE_COLUMNS, SEND_COLUMNS, FeatureSpec
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # s3://, file:, mlflow-artifacts:/ ...
 SOURCES = ("users", "sends", "responses")
-CANONICAL_COLUMNS = {
-    "users": ("customer_id", "signup_date", "age", "gender", "customer_type", "email"),
-    "sends": ("send_id", "campaign_id", "customer_id", "sent_at", "arm"),
-    "responses": ("response_id", "customer_id", "responded_at", "response_type"),
+# Spark types of the sends and responses contract; the users columns' come from the feature spec.
+CONTRACT_TYPES = {
+    "sends": dict(zip(SEND_COLUMNS, ("string", "string", "string", "timestamp", "string"), strict=True)),
+    "responses": dict(zip(RESPONSE_COLUMNS, ("string", "string", "timestamp", "string"), strict=True)),
 }
+REPLACED_WHOLE = frozenset(
+    {"expected_split", "campaign_splits", "cost_per_send", "columns", "attributes", "history"}
+)
 
 
 class _Strict(BaseModel):
@@ -37,13 +48,21 @@ class Paths(_Strict):
 
 class Source(_Strict):
     format: Literal["parquet", "csv"]
-    columns: dict[str, str]
+    # our name -> the name in the delivered files; a column not listed keeps its name
+    columns: dict[str, str] = {}
+    # daily: a delivery is expected on every run date; occasional: only when there is one
+    delivery: Literal["daily", "occasional"] = "daily"
+
+    def delivered(self, name: str) -> str:
+        return self.columns.get(name, name)
 
 
 class Experiment(_Strict):
     control: str
     arms: list[str] = Field(min_length=1)
     expected_split: dict[str, float]
+    # campaigns randomized with their own split (arms left out had no share); others use expected_split
+    campaign_splits: dict[str, dict[str, float]] = {}
     attribution_window_days: int = Field(gt=0)
     qualifying_response_types: list[str] = Field(min_length=1)
     srm_p_value_min: float = Field(ge=0, lt=1)
@@ -52,15 +71,27 @@ class Experiment(_Strict):
     def all_arms(self) -> list[str]:
         return [self.control, *self.arms]
 
+    def split_of(self, campaign_id: str) -> dict[str, float]:
+        """The randomization split of a campaign: its own if declared, else expected_split."""
+        return self.campaign_splits.get(campaign_id, self.expected_split)
+
     @model_validator(mode="after")
     def _split_covers_arms(self) -> Experiment:
+        if self.control in self.arms or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms {self.arms} must be distinct and must not contain the control '{self.control}'")
         if set(self.expected_split) != set(self.all_arms):
             raise ValueError(
                 f"expected_split keys {sorted(self.expected_split)} must be exactly "
-                f"control + arms {sorted(self.all_arms)}"
+                f"control + arms {sorted(self.all_arms)} (an overlay that sets arms sets expected_split too)"
             )
-        if abs(sum(self.expected_split.values()) - 1.0) > 1e-6:
-            raise ValueError("expected_split shares must sum to 1")
+        for key, split in [("expected_split", self.expected_split)] + [
+            (f"campaign_splits.{c}", split) for c, split in self.campaign_splits.items()
+        ]:
+            unknown = set(split) - set(self.all_arms)
+            if unknown:
+                raise ValueError(f"{key} names {sorted(unknown)}, not among control + arms {self.all_arms}")
+            if abs(sum(split.values()) - 1.0) > 1e-6 or min(split.values()) < 0:
+                raise ValueError(f"{key} shares must be non-negative and sum to 1, got {split}")
         return self
 
 
@@ -68,10 +99,9 @@ class Validation(_Strict):
     volume_tolerance: float = Field(gt=0)
     volume_days: int = Field(gt=0)
     volume_min_history: int = Field(gt=0)
-
-
-class Features(_Strict):
-    eligibility: str
+    # The leakage guard: a feature whose single-feature AUC for the label, or for an arm vs
+    # control, reaches this is refused (it is, or derives from, the outcome or the treatment).
+    leakage_max_auc: float = Field(default=0.98, gt=0.5, le=1)
 
 
 class Training(_Strict):
@@ -137,7 +167,7 @@ class Settings(_Strict):
     sources: dict[Literal["users", "sends", "responses"], Source]
     experiment: Experiment
     validation: Validation
-    features: Features
+    features: FeatureSpec
     training: Training
     gate: Gate
     mlflow: Mlflow
@@ -147,23 +177,42 @@ class Settings(_Strict):
     spark: Spark
     schedule: Schedule
 
+    def raw_types(self, source: str) -> dict[str, str]:
+        """A raw source's columns (our names) and the Spark type each is read as."""
+        return self.features.users_columns() if source == "users" else CONTRACT_TYPES[source]
+
     @model_validator(mode="after")
     def _complete(self) -> Settings:
         for source in SOURCES:
             if source not in self.sources:
                 raise ValueError(f"sources.{source} is missing")
-            missing = set(CANONICAL_COLUMNS[source]) - set(self.sources[source].columns)
-            if missing:
-                raise ValueError(f"sources.{source}.columns lacks a mapping for {sorted(missing)}")
-        if set(self.targeting.cost_per_send) != set(self.experiment.arms):
-            raise ValueError("targeting.cost_per_send must give a cost for every arm")
+            unknown = set(self.sources[source].columns) - set(self.raw_types(source))
+            if unknown:
+                raise ValueError(
+                    f"sources.{source}.columns maps {sorted(unknown)}, which nothing reads "
+                    f"(the columns read are {sorted(self.raw_types(source))})"
+                )
+        arms, costs = set(self.experiment.arms), set(self.targeting.cost_per_send)
+        if costs != arms:
+            raise ValueError(
+                f"targeting.cost_per_send must give a cost for exactly the arms {sorted(arms)}: "
+                + ", ".join(
+                    part
+                    for part in (
+                        f"missing {sorted(arms - costs)}" if arms - costs else "",
+                        f"unknown {sorted(costs - arms)}" if costs - arms else "",
+                    )
+                    if part
+                )
+            )
         return self
 
 
 def _merge(base: dict, overlay: dict) -> dict:
+    """overlay on top of base: mappings merge key by key, except under REPLACED_WHOLE keys."""
     merged = dict(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in REPLACED_WHOLE:
             merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value

@@ -24,16 +24,13 @@ from mlflow.models import infer_signature
 from sklearn.model_selection import train_test_split
 
 from jobs import metrics
-from jobs.etl import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from jobs.lake import MissingInputError, partition_dir, sample_parquet
 from jobs.model import TLearnerModel
 from jobs.settings import Settings
 from jobs.tracking import HOLDOUT_ARTIFACT, use_tracking
 
 EARLY_STOPPING_ROUNDS = 30
-
-
-TRAINING_COLUMNS = ["customer_id", "arm", "label", *NUMERIC_FEATURES, *CATEGORICAL_FEATURES]
+FEATURE_SPEC_ARTIFACT = "feature_spec.json"
 
 
 def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
@@ -41,9 +38,10 @@ def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
     path = partition_dir(settings, "features/training", run_date)
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
+    columns = ["customer_id", "arm", "label", *settings.features.names]
     if settings.training.max_rows is None:
-        return pd.read_parquet(path, columns=TRAINING_COLUMNS)
-    return sample_parquet(path, TRAINING_COLUMNS, settings.training.max_rows, settings.training.seed)
+        return pd.read_parquet(path, columns=columns)
+    return sample_parquet(path, columns, settings.training.max_rows, settings.training.seed)
 
 
 def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
@@ -52,9 +50,9 @@ def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
     The arms are fitted side by side, one thread each: small trees gain little from threads
     within one fit, and lose a lot when the cores are shared (Spark workers, other jobs).
     """
-    exp, cfg = settings.experiment, settings.training
-    categories = {c: sorted(train[c].dropna().astype(str).unique().tolist()) for c in CATEGORICAL_FEATURES}
-    model = TLearnerModel({}, exp.control, exp.arms, NUMERIC_FEATURES, categories)
+    exp, cfg, spec = settings.experiment, settings.training, settings.features
+    categories = {c: sorted(train[c].dropna().astype(str).unique().tolist()) for c in spec.categorical}
+    model = TLearnerModel({}, exp.control, exp.arms, spec.numeric, categories)
 
     def fit_arm(arm: str) -> lgb.LGBMClassifier:
         rows = train[train["arm"] == arm]
@@ -187,8 +185,10 @@ def train(settings: Settings, run_date: date) -> dict:
                 "control": settings.experiment.control,
                 "seed": cfg.seed,
                 "qini_definition": "scikit-uplift qini_auc_score",
+                "features": ",".join(model.features),
             }
         )
+        mlflow.log_dict(settings.features.model_dump(mode="json"), FEATURE_SPEC_ARTIFACT)
         for arm, m in results.items():
             mlflow.log_metrics({f"{k}.{arm}": v for k, v in m.items() if k != "deciles" and np.isfinite(v)})
             mlflow.log_metric(f"best_iteration.{arm}", model.models[arm].best_iteration_ or 0)

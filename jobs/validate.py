@@ -1,14 +1,22 @@
 """Validation of the raw deliveries and the feature tables with Great Expectations 1.x.
 
-Suites live in `expectations/<suite>.json`; parameters that depend on conf (the arm values,
-the feature columns) are passed at run time. Every run writes a JSON summary and Great
+Suites live in `expectations/<suite>.json` (the contract's checks); the per-column checks of
+the users attributes and the features (type, nulls, ranges, cardinality) are generated from
+the feature spec and appended (jobs.features.expectations); parameters that depend on conf
+(the arm values, the column set) are passed at run time. A source whose `delivery` is
+`occasional` may have no delivery on the run date; a `daily` one may not. Every run writes a JSON summary and Great
 Expectations Data Docs under `<reports>/run_date=<ds>/validation/`. A failure raises
 `ValidationFailed` naming the input, each failed expectation and a few offending rows, and
 the caller stops before anything downstream is written.
 
-Randomization is checked here too, on the training set: a sample-ratio-mismatch test (chi
-square of arm counts against `experiment.expected_split`) and covariate balance
-(standardized mean difference of each numeric feature, arm vs control, at most 0.1).
+Randomization is checked here too: a sample-ratio-mismatch test per campaign (chi square of
+its arm counts against its split), on each day's sends and on the training set, and covariate
+balance (standardized mean difference of each numeric feature, arm vs control, at most 0.1).
+
+The leakage guard on the training set works from the data, not from the feature list: a
+feature that separates the label, or one arm from control, almost perfectly (single-feature
+AUC at or above `validation.leakage_max_auc` on a sample) is, or is derived from, the outcome
+or the treatment, and fails validation by name.
 """
 
 from __future__ import annotations
@@ -20,19 +28,23 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import great_expectations as gx
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from scipy import stats
 
-from jobs.etl import FEATURES, NUMERIC_FEATURES
-from jobs.lake import read_partition, read_raw
-from jobs.settings import PROJECT_ROOT, SOURCES, Settings, report_dir
+from jobs import features
+from jobs.etl import SCORING_KEYS, TRAINING_KEYS
+from jobs.lake import raw_partitions, read_partition, read_raw
+from jobs.settings import PROJECT_ROOT, SOURCES, Experiment, Settings, report_dir
 
 log = logging.getLogger(__name__)
 SUITES_DIR = PROJECT_ROOT / "expectations"
 MAX_SMD = 0.1
 SAMPLE_ROWS = 5
-HIDDEN_COLUMNS = {"email", "raw_email"}  # PII never goes into an error message or a report
+LEAKAGE_SAMPLE_ROWS = 200_000
+MIN_LEVEL_ROWS = 20  # rarer categorical levels are pooled before scoring a level by its label rate
 
 
 class ValidationFailed(RuntimeError):
@@ -48,9 +60,17 @@ class CheckOutcome:
     failures: list[str] = field(default_factory=list)
 
 
-def load_suite(name: str) -> gx.ExpectationSuite:
+def load_suite(name: str, generated: list[dict] | None = None) -> gx.ExpectationSuite:
+    """The suite in expectations/<name>.json, plus expectations generated from the feature spec."""
     spec = json.loads((SUITES_DIR / f"{name}.json").read_text())
-    return gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta"))
+    return gx.ExpectationSuite(
+        name=spec["name"], expectations=[*spec["expectations"], *(generated or [])], meta=spec.get("meta")
+    )
+
+
+def hidden_columns(settings: Settings) -> set[str]:
+    """PII never goes into an error message or a report: the declared columns, as read and as delivered."""
+    return {c for name in settings.features.pii for c in (name, f"raw_{name}")}
 
 
 def _context(docs_dir: Path):
@@ -67,23 +87,31 @@ def _context(docs_dir: Path):
     return context
 
 
-def _offending_rows(frame: DataFrame, expectation: dict, result: dict) -> list[dict]:
+def _offending_rows(frame: DataFrame, expectation: dict, result: dict, hidden: set[str]) -> list[dict]:
     column = expectation["kwargs"].get("column")
     values = result.get("partial_unexpected_list") or []
-    if not column or not values:
+    if not column or not values or column in hidden:
         return []
     present = [v for v in values if v is not None]
     condition = F.col(column).isin(present) if present else F.lit(False)
     if len(present) < len(values):
         condition = condition | F.col(column).isNull()
-    visible = [c for c in frame.columns if c not in HIDDEN_COLUMNS]
+    visible = [c for c in frame.columns if c not in hidden]
     rows = frame.where(condition).select(*visible).limit(SAMPLE_ROWS).collect()
     return [{k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in r.asDict().items()} for r in rows]
 
 
-def run_suite(context, frame: DataFrame, input_name: str, suite_name: str, parameters: dict) -> CheckOutcome:
-    """Run one suite on a Spark DataFrame; describe every failed expectation."""
-    suite = context.suites.add(load_suite(suite_name))
+def run_suite(
+    context,
+    frame: DataFrame,
+    input_name: str,
+    suite_name: str,
+    parameters: dict,
+    generated: list[dict] | None = None,
+    hidden: set[str] = frozenset(),
+) -> CheckOutcome:
+    """Run one suite on a Spark DataFrame; describe every failed expectation (never PII values)."""
+    suite = context.suites.add(load_suite(suite_name, generated))
     batch = (
         context.data_sources.add_or_update_spark(input_name.replace("/", "_"))
         .add_dataframe_asset(suite_name)
@@ -107,6 +135,8 @@ def run_suite(context, frame: DataFrame, input_name: str, suite_name: str, param
         config = item.expectation_config.to_json_dict()
         kwargs = {k: v for k, v in config["kwargs"].items() if k not in ("batch_id",)}
         observed = item.result or {}
+        if kwargs.get("column") in hidden:  # say what failed, not the values
+            observed = {k: v for k, v in observed.items() if "unexpected_list" not in k and "index" not in k}
         detail = (
             f"{observed['unexpected_count']} unexpected of {observed.get('element_count')} rows, "
             f"e.g. {observed.get('partial_unexpected_list', [])[:SAMPLE_ROWS]}"
@@ -116,7 +146,7 @@ def run_suite(context, frame: DataFrame, input_name: str, suite_name: str, param
         if item.exception_info and item.exception_info.get("raised_exception"):
             detail = f"could not be evaluated: {item.exception_info.get('exception_message')}"
         line = f"{config['type']}({kwargs}): {detail}"
-        rows = _offending_rows(frame, config, observed)
+        rows = _offending_rows(frame, config, observed, hidden)
         if rows:
             line += "\n      offending rows: " + "\n                      ".join(str(r) for r in rows)
         outcome.failures.append(line)
@@ -176,34 +206,53 @@ def volume_band(spark: SparkSession, settings: Settings, source: str, run_date: 
     return max(1, int(average * (1 - cfg.volume_tolerance))), int(average * (1 + cfg.volume_tolerance)) + 1
 
 
+def _delivered_on(settings: Settings, source: str, run_date: date) -> bool:
+    return any(f.name == f"dt={run_date.isoformat()}" for f in raw_partitions(settings, source, run_date))
+
+
 def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dict:
-    """Validate the run date's delivery of every source; raise ValidationFailed on any failure."""
+    """Validate the run date's delivery of every source; raise ValidationFailed on any failure.
+
+    A source with `delivery: occasional` and nothing delivered on the run date is recorded as
+    such and not checked; a `daily` one without a delivery fails (MissingInputError).
+    """
     out = report_dir(settings, run_date) / "validation"
     context = _context(out / "data_docs")
     exp = settings.experiment
     customers_so_far = read_raw(spark, settings, "users", run_date)
+    present = [
+        s for s in SOURCES if settings.sources[s].delivery == "daily" or _delivered_on(settings, s, run_date)
+    ]
     today = {
-        source: read_raw(spark, settings, source, run_date, only_run_date=True, check_types=True) for source in SOURCES
+        source: read_raw(spark, settings, source, run_date, only_run_date=True, check_types=True) for source in present
     }
-    first_send = (
-        read_raw(spark, settings, "sends", run_date).groupBy("customer_id").agg(F.min("sent_at").alias("_first_send"))
-    )
-    responses = _with_raw_checks(today["responses"], "responded_at", customers_so_far).join(
-        first_send, "customer_id", "left"
-    )
-    # Every expectation is a Spark job over its frame: join the checks in once, not per expectation.
-    frames = {
-        "users": today["users"].persist(),
-        "sends": _with_raw_checks(today["sends"], "sent_at", customers_so_far).persist(),
-        "responses": responses.withColumn(
-            "after_a_send", F.coalesce(F.col("_first_send") < F.col("responded_at"), F.lit(False))
+    frames = {}
+    if "users" in today:
+        frames["users"] = today["users"].persist()
+    if "sends" in today:
+        frames["sends"] = _with_raw_checks(today["sends"], "sent_at", customers_so_far).persist()
+    if "responses" in today:
+        first_send = (
+            read_raw(spark, settings, "sends", run_date)
+            .groupBy("customer_id")
+            .agg(F.min("sent_at").alias("_first_send"))
         )
-        .drop("_first_send")
-        .persist(),
-    }
-    outcomes = []
+        responses = _with_raw_checks(today["responses"], "responded_at", customers_so_far).join(
+            first_send, "customer_id", "left"
+        )
+        frames["responses"] = (
+            responses.withColumn(
+                "after_a_send", F.coalesce(F.col("_first_send") < F.col("responded_at"), F.lit(False))
+            )
+            .drop("_first_send")
+            .persist()
+        )
+    # Every expectation is a Spark job over its frame: the checks above are joined in once, not per expectation.
+    generated = {"users": features.expectations(features.raw_users_columns(settings.features), types=False)}
+    hidden = hidden_columns(settings)
+    outcomes, skipped = [], [s for s in SOURCES if s not in present]
     try:
-        for source in SOURCES:
+        for source in present:
             min_rows, max_rows = volume_band(spark, settings, source, run_date)
             parameters = {
                 "arms": exp.all_arms,
@@ -212,51 +261,86 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
                 "max_rows": max_rows,
             }
             outcomes.append(
-                run_suite(context, frames[source], f"raw/{source} dt={run_date}", f"raw_{source}", parameters)
+                run_suite(
+                    context,
+                    frames[source],
+                    f"raw/{source} dt={run_date}",
+                    f"raw_{source}",
+                    parameters,
+                    generated.get(source),
+                    hidden,
+                )
             )
+        if "sends" in today:
+            counts = _arm_counts_by_campaign(today["sends"])
+            outcomes.append(_randomization(f"raw/sends dt={run_date}", counts, exp)[0])
     finally:
         spark.catalog.clearCache()
-    counts = {row["arm"]: row["count"] for row in today["sends"].groupBy("arm").count().collect()}
-    outcomes.append(_randomization(f"raw/sends dt={run_date}", counts, settings)[0])
     summary = out / "raw.json"
-    _write_summary(summary, outcomes)
+    _write_summary(summary, outcomes, {"not_delivered_occasional": skipped})
     _raise_if_failed(outcomes, run_date, summary)
-    delivered = {source: frame.count() for source, frame in today.items()}
-    return {"raw_checks": sum(o.evaluated for o in outcomes), "delivered_rows": delivered, "report": str(summary)}
+    delivered = {source: frame.count() for source, frame in today.items()} | {source: 0 for source in skipped}
+    return {
+        "raw_checks": sum(o.evaluated for o in outcomes),
+        "delivered_rows": delivered,
+        "not_delivered_occasional": skipped,
+        "report": str(summary),
+    }
+
+
+def _arm_counts_by_campaign(sends: DataFrame) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for row in sends.groupBy("campaign_id", "arm").count().collect():
+        counts.setdefault(row["campaign_id"], {})[row["arm"]] = row["count"]
+    return counts
 
 
 def _randomization(
-    input_name: str, arm_counts: dict[str, int], settings: Settings, checks: int = 1
+    input_name: str, counts: dict[str, dict[str, int]], exp: Experiment, checks: int = 1
 ) -> tuple[CheckOutcome, dict]:
-    """The sample-ratio-mismatch check of one set of arm counts: its outcome and the test itself.
+    """The sample-ratio-mismatch checks of arm counts per campaign: one outcome, and each test.
 
-    `checks` counts the randomization checks the outcome will report (SRM, plus balance).
+    Each campaign is tested against its own split at `srm_p_value_min / campaigns` (Bonferroni),
+    so the chance of a false alarm on a night stays `srm_p_value_min` however many campaigns
+    there are. `checks` counts the randomization checks the outcome will report.
     """
-    exp = settings.experiment
-    srm = sample_ratio_mismatch(arm_counts, exp.expected_split)
-    outcome = CheckOutcome(input_name, "randomization", srm["p_value"] >= exp.srm_p_value_min, checks)
-    if not outcome.success:
-        outcome.failures.append(
-            f"sample ratio mismatch: arm counts {srm['observed']} vs expected split "
-            f"{exp.expected_split} (chi2={srm['chi2']:.1f}, p={srm['p_value']:.2g} < {exp.srm_p_value_min})"
-        )
-    return outcome, srm
+    level = exp.srm_p_value_min / max(1, len(counts))
+    tests = {campaign: sample_ratio_mismatch(arm_counts, exp.split_of(campaign)) for campaign, arm_counts in counts.items()}
+    outcome = CheckOutcome(input_name, "randomization", True, checks)
+    for campaign, srm in sorted(tests.items()):
+        if srm["p_value"] < level:
+            outcome.success = False
+            outcome.failures.append(
+                f"sample ratio mismatch in campaign '{campaign}': arm counts {srm['observed']} vs expected split "
+                f"{exp.split_of(campaign)} (chi2={srm['chi2']:.1f}, p={srm['p_value']:.2g} < {level:.2g})"
+            )
+    return outcome, {"p_value_min": level, "campaigns": tests}
 
 
 def sample_ratio_mismatch(arm_counts: dict[str, int], expected_split: dict[str, float]) -> dict:
-    """Chi-square test of observed arm counts against the expected randomization split."""
-    arms = sorted(expected_split)
-    observed = [arm_counts.get(arm, 0) for arm in arms]
-    total = sum(observed)
-    expected = [expected_split[arm] * total for arm in arms]
-    statistic, p_value = stats.chisquare(observed, expected)
-    return {"observed": dict(zip(arms, observed, strict=True)), "chi2": float(statistic), "p_value": float(p_value)}
+    """Chi-square test of observed arm counts against the expected randomization split.
+
+    An arm the split gives no share must have no sends (p = 0 when it has some); a split with a
+    single arm has nothing to test (p = 1).
+    """
+    arms = sorted(set(expected_split) | set(arm_counts))
+    observed = {arm: int(arm_counts.get(arm, 0)) for arm in arms}
+    shared = [arm for arm in arms if expected_split.get(arm, 0) > 0]
+    if any(observed[arm] for arm in arms if arm not in shared):
+        return {"observed": observed, "chi2": float("inf"), "p_value": 0.0}
+    total = sum(observed[arm] for arm in shared)
+    if len(shared) < 2 or total == 0:
+        return {"observed": observed, "chi2": 0.0, "p_value": 1.0}
+    scale = sum(expected_split[arm] for arm in shared)
+    expected = [expected_split[arm] / scale * total for arm in shared]
+    statistic, p_value = stats.chisquare([observed[arm] for arm in shared], expected)
+    return {"observed": observed, "chi2": float(statistic), "p_value": float(p_value)}
 
 
-def covariate_balance(training: DataFrame, control: str) -> dict[str, dict[str, float]]:
+def covariate_balance(training: DataFrame, control: str, numeric: list[str]) -> dict[str, dict[str, float]]:
     """Standardized mean difference of each numeric feature, every arm against control."""
     aggs = []
-    for feature in NUMERIC_FEATURES:
+    for feature in numeric:
         aggs += [F.avg(feature).alias(f"{feature}__mean"), F.var_samp(feature).alias(f"{feature}__var")]
     by_arm = {row["arm"]: row.asDict() for row in training.groupBy("arm").agg(*aggs).collect()}
     base = by_arm.get(control)
@@ -265,11 +349,68 @@ def covariate_balance(training: DataFrame, control: str) -> dict[str, dict[str, 
         if arm == control or base is None:
             continue
         smd[arm] = {}
-        for feature in NUMERIC_FEATURES:
+        for feature in numeric:
             var = ((row[f"{feature}__var"] or 0.0) + (base[f"{feature}__var"] or 0.0)) / 2
             diff = (row[f"{feature}__mean"] or 0.0) - (base[f"{feature}__mean"] or 0.0)
             smd[arm][feature] = abs(diff) / var**0.5 if var > 0 else 0.0
     return smd
+
+
+def _separation(score: pd.Series, target: np.ndarray) -> float:
+    """Single-feature AUC of score for a binary target, folded to >= 0.5 (either direction)."""
+    from sklearn.metrics import roc_auc_score
+
+    if target.min() == target.max():
+        return 0.5
+    auc = roc_auc_score(target, score.to_numpy())
+    return float(max(auc, 1 - auc))
+
+
+def _as_score(values: pd.Series, target: np.ndarray, kind: str) -> pd.Series:
+    """A feature as a number that ranks rows: itself (missing lowest), or its level's target rate."""
+    if kind == "numeric":
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        return numbers.fillna(numbers.min() - 1 if numbers.notna().any() else 0.0)
+    levels = values.astype("string").fillna("<null>")
+    sizes = levels.map(levels.value_counts())
+    levels = levels.where(sizes >= MIN_LEVEL_ROWS, "<rare>")
+    return levels.map(pd.Series(target, index=levels.index).groupby(levels).mean())
+
+
+def leakage_in_data(training: DataFrame, settings: Settings, seed: int) -> tuple[list[str], dict]:
+    """Features that separate the label, or an arm from control, almost perfectly, on a sample.
+
+    Works from the table's own columns (everything but the send's keys), not from the feature
+    list the ETL selected with: whatever the spec or the ETL let through is scored.
+    """
+    exp, limit = settings.experiment, settings.validation.leakage_max_auc
+    kinds = {c.name: c.kind for c in settings.features.columns()}
+    candidates = [c for c in training.columns if c not in TRAINING_KEYS]
+    total = training.count()
+    fraction = min(1.0, LEAKAGE_SAMPLE_ROWS / total) if total else 1.0
+    sample = training.select("label", "arm", *candidates).sample(fraction=fraction, seed=seed).toPandas()
+    label = sample["label"].to_numpy().astype(int)
+    scores: dict[str, dict[str, float]] = {}
+    problems = []
+    for column in candidates:
+        kind = kinds.get(column) or ("numeric" if pd.api.types.is_numeric_dtype(sample[column]) else "categorical")
+        scores[column] = {"label": _separation(_as_score(sample[column], label, kind), label)}
+        for arm in exp.arms:
+            rows = sample["arm"].isin([arm, exp.control]).to_numpy()
+            treated = (sample["arm"].to_numpy()[rows] == arm).astype(int)
+            if rows.sum() >= 2 * MIN_LEVEL_ROWS:
+                values = sample[column][rows].reset_index(drop=True)
+                scores[column][arm] = _separation(_as_score(values, treated, kind), treated)
+        worst = max(scores[column], key=scores[column].get)
+        if scores[column][worst] >= limit:
+            what = "the outcome (label)" if worst == "label" else f"the treatment (arm '{worst}' vs control)"
+            problems.append(
+                f"feature '{column}' separates {what} almost perfectly (single-feature AUC "
+                f"{scores[column][worst]:.3f} >= validation.leakage_max_auc {limit} on {len(sample):,} sampled "
+                "training rows): it is, or is derived from, it. Remove it from features.attributes, or fix the "
+                "delivery that carries it (an attribute snapshot must not know the send or its outcome)."
+            )
+    return problems, scores
 
 
 def validate_features(spark: SparkSession, settings: Settings, run_date: date) -> dict:
@@ -287,33 +428,33 @@ def validate_features(spark: SparkSession, settings: Settings, run_date: date) -
 def _validate_feature_tables(
     context, out: Path, training: DataFrame, scoring: DataFrame, settings: Settings, run_date: date
 ) -> dict:
-    exp = settings.experiment
+    exp, spec = settings.experiment, settings.features
+    generated = features.expectations(spec.columns())
     outcomes = [
         run_suite(
             context,
             training,
             f"features/training run_date={run_date}",
             "features_training",
-            {
-                "arms": exp.all_arms,
-                "columns": ["send_id", "customer_id", "campaign_id", "sent_at", "arm", "label", *FEATURES],
-            },
+            {"arms": exp.all_arms, "columns": [*TRAINING_KEYS, *spec.names]},
+            generated,
         ),
         run_suite(
             context,
             scoring,
             f"features/scoring run_date={run_date}",
             "features_scoring",
-            {"columns": ["customer_id", *FEATURES]},
+            {"columns": [*SCORING_KEYS, *spec.names]},
+            generated,
         ),
     ]
-    counts = {row["arm"]: row["count"] for row in training.groupBy("arm").count().collect()}
-    randomization, srm = _randomization(f"features/training run_date={run_date}", counts, settings, checks=2)
-    balance = covariate_balance(training, exp.control)
+    counts = _arm_counts_by_campaign(training)
+    randomization, srm = _randomization(f"features/training run_date={run_date}", counts, exp, checks=3)
+    balance = covariate_balance(training, exp.control, spec.numeric)
     unbalanced = {
         f"{arm}.{feature}": round(value, 3)
-        for arm, features in balance.items()
-        for feature, value in features.items()
+        for arm, by_feature in balance.items()
+        for feature, value in by_feature.items()
         if value > MAX_SMD
     }
     if unbalanced:
@@ -321,14 +462,26 @@ def _validate_feature_tables(
         randomization.failures.append(
             f"covariate imbalance (standardized mean difference > {MAX_SMD} vs control): {unbalanced}"
         )
+    leaks, separation = leakage_in_data(training, settings, settings.training.seed)
+    if leaks:
+        randomization.success = False
+        randomization.failures.extend(leaks)
     outcomes.append(randomization)
     summary = out / "features.json"
-    _write_summary(summary, outcomes, {"sample_ratio_mismatch": srm, "covariate_smd": balance})
+    _write_summary(
+        summary,
+        outcomes,
+        {"sample_ratio_mismatch": srm, "covariate_smd": balance, "leakage_auc": separation},
+    )
     _raise_if_failed(outcomes, run_date, summary)
+    arm_counts: dict[str, int] = {}
+    for by_arm in counts.values():
+        for arm, n in by_arm.items():
+            arm_counts[arm] = arm_counts.get(arm, 0) + n
     return {
-        "srm_p_value": srm["p_value"],
-        "arm_counts": counts,
-        "training_rows": sum(counts.values()),
+        "srm_p_value_min": min((t["p_value"] for t in srm["campaigns"].values()), default=1.0),
+        "arm_counts": arm_counts,
+        "training_rows": sum(arm_counts.values()),
         "scoring_rows": scoring.count(),
         "report": str(summary),
     }

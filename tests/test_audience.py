@@ -38,8 +38,8 @@ def test_export_writes_the_send_list_of_one_arm(settings, published, tmp_path):
 
 
 def test_what_if_shows_who_a_message_helps_and_harms(spark, settings, nightly):
-    young = aud.what_if(spark, settings, RUN_DATE, "age_group = '18-24'", "subject_1")
-    seniors = aud.what_if(spark, settings, RUN_DATE, "age_group = '60+'", "subject_1")
+    young = aud.what_if(spark, settings, RUN_DATE, "age_band = '<25'", "subject_1")
+    seniors = aud.what_if(spark, settings, RUN_DATE, "age_band = '60+'", "subject_1")
     assert young["customers"] > 0 and seniors["customers"] > 0
     assert young["response_rate_with"] > young["response_rate_without"]
     assert seniors["expected_uplift"] < 0, "subject_1 harms customers 60 and over"

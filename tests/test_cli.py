@@ -31,7 +31,7 @@ def test_summary_and_model_status_after_a_run(nightly, settings):
 
 
 def test_what_if_defaults_to_the_latest_audience(nightly):
-    result = runner.invoke(app, ["audience", "what-if", "--where", "age_group = '60+'", "--arm", "subject_1"])
+    result = runner.invoke(app, ["audience", "what-if", "--where", "age_band = '60+'", "--arm", "subject_1"])
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
     assert answer["customers"] > 0 and answer["expected_uplift"] < 0

@@ -13,7 +13,6 @@ import pytest
 import requests
 
 from conftest import RUN_DATE
-from jobs.etl import FEATURES
 from jobs.lake import partition_dir
 
 
@@ -70,7 +69,7 @@ def served(settings, nightly):
 
 def test_two_customers_get_per_arm_uplift(served, settings):
     customers = pd.read_parquet(partition_dir(settings, "features/scoring", RUN_DATE)).head(2)
-    split = json.loads(customers[FEATURES].to_json(orient="split", index=False))  # NaN -> null
+    split = json.loads(customers[settings.features.names].to_json(orient="split", index=False))  # NaN -> null
     response = requests.post(f"{served}/invocations", json={"dataframe_split": split}, timeout=30)
     assert response.status_code == 200, response.text
     predictions = pd.DataFrame(response.json()["predictions"])
