@@ -2,9 +2,11 @@
 
 - `duckdb_etl`: the same point-in-time training and scoring sets as `jobs.etl.build_sets`,
   built by one DuckDB SQL session on a single node (2 threads) straight from the raw parquet.
+  Its SQL is generated from the feature spec (`features:` in conf), as the Spark ETL is.
   tests/test_references.py proves it equal to the Spark ETL, row for row and value for value.
 - `pandas_tlearner`: what a user would write instead of the pipeline: one in-memory pandas +
-  LightGBM script from the raw parquet to the per-arm holdout Qini of a T-learner.
+  LightGBM script from the raw parquet to the per-arm holdout Qini of a T-learner, on the
+  spec's features.
 
 Each is also a command printing its result as one JSON line, so a harness can run it in a
 fresh process and measure that process's peak memory:
@@ -27,30 +29,18 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from jobs.etl import FEATURES, LOOKBACK_DAYS
+from jobs.features import FeatureSpec
 from jobs.lake import MissingInputError, raw_dir, raw_partitions
-from jobs.settings import CANONICAL_COLUMNS, Settings, Source, load_settings
+from jobs.settings import Settings, Source, load_settings
 
-# DuckDB spelling of jobs.lake.RAW_TYPES: delivered columns are renamed, then try-cast.
-DUCKDB_TYPES = {
-    "customer_id": "VARCHAR",
-    "signup_date": "DATE",
-    "age": "INTEGER",
-    "gender": "VARCHAR",
-    "customer_type": "VARCHAR",
-    "email": "VARCHAR",
-    "send_id": "VARCHAR",
-    "campaign_id": "VARCHAR",
-    "sent_at": "TIMESTAMP",
-    "arm": "VARCHAR",
-    "response_id": "VARCHAR",
-    "responded_at": "TIMESTAMP",
-    "response_type": "VARCHAR",
-}
+# DuckDB spelling of the Spark types raw columns are read as (Settings.raw_types).
+DUCKDB_TYPES = {"string": "VARCHAR", "double": "DOUBLE", "date": "DATE", "timestamp": "TIMESTAMP"}
 DUCKDB_THREADS = 2  # as Spark's local[2]
 # One LightGBM thread: with n_jobs=2, a fit slows down about 5x as soon as another process
 # competes for the cores (OpenMP threads spin-wait), and timings become noise.
 LIGHTGBM_THREADS = 1
+# The history aggregates per anchor: alias -> (CTE, events table, event timestamp).
+HISTORY_TABLES = {"p": ("prior_sends", "sends", "sent_at"), "r": ("prior_responses", "qualifying", "responded_at")}
 
 
 def _quote(text: str) -> str:
@@ -72,14 +62,14 @@ def _parquet_source(settings: Settings, source: str) -> Source:
 
 
 def _raw_sql(settings: Settings, source: str, run_date: date) -> str:
-    """A source's deliveries dated up to run_date, canonical names and types, with `dt`."""
+    """A source's deliveries dated up to run_date, in our names and read types (try-cast), with `dt`."""
     conf = _parquet_source(settings, source)
     days = [folder.name[3:] for folder in raw_partitions(settings, source, run_date)]
     if not days:
         raise MissingInputError(f"raw source '{source}': no delivery dt<={run_date} under {raw_dir(settings, source)}")
     columns = ", ".join(
-        f"TRY_CAST({_ident(conf.columns[name])} AS {DUCKDB_TYPES[name]}) AS {name}"
-        for name in CANONICAL_COLUMNS[source]
+        f"TRY_CAST({_ident(conf.delivered(name))} AS {DUCKDB_TYPES[spark_type]}) AS {_ident(name)}"
+        for name, spark_type in settings.raw_types(source).items()
     )
     files = _quote(str(raw_dir(settings, source) / "dt=*" / "*.parquet"))
     return (
@@ -89,69 +79,109 @@ def _raw_sql(settings: Settings, source: str, run_date: date) -> str:
     )
 
 
-def _point_in_time_sql(anchors: str) -> str:
-    """jobs.etl.point_in_time_features in SQL: anchor_id, customer_id, as_of and the features.
+def _attribute_sql(spec: FeatureSpec, name: str) -> str:
+    """jobs.etl._attribute in SQL, over the users snapshot `u` joined to the anchor `a`."""
+    attribute, column = spec.attributes[name], f"u.{_ident(spec.source_column(name))}"
+    if attribute.derive == "days_since":
+        return f"CAST(CAST(a.as_of AS DATE) - {column} AS INTEGER)"  # Spark's datediff is an int
+    if attribute.derive == "email_domain":
+        # As jobs.etl: after the last '@', null without one.
+        return f"CASE WHEN contains({column}, '@') THEN lower(string_split({column}, '@')[-1]) END"
+    return column
+
+
+def _since(at: str, days: int) -> str:
+    """SQL: the event timestamp `at` is at most `days` days before the anchor's as_of."""
+    return f"{at} >= a.as_of - INTERVAL {days} DAYS"
+
+
+def _history_aggregates(spec: FeatureSpec) -> dict[str, list[str]]:
+    """Per history table alias, the aggregates over its prior events that the spec's features need."""
+    h = spec.history
+    sends = [
+        f"count(*) FILTER (WHERE {_since('e.sent_at', w)}) AS _sends_{w}d"
+        for w in sorted({*h.n_sends, *h.response_rate})
+    ]
+    if h.previous_arm:
+        # Spark's max(struct(sent_at, arm)): a tie goes to the greatest arm, and a null arm ranks
+        # lowest there, highest in DuckDB: has_arm restores Spark's order.
+        latest = "struct_pack(sent_at := e.sent_at, has_arm := e.arm IS NOT NULL, arm := e.arm)"
+        sends.append(f"(max({latest}) FILTER (WHERE {_since('e.sent_at', h.previous_arm)})).arm AS previous_arm")
+    responses = [
+        f"count(*) FILTER (WHERE {_since('e.responded_at', w)}) AS _responses_{w}d"
+        for w in sorted({*h.n_responses, *h.response_rate})
+    ]
+    if h.days_since_last_response:
+        window = _since("e.responded_at", h.days_since_last_response)
+        responses.append(f"max(e.responded_at) FILTER (WHERE {window}) AS last_response")
+    return {"p": sends, "r": responses}
+
+
+def _history_sql(spec: FeatureSpec) -> dict[str, str]:
+    """Each history feature of the spec in SQL, over the aggregates p (sends) and r (responses)."""
+    h = spec.history
+    features = {f"n_sends_{w}d": f"coalesce(p._sends_{w}d, 0)" for w in h.n_sends}
+    features |= {f"n_responses_{w}d": f"coalesce(r._responses_{w}d, 0)" for w in h.n_responses}
+    features |= {  # DuckDB's / on integers divides as doubles, as Spark's
+        f"response_rate_{w}d": f"CASE WHEN p._sends_{w}d > 0 THEN coalesce(r._responses_{w}d, 0) / p._sends_{w}d END"
+        for w in h.response_rate
+    }
+    if h.days_since_last_response:
+        # Spark casts timestamps to whole seconds (floor) before subtracting.
+        features["days_since_last_response"] = (
+            "(epoch(date_trunc('second', a.as_of)) - epoch(date_trunc('second', r.last_response))) / 86400.0"
+        )
+    if h.previous_arm:
+        features["previous_arm"] = "coalesce(p.previous_arm, 'none')"
+    return features
+
+
+def _point_in_time_sql(spec: FeatureSpec, anchors: str) -> str:
+    """jobs.etl.point_in_time_features in SQL: anchor_id, customer_id, as_of and the spec's features.
 
     `anchors` names a table (anchor_id, customer_id, as_of, anchor_day); tables users, sends,
     qualifying and snapshot_days must exist. Anchors without a snapshot before their day drop.
     """
+    ctes, joins = [], []
+    for alias, aggregates in _history_aggregates(spec).items():
+        if not aggregates:
+            continue  # no feature reads these events: neither scanned nor joined
+        cte, events, at = HISTORY_TABLES[alias]
+        ctes.append(f"""{cte} AS (
+        SELECT a.anchor_id, {", ".join(aggregates)}
+        FROM {anchors} a JOIN {events} e ON e.customer_id = a.customer_id
+        WHERE e.{at} < a.as_of AND {_since(f"e.{at}", spec.lookback_days)}
+        GROUP BY a.anchor_id
+    )""")
+        joins.append(f"LEFT JOIN {cte} {alias} ON {alias}.anchor_id = a.anchor_id")
+    features = {name: _attribute_sql(spec, name) for name in spec.attributes} | _history_sql(spec)
+    columns = ",\n           ".join(f"{features[name]} AS {_ident(name)}" for name in spec.names)
+    history, history_joins = "".join(f",\n    {cte}" for cte in ctes), "\n    ".join(joins)
     return f"""
     WITH snapshot_for AS (  -- the latest users snapshot dated strictly before the anchor's day
         SELECT a.anchor_day, max(d.snapshot_dt) AS snapshot_dt
         FROM (SELECT DISTINCT anchor_day FROM {anchors}) a JOIN snapshot_days d ON d.snapshot_dt < a.anchor_day
         GROUP BY a.anchor_day
-    ),
-    prior_sends AS (
-        SELECT a.anchor_id,
-               count(*) AS n_sends_90d,
-               CAST(count_if(s.sent_at >= a.as_of - INTERVAL 30 DAYS) AS BIGINT) AS n_sends_30d,
-               arg_max_null(s.arm, s.sent_at) AS previous_arm
-        FROM {anchors} a JOIN sends s ON s.customer_id = a.customer_id
-        WHERE s.sent_at < a.as_of AND s.sent_at >= a.as_of - INTERVAL {LOOKBACK_DAYS} DAYS
-        GROUP BY a.anchor_id
-    ),
-    prior_responses AS (
-        SELECT a.anchor_id,
-               count(*) AS n_responses_90d,
-               CAST(count_if(r.responded_at >= a.as_of - INTERVAL 30 DAYS) AS BIGINT) AS n_responses_30d,
-               max(r.responded_at) AS last_response
-        FROM {anchors} a JOIN qualifying r ON r.customer_id = a.customer_id
-        WHERE r.responded_at < a.as_of AND r.responded_at >= a.as_of - INTERVAL {LOOKBACK_DAYS} DAYS
-        GROUP BY a.anchor_id
-    )
+    ){history}
     SELECT a.anchor_id, a.customer_id, a.as_of,
-           u.age,
-           CAST(CAST(a.as_of AS DATE) - u.signup_date AS INTEGER) AS tenure_days,
-           CAST(dayofweek(a.anchor_day) + 1 AS INTEGER) AS weekday,  -- Spark: 1 = Sunday
-           coalesce(p.n_sends_30d, 0) AS n_sends_30d,
-           coalesce(p.n_sends_90d, 0) AS n_sends_90d,
-           coalesce(r.n_responses_30d, 0) AS n_responses_30d,
-           coalesce(r.n_responses_90d, 0) AS n_responses_90d,
-           -- Spark casts timestamps to whole seconds (floor) before subtracting
-           (epoch(date_trunc('second', a.as_of)) - epoch(date_trunc('second', r.last_response))) / 86400.0
-               AS days_since_last_response,
-           CASE WHEN coalesce(p.n_sends_90d, 0) > 0
-                THEN coalesce(r.n_responses_90d, 0) / p.n_sends_90d END AS response_rate_90d,
-           u.gender, u.customer_type,
-           lower(string_split(u.email, '@')[-1]) AS email_domain,
-           coalesce(p.previous_arm, 'none') AS previous_arm
+           {columns}
     FROM {anchors} a
     JOIN snapshot_for USING (anchor_day)
     JOIN users u ON u.customer_id = a.customer_id AND u.dt = snapshot_for.snapshot_dt
-    LEFT JOIN prior_sends p ON p.anchor_id = a.anchor_id
-    LEFT JOIN prior_responses r ON r.anchor_id = a.anchor_id
+    {history_joins}
     """
 
 
 def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
     """Write out_dir/training.parquet and out_dir/scoring.parquet as jobs.etl.build_sets defines them.
 
-    Reads parquet deliveries only (conf `format: parquet`; a CSV source raises), honouring the
-    conf's column mapping. Everything stays inside DuckDB; Python sees only the row counts.
+    The features are the conf's feature spec's. Reads parquet deliveries only (conf `format:
+    parquet`; a CSV source raises), honouring the conf's column mapping. Everything stays
+    inside DuckDB; Python sees only the row counts.
     Returns {"training_rows", "scoring_rows", "seconds"} (wall time, connection included).
     """
     started = time.perf_counter()
-    exp = settings.experiment
+    exp, spec = settings.experiment, settings.features
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     end_of_day = f"TIMESTAMP '{run_date + timedelta(days=1)}'"
@@ -159,7 +189,7 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
     last_matured = f"DATE '{run_date - timedelta(days=exp.attribution_window_days)}'"
     window = f"INTERVAL {exp.attribution_window_days} DAYS"
     qualifying_types = ", ".join(_quote(t) for t in exp.qualifying_response_types)
-    features = ", ".join(FEATURES)
+    features = ", ".join(f"f.{_ident(name)}" for name in spec.names)
     snapshot_days = ", ".join(f"(DATE '{f.name[3:]}')" for f in raw_partitions(settings, "users", run_date))
 
     con = duckdb.connect()
@@ -200,18 +230,19 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
             CREATE TEMP TABLE scoring_anchors AS
             SELECT customer_id AS anchor_id, customer_id, CAST({scoring_day} AS TIMESTAMP) AS as_of,
                    {scoring_day} AS anchor_day
-            FROM users WHERE dt = (SELECT max(snapshot_dt) FROM snapshot_days) AND ({settings.features.eligibility})
+            FROM users WHERE dt = (SELECT max(snapshot_dt) FROM snapshot_days)
+            AND ({spec.eligibility})  -- Spark SQL, which DuckDB reads alike for plain conditions
         """)
         training_file, scoring_file = out_dir / "training.parquet", out_dir / "scoring.parquet"
         training_rows = con.execute(f"""
             COPY (
                 SELECT f.anchor_id AS send_id, f.customer_id, m.campaign_id, f.as_of AS sent_at, m.arm, m.label,
                        {features}
-                FROM ({_point_in_time_sql("training_anchors")}) f JOIN matured m ON m.send_id = f.anchor_id
+                FROM ({_point_in_time_sql(spec, "training_anchors")}) f JOIN matured m ON m.send_id = f.anchor_id
             ) TO {_quote(str(training_file))} (FORMAT parquet)
         """).fetchone()[0]
         scoring_rows = con.execute(f"""
-            COPY (SELECT customer_id, {features} FROM ({_point_in_time_sql("scoring_anchors")}))
+            COPY (SELECT f.customer_id, {features} FROM ({_point_in_time_sql(spec, "scoring_anchors")}) f)
             TO {_quote(str(scoring_file))} (FORMAT parquet)
         """).fetchone()[0]
     finally:
@@ -223,20 +254,95 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
     }
 
 
+def _pandas_cast(column: pd.Series, spark_type: str) -> pd.Series:
+    """A delivered column as the Spark type it is read as; a value that does not parse becomes null."""
+    if spark_type == "double":
+        return pd.to_numeric(column, errors="coerce").astype("float64")
+    if spark_type in ("date", "timestamp"):
+        parsed = pd.to_datetime(column, errors="coerce")
+        return parsed.dt.normalize() if spark_type == "date" else parsed
+    return column  # strings: parquet delivers them as such
+
+
 def _read_raw_pandas(settings: Settings, source: str, run_date: date) -> pd.DataFrame:
-    """A source's parquet deliveries up to run_date, renamed to canonical columns, with `dt`."""
+    """A source's parquet deliveries up to run_date, in our names and read types, with `dt`."""
     conf = _parquet_source(settings, source)
     frame = pd.read_parquet(raw_dir(settings, source), filters=[("dt", "<=", run_date.isoformat())])
-    frame = frame.rename(columns={delivered: name for name, delivered in conf.columns.items()})
-    return frame[list(CANONICAL_COLUMNS[source])].assign(dt=pd.to_datetime(frame["dt"].astype(str)))
+    typed = {name: _pandas_cast(frame[conf.delivered(name)], t) for name, t in settings.raw_types(source).items()}
+    return pd.DataFrame(typed).assign(dt=pd.to_datetime(frame["dt"].astype(str)))
+
+
+def _pandas_attributes(rows: pd.DataFrame, as_of: pd.Series, spec: FeatureSpec) -> pd.DataFrame:
+    """jobs.etl._attribute in pandas, over anchors joined to their users snapshot (our column names)."""
+    out = {}
+    for name, attribute in spec.attributes.items():
+        column = rows[spec.source_column(name)]
+        if attribute.derive == "days_since":
+            out[name] = (as_of.dt.normalize() - column).dt.days
+        elif attribute.derive == "email_domain":
+            out[name] = column.str.split("@").str[-1].str.lower().where(column.str.contains("@"))  # as jobs.etl
+        else:
+            out[name] = column
+    return pd.DataFrame(out, index=rows.index)
+
+
+def _prior(anchors: pd.DataFrame, events: pd.DataFrame, lookback: int) -> pd.DataFrame:
+    """Each anchor's events (customer_id, at, ...) strictly before as_of, at most lookback days back, with their age."""
+    joined = anchors.merge(events, on="customer_id")
+    age = joined["as_of"] - joined["at"]
+    keep = (age > pd.Timedelta(0)) & (age <= pd.Timedelta(days=lookback))
+    return joined[keep].assign(age=age[keep])
+
+
+def _within(prior: pd.DataFrame, days: int) -> pd.DataFrame:
+    """The prior events at most `days` days before their anchor."""
+    return prior[prior["age"] <= pd.Timedelta(days=days)]
+
+
+def _counts(prior: pd.DataFrame, windows: set[int], index: pd.Index) -> dict[int, pd.Series]:
+    """Per window, each anchor's number of prior events in it (0 without any)."""
+    return {w: _within(prior, w).groupby("anchor_id").size().reindex(index, fill_value=0) for w in windows}
+
+
+def _pandas_history(
+    anchors: pd.DataFrame, sends: pd.DataFrame, qualifying: pd.DataFrame, spec: FeatureSpec
+) -> pd.DataFrame:
+    """The spec's history features per anchor_id, as jobs.etl.point_in_time_features computes them.
+
+    anchors: anchor_id, customer_id, as_of; sends: customer_id, sent_at, arm; qualifying:
+    customer_id, responded_at.
+    """
+    h, index = spec.history, pd.Index(anchors["anchor_id"].unique(), name="anchor_id")
+    prior_sends = _prior(anchors, sends.rename(columns={"sent_at": "at"}), spec.lookback_days)
+    prior_responses = _prior(anchors, qualifying.rename(columns={"responded_at": "at"}), spec.lookback_days)
+    n_sends = _counts(prior_sends, {*h.n_sends, *h.response_rate}, index)
+    n_responses = _counts(prior_responses, {*h.n_responses, *h.response_rate}, index)
+    out = pd.DataFrame(index=index)
+    for w in h.n_sends:
+        out[f"n_sends_{w}d"] = n_sends[w]
+    for w in h.n_responses:
+        out[f"n_responses_{w}d"] = n_responses[w]
+    for w in h.response_rate:
+        out[f"response_rate_{w}d"] = (n_responses[w] / n_sends[w]).where(n_sends[w] > 0)
+    if h.days_since_last_response:
+        last = _within(prior_responses, h.days_since_last_response).groupby("anchor_id")["at"].max()
+        as_of = anchors.drop_duplicates("anchor_id").set_index("anchor_id")["as_of"]
+        elapsed = as_of.reindex(index).dt.floor("s") - last.reindex(index).dt.floor("s")  # Spark floors to seconds
+        out["days_since_last_response"] = elapsed.dt.total_seconds() / 86400.0
+    if h.previous_arm:
+        # Spark's max(struct(sent_at, arm)): the latest send, a tie to the greatest arm (nulls lowest).
+        latest = _within(prior_sends, h.previous_arm).sort_values(["at", "arm"], na_position="first", kind="stable")
+        arms = latest.drop_duplicates("anchor_id", keep="last").set_index("anchor_id")["arm"]
+        out["previous_arm"] = arms.reindex(index).fillna("none")
+    return out
 
 
 def pandas_tlearner(settings: Settings, run_date: date) -> dict:
     """The T-learner end to end in memory: raw parquet -> features -> per-arm holdout Qini.
 
-    The features and labels are jobs.etl's training set (same rows); the holdout split and
-    LightGBM parameters are conf `training`'s, without the pipeline's early stopping, on
-    LIGHTGBM_THREADS threads. Parquet deliveries only. Qini is
+    The features (the conf's feature spec) and labels are jobs.etl's training set (same rows);
+    the holdout split and LightGBM parameters are conf `training`'s, without the pipeline's
+    early stopping, on LIGHTGBM_THREADS threads. Parquet deliveries only. Qini is
     jobs.metrics.qini_auc_score on arm-vs-control holdout rows, uplift = p_arm - p_control.
     Returns {"seconds", "training_rows", "qini": {arm: value}}.
     """
@@ -244,11 +350,10 @@ def pandas_tlearner(settings: Settings, run_date: date) -> dict:
     import lightgbm as lgb
     from sklearn.model_selection import train_test_split
 
-    from jobs.etl import CATEGORICAL_FEATURES
     from jobs.metrics import qini_auc_score
 
     started = time.perf_counter()
-    exp, cfg = settings.experiment, settings.training
+    exp, cfg, spec = settings.experiment, settings.training, settings.features
     window = pd.Timedelta(days=exp.attribution_window_days)
     end_of_day = pd.Timestamp(run_date + timedelta(days=1))
 
@@ -273,35 +378,17 @@ def pandas_tlearner(settings: Settings, run_date: date) -> dict:
     data["label"] = data["send_id"].isin(pairs.loc[hit, "send_id"]).astype(int)
 
     # User attributes from the latest snapshot dated strictly before the send's day.
-    data["day"] = data["sent_at"].dt.normalize()
     snapshots = np.sort(users["dt"].unique())
-    before = np.searchsorted(snapshots, data["day"].to_numpy(), side="left") - 1
+    before = np.searchsorted(snapshots, data["sent_at"].dt.normalize().to_numpy(), side="left") - 1
     data = data[before >= 0].assign(dt=snapshots[before[before >= 0]])
     data = data.merge(users, on=["customer_id", "dt"])
-    data["tenure_days"] = (data["day"] - pd.to_datetime(data["signup_date"])).dt.days
-    data["weekday"] = (data["day"].dt.dayofweek + 1) % 7 + 1  # Spark's dayofweek: 1 = Sunday
-    data["email_domain"] = data["email"].str.rsplit("@", n=1).str[-1].str.lower()
+    attributes = _pandas_attributes(data, data["sent_at"], spec)
 
-    # History strictly before the send, over 90 and 30 days: counts and the latest event.
-    def history(events: pd.DataFrame, noun: str, latest: str) -> pd.DataFrame:
-        joined = data[["send_id", "customer_id", "sent_at"]].merge(events, on="customer_id")
-        age = joined["sent_at"] - joined["at"]
-        joined = joined[(age > pd.Timedelta(0)) & (age <= pd.Timedelta(days=LOOKBACK_DAYS))]
-        joined = joined.assign(recent=age <= pd.Timedelta(days=30)).sort_values("at", kind="stable")
-        return joined.groupby("send_id").agg(
-            **{f"n_{noun}_90d": ("at", "size"), f"n_{noun}_30d": ("recent", "sum"), f"last_{noun}": (latest, "last")}
-        )
-
-    earlier_sends = sends[["customer_id", "sent_at", "arm"]].rename(columns={"sent_at": "at"})
-    data = data.join(history(earlier_sends, "sends", "arm"), on="send_id")
-    data = data.join(history(qualifying.rename(columns={"responded_at": "at"}), "responses", "at"), on="send_id")
-    counts = ["n_sends_30d", "n_sends_90d", "n_responses_30d", "n_responses_90d"]
-    data[counts] = data[counts].fillna(0)
-    data["previous_arm"] = data["last_sends"].fillna("none")
-    elapsed = data["sent_at"].dt.floor("s") - data["last_responses"].dt.floor("s")  # Spark floors to seconds
-    data["days_since_last_response"] = elapsed.dt.total_seconds() / 86400.0
-    data["response_rate_90d"] = (data["n_responses_90d"] / data["n_sends_90d"]).where(data["n_sends_90d"] > 0)
-    for name in CATEGORICAL_FEATURES:
+    # History strictly before the send, over the spec's windows.
+    anchors = data[["send_id", "customer_id", "sent_at"]].set_axis(["anchor_id", "customer_id", "as_of"], axis=1)
+    history = _pandas_history(anchors, sends[["customer_id", "sent_at", "arm"]], qualifying, spec)
+    data = data[["send_id", "arm", "label"]].join(attributes).join(history, on="send_id")
+    for name in spec.categorical:
         data[name] = data[name].astype("category")
 
     # The T-learner: one classifier per arm, control included; uplift = p_arm - p_control.
@@ -311,8 +398,8 @@ def pandas_tlearner(settings: Settings, run_date: date) -> dict:
     for arm in exp.all_arms:
         rows = train[train["arm"] == arm]
         model = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=LIGHTGBM_THREADS, verbose=-1)
-        model.fit(rows[FEATURES], rows["label"])
-        p[arm] = model.predict_proba(holdout[FEATURES])[:, 1]
+        model.fit(rows[spec.names], rows["label"])
+        p[arm] = model.predict_proba(holdout[spec.names])[:, 1]
     qini = {}
     for arm in exp.arms:
         rows = holdout["arm"].isin([arm, exp.control]).to_numpy()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from datetime import date
+from itertools import pairwise
 from pathlib import Path
 
 import pandas as pd
@@ -80,9 +81,8 @@ def export_csv(settings: Settings, run_date: date, arm: str, output: Path) -> in
 
 def band_labels(edges: list[float]) -> list[str]:
     """Labels of the bands between edges: "<25", "25-34", ..., "60+" (integers shown without .0)."""
-    shown = [f"{e:g}" for e in edges]
-    inner = [f"{lo}-{float(hi) - 1:g}" if float(hi).is_integer() else f"{lo}-{hi}" for lo, hi in zip(shown, edges[1:])]
-    return [f"<{shown[0]}", *inner, f"{shown[-1]}+"]
+    inner = [f"{lo:g}-{hi - 1:g}" if float(hi).is_integer() else f"{lo:g}-{hi:g}" for lo, hi in pairwise(edges)]
+    return [f"<{edges[0]:g}", *inner, f"{edges[-1]:g}+"]
 
 
 def band(column: str, edges: list[float]):

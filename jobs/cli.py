@@ -106,7 +106,12 @@ def audience_export(
 
 @audience_app.command("what-if")
 def audience_what_if(
-    where: Annotated[str, typer.Option(help="Spark SQL condition on the features, the audience and <attribute>_band columns, e.g. \"age_band = '25-34'\".")],
+    where: Annotated[
+        str,
+        typer.Option(
+            help="Spark SQL over the features, the audience and <attribute>_band columns, e.g. \"age_band = '25-34'\"."
+        ),
+    ],
     arm: Annotated[str, typer.Option(help="The message to try on the segment.")],
     run_date: Annotated[
         datetime | None,

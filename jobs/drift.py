@@ -22,6 +22,7 @@ from evidently.presets import DataDriftPreset
 from jobs.lake import partition_dates, partition_dir, sample_parquet
 from jobs.settings import Settings, report_dir
 
+
 def drifted_share(report: dict) -> tuple[float, dict[str, dict]]:
     """The share of drifted columns, and each column's test and score, from a snapshot's dict()."""
     share, per_column = None, {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -56,8 +57,8 @@ def _attribute(spec: FeatureSpec, name: str) -> Column:
     a, column = spec.attributes[name], F.col(f"u.`{spec.source_column(name)}`")
     if a.derive == "days_since":
         return F.datediff(F.to_date("as_of"), column).alias(name)
-    if a.derive == "email_domain":
-        return F.lower(F.substring_index(column, "@", -1)).alias(name)
+    if a.derive == "email_domain":  # without an '@' there is no domain: null, never the value itself
+        return F.when(F.instr(column, "@") > 0, F.lower(F.substring_index(column, "@", -1))).alias(name)
     return column.alias(name)
 
 
@@ -188,6 +189,7 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
     )
 
     scoring_day = run_date + timedelta(days=1)
+    _check_eligibility(spark, users, spec.eligibility)
     today = users.where(F.col("dt") == F.lit(max(snapshot_days))).where(spec.eligibility)
     scoring_anchors = today.select(
         F.col("customer_id").alias("anchor_id"),
@@ -199,6 +201,22 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
         scoring_anchors, users, sends, qualifying, _snapshot_for(spark, snapshot_days, [scoring_day]), spec
     ).select(*SCORING_KEYS, *spec.names)
     return training, scoring
+
+
+def _check_eligibility(spark: SparkSession, users: DataFrame, condition: str) -> None:
+    """The eligibility rule may use only the users columns the spec reads (mapped and typed).
+
+    Checked on an empty frame of the same schema: on the real one, Spark would quietly resolve
+    an undeclared column from the raw files, under its delivered name and type.
+    """
+    try:
+        spark.createDataFrame([], users.schema).where(condition)
+    except AnalysisException as err:
+        raise ValueError(
+            f"features.eligibility '{condition}' cannot be evaluated on the users columns the feature spec reads "
+            f"{[c for c in users.columns if c != 'dt']}: {str(err).splitlines()[0]}. Use those columns, or declare "
+            "the one it needs in features.attributes."
+        ) from None
 
 
 def _require_snapshots(settings: Settings, snapshot_days: list[date], send_days: list[date]) -> None:

@@ -177,7 +177,9 @@ class FeatureSpec(_Strict):
             column = self.source_column(name)
             wanted = DERIVATIONS[a.derive][0] if a.derive else RAW_TYPE_OF_KIND[a.kind]
             if types.setdefault(column, wanted) != wanted:
-                raise ValueError(f"users column '{column}' is read as {types[column]} by one feature, {wanted} by '{name}'")
+                raise ValueError(
+                    f"users column '{column}' is read as {types[column]} by one feature, {wanted} by '{name}'"
+                )
         return types
 
     def segments(self) -> dict[str, list[float]]:
@@ -258,6 +260,9 @@ def expectations(columns: list[FeatureColumn], *, types: bool = True) -> list[di
         if types and c.kind in ("numeric", "categorical"):
             type_list = NUMERIC_TYPES if c.kind == "numeric" else ["StringType"]
             out.append(
-                {"type": "expect_column_values_to_be_in_type_list", "kwargs": {"column": c.name, "type_list": type_list}}
+                {
+                    "type": "expect_column_values_to_be_in_type_list",
+                    "kwargs": {"column": c.name, "type_list": type_list},
+                }
             )
     return out

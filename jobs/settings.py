@@ -31,9 +31,7 @@ CONTRACT_TYPES = {
     "sends": dict(zip(SEND_COLUMNS, ("string", "string", "string", "timestamp", "string"), strict=True)),
     "responses": dict(zip(RESPONSE_COLUMNS, ("string", "string", "timestamp", "string"), strict=True)),
 }
-REPLACED_WHOLE = frozenset(
-    {"expected_split", "campaign_splits", "cost_per_send", "columns", "attributes", "history"}
-)
+REPLACED_WHOLE = frozenset({"expected_split", "campaign_splits", "cost_per_send", "columns", "attributes", "history"})
 
 
 class _Strict(BaseModel):
@@ -52,9 +50,17 @@ class Source(_Strict):
     columns: dict[str, str] = {}
     # daily: a delivery is expected on every run date; occasional: only when there is one
     delivery: Literal["daily", "occasional"] = "daily"
+    # Compare a delivery's row count with the trailing average (validation.volume_*). Default:
+    # for daily sources only; occasional ones (a campaign's decaying response tail, a weekly
+    # snapshot) are only required to be non-empty unless this is set true.
+    volume_band: bool | None = None
 
     def delivered(self, name: str) -> str:
         return self.columns.get(name, name)
+
+    @property
+    def checks_volume(self) -> bool:
+        return self.delivery == "daily" if self.volume_band is None else self.volume_band
 
 
 class Experiment(_Strict):

@@ -190,8 +190,10 @@ def _with_raw_checks(frame: DataFrame, timestamp: str, customers: DataFrame) -> 
 def volume_band(spark: SparkSession, settings: Settings, source: str, run_date: date) -> tuple[int, int | None]:
     """(min, max) rows of run_date's delivery: non-empty, and within `validation.volume_tolerance`
     of the average of the earlier deliveries in `validation.volume_days` (once there are
-    `validation.volume_min_history` of them)."""
+    `validation.volume_min_history` of them), for sources that check volume (`volume_band`)."""
     cfg = settings.validation
+    if not settings.sources[source].checks_volume:
+        return 1, None
     since = run_date - timedelta(days=cfg.volume_days)
     earlier = (
         read_raw(spark, settings, source, run_date)
@@ -206,54 +208,57 @@ def volume_band(spark: SparkSession, settings: Settings, source: str, run_date: 
     return max(1, int(average * (1 - cfg.volume_tolerance))), int(average * (1 + cfg.volume_tolerance)) + 1
 
 
-def _delivered_on(settings: Settings, source: str, run_date: date) -> bool:
-    return any(f.name == f"dt={run_date.isoformat()}" for f in raw_partitions(settings, source, run_date))
+def _delivery_day(settings: Settings, source: str, run_date: date) -> date:
+    """The delivery of a source that run_date validates: its own, or an occasional source's latest.
+
+    A `daily` source must have a delivery dated run_date (read_raw names it when missing); an
+    `occasional` one without it is checked on its latest delivery (the one the ETL reads as
+    the newest), so a one-off snapshot is validated whatever night first reads it.
+    """
+    folders = raw_partitions(settings, source, run_date)
+    if settings.sources[source].delivery == "daily" or not folders:
+        return run_date
+    return date.fromisoformat(folders[-1].name[3:])
 
 
 def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     """Validate the run date's delivery of every source; raise ValidationFailed on any failure.
 
-    A source with `delivery: occasional` and nothing delivered on the run date is recorded as
-    such and not checked; a `daily` one without a delivery fails (MissingInputError).
+    For a source with `delivery: occasional` and nothing delivered on the run date, its latest
+    delivery is checked instead (named with its own dt); a `daily` one without a delivery fails
+    (MissingInputError).
     """
     out = report_dir(settings, run_date) / "validation"
     context = _context(out / "data_docs")
     exp = settings.experiment
     customers_so_far = read_raw(spark, settings, "users", run_date)
-    present = [
-        s for s in SOURCES if settings.sources[s].delivery == "daily" or _delivered_on(settings, s, run_date)
-    ]
+    days = {source: _delivery_day(settings, source, run_date) for source in SOURCES}
     today = {
-        source: read_raw(spark, settings, source, run_date, only_run_date=True, check_types=True) for source in present
+        source: read_raw(spark, settings, source, day, only_run_date=True, check_types=True)
+        for source, day in days.items()
     }
-    frames = {}
-    if "users" in today:
-        frames["users"] = today["users"].persist()
-    if "sends" in today:
-        frames["sends"] = _with_raw_checks(today["sends"], "sent_at", customers_so_far).persist()
-    if "responses" in today:
-        first_send = (
-            read_raw(spark, settings, "sends", run_date)
-            .groupBy("customer_id")
-            .agg(F.min("sent_at").alias("_first_send"))
+    first_send = (
+        read_raw(spark, settings, "sends", run_date).groupBy("customer_id").agg(F.min("sent_at").alias("_first_send"))
+    )
+    responses = _with_raw_checks(today["responses"], "responded_at", customers_so_far).join(
+        first_send, "customer_id", "left"
+    )
+    # Every expectation is a Spark job over its frame: join the checks in once, not per expectation.
+    frames = {
+        "users": today["users"].persist(),
+        "sends": _with_raw_checks(today["sends"], "sent_at", customers_so_far).persist(),
+        "responses": responses.withColumn(
+            "after_a_send", F.coalesce(F.col("_first_send") < F.col("responded_at"), F.lit(False))
         )
-        responses = _with_raw_checks(today["responses"], "responded_at", customers_so_far).join(
-            first_send, "customer_id", "left"
-        )
-        frames["responses"] = (
-            responses.withColumn(
-                "after_a_send", F.coalesce(F.col("_first_send") < F.col("responded_at"), F.lit(False))
-            )
-            .drop("_first_send")
-            .persist()
-        )
-    # Every expectation is a Spark job over its frame: the checks above are joined in once, not per expectation.
+        .drop("_first_send")
+        .persist(),
+    }
     generated = {"users": features.expectations(features.raw_users_columns(settings.features), types=False)}
     hidden = hidden_columns(settings)
-    outcomes, skipped = [], [s for s in SOURCES if s not in present]
+    outcomes = []
     try:
-        for source in present:
-            min_rows, max_rows = volume_band(spark, settings, source, run_date)
+        for source in SOURCES:
+            min_rows, max_rows = volume_band(spark, settings, source, days[source])
             parameters = {
                 "arms": exp.all_arms,
                 "max_delivery_lag_days": exp.attribution_window_days,
@@ -264,26 +269,28 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
                 run_suite(
                     context,
                     frames[source],
-                    f"raw/{source} dt={run_date}",
+                    f"raw/{source} dt={days[source]}",
                     f"raw_{source}",
                     parameters,
                     generated.get(source),
                     hidden,
                 )
             )
-        if "sends" in today:
-            counts = _arm_counts_by_campaign(today["sends"])
-            outcomes.append(_randomization(f"raw/sends dt={run_date}", counts, exp)[0])
+        randomization, srm = _randomization(
+            f"raw/sends dt={days['sends']}", _arm_counts_by_campaign(today["sends"]), exp
+        )
+        outcomes.append(randomization)
     finally:
         spark.catalog.clearCache()
+    checked = {source: day.isoformat() for source, day in days.items()}
     summary = out / "raw.json"
-    _write_summary(summary, outcomes, {"not_delivered_occasional": skipped})
+    _write_summary(summary, outcomes, {"deliveries_checked": checked, "sample_ratio_mismatch": srm})
     _raise_if_failed(outcomes, run_date, summary)
-    delivered = {source: frame.count() for source, frame in today.items()} | {source: 0 for source in skipped}
+    delivered = {source: frame.count() if days[source] == run_date else 0 for source, frame in today.items()}
     return {
         "raw_checks": sum(o.evaluated for o in outcomes),
         "delivered_rows": delivered,
-        "not_delivered_occasional": skipped,
+        "deliveries_checked": checked,
         "report": str(summary),
     }
 
@@ -305,7 +312,9 @@ def _randomization(
     there are. `checks` counts the randomization checks the outcome will report.
     """
     level = exp.srm_p_value_min / max(1, len(counts))
-    tests = {campaign: sample_ratio_mismatch(arm_counts, exp.split_of(campaign)) for campaign, arm_counts in counts.items()}
+    tests = {
+        campaign: sample_ratio_mismatch(arm_counts, exp.split_of(campaign)) for campaign, arm_counts in counts.items()
+    }
     outcome = CheckOutcome(input_name, "randomization", True, checks)
     for campaign, srm in sorted(tests.items()):
         if srm["p_value"] < level:

@@ -52,6 +52,24 @@ def test_sample_ratio_mismatch_statistic():
     assert sample_ratio_mismatch({"control": 4000, "a": 6000}, split)["p_value"] < 1e-10
 
 
+def test_each_campaign_is_tested_against_its_own_split(settings):
+    from jobs.validate import _randomization
+
+    exp = settings.experiment.model_copy(update={"campaign_splits": {"half": {"control": 0.5, "subject_1": 0.5}}})
+    even = {"control": 2500, "subject_1": 2500, "subject_2": 2500, "subject_3": 2500}
+    half = {"control": 5000, "subject_1": 5000}
+    outcome, srm = _randomization("sends", {"daily": even, "half": half}, exp)
+    assert outcome.success and srm["campaigns"]["half"]["p_value"] > 0.5
+    assert srm["p_value_min"] == exp.srm_p_value_min / 2, "Bonferroni over the campaigns"
+    # The same counts against the default split (no campaign_splits entry): a mismatch, named.
+    outcome, _ = _randomization("sends", {"daily": even, "other": half}, exp)
+    assert not outcome.success and "campaign 'other'" in outcome.failures[0]
+    # An arm the campaign's split leaves out must not have sends.
+    leaked = {"control": 5000, "subject_1": 4990, "subject_2": 10}
+    outcome, _ = _randomization("sends", {"half": leaked}, exp)
+    assert not outcome.success and "'subject_2': 10" in outcome.failures[0]
+
+
 def test_broken_randomization_stops_training(spark, settings, tmp_path):
     # Uses the training set published by the pipeline tests' ETL run, or builds it.
     from jobs.etl import run_etl

@@ -1,0 +1,284 @@
+"""Bring your own data: a one-off experiment unlike the demo's, configured by one overlay only.
+
+The overlay is the one the README shows (read from README.md, so the page and the test cannot
+drift apart); the data comes from tests/email_experiment.py, which shares nothing with the
+demo generator: other attributes and kinds, two arms, two campaigns with their own splits, one
+send day, responses arriving over two weeks, CSV under the user's own column names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+import email_experiment
+from conftest import TEST_CONF, write_overlay
+from jobs.settings import load_settings
+
+PROJECT = Path(__file__).resolve().parent.parent
+RUN = email_experiment.last_response_day() + timedelta(days=5)  # the labels have matured
+MARK = "<!-- own-data-overlay"
+
+
+def readme_overlay() -> dict:
+    """The YAML block that follows the own-data marker in README.md."""
+    text = (PROJECT / "README.md").read_text()
+    block = re.search(re.escape(MARK) + r".*?-->\s*```yaml\n(.*?)```", text, re.S)
+    assert block, "README.md lost its bring-your-own-data overlay block"
+    return yaml.safe_load(block.group(1))
+
+
+def own_home(root: Path, overlay: dict, users: pd.DataFrame | None = None) -> dict:
+    """A project home with the experiment's deliveries and the overlay; the environment to use it."""
+    email_experiment.write(root / "var" / "lake")
+    if users is not None:  # a changed snapshot, written where the simulator put its own
+        users.to_csv(
+            root / "var" / "lake" / "raw" / "users" / f"dt={email_experiment.SNAPSHOT_DAY}" / "users.csv", index=False
+        )
+    (root / "conf").mkdir(exist_ok=True)
+    (root / "conf" / "own.yml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+    speed = write_overlay(root, TEST_CONF)
+    return {"UPLIFT_HOME": str(root), "UPLIFT_CONF": f"{root / 'conf' / 'own.yml'}{os.pathsep}{speed}"}
+
+
+@pytest.fixture
+def own_settings(monkeypatch, tmp_path):
+    """Settings of a fresh own-data home, from the README's overlay changed by `changes`."""
+
+    def make(changes=None, users: pd.DataFrame | None = None):
+        overlay = readme_overlay()
+        for section, values in (changes or {}).items():
+            overlay.setdefault(section, {}).update(values)
+        for name, value in own_home(tmp_path, overlay, users).items():
+            monkeypatch.setenv(name, value)
+        return load_settings()
+
+    return make
+
+
+# --- the worked example, run by Airflow ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def airflow_run(home, tmp_path_factory):
+    root = tmp_path_factory.mktemp("own_data")
+    env = {
+        **os.environ,
+        **own_home(root, readme_overlay()),
+        "AIRFLOW_HOME": str(root / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+    }
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    result = subprocess.run(
+        [airflow, "dags", "test", "uplift_nightly", RUN.isoformat()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "state=success" in log, log[-6000:]
+    uplift = str(Path(sys.executable).parent / "uplift")
+    show = subprocess.run(
+        [uplift, "audience", "show", "--run-date", RUN.isoformat()], env=env, capture_output=True, text=True, check=True
+    )
+    print(show.stdout)  # the README quotes this output
+    return root, env
+
+
+def test_the_readme_example_publishes_an_audience_for_every_eligible_customer(airflow_run):
+    root, _ = airflow_run
+    lake = root / "var" / "lake"
+    users = pd.read_csv(lake / "raw" / "users" / f"dt={email_experiment.SNAPSHOT_DAY}" / "users.csv")
+    audience = pd.read_parquet(lake / "audience" / f"run_date={RUN}")
+    assert sorted(audience["customer_id"]) == sorted(users.loc[users["recency_months"] <= 10, "cust"])
+    for arm in ("mens_email", "womens_email"):
+        assert audience[f"uplift_{arm}"].notna().all() and audience[f"p_{arm}"].notna().all()
+    assert set(audience["recommended_arm"]) <= {"mens_email", "womens_email", "none"}
+    assert not {"uplift_subject_1", "p_subject_1"} & set(audience.columns), "no demo arm leaks in"
+    training = pd.read_parquet(lake / "features" / "training" / f"run_date={RUN}")
+    assert len(training) == 24_000, "every send of the single send day matured and trained"
+    for table in (training, audience):
+        assert "contact_email" not in table.columns
+        assert not table.astype(str).apply(lambda c: c.str.contains("@")).any().any(), "PII reached a table"
+
+
+def test_the_model_learns_from_the_declared_attributes_and_logs_the_spec(airflow_run):
+    root, env = airflow_run
+    declared = readme_overlay()["features"]["attributes"]
+    uri = f"sqlite:///{root}/var/mlflow/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("uplift_t_learner", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.params["features"] == ",".join(
+        [n for n, a in declared.items() if a["kind"] == "numeric"]
+        + [n for n, a in declared.items() if a["kind"] == "categorical"]
+    )
+    spec = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="feature_spec.json", tracking_uri=uri
+            )
+        ).read_text()
+    )
+    assert set(spec["attributes"]) == set(declared) and spec["eligibility"] == "recency_months <= 10"
+    importance = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="feature_importance.csv", tracking_uri=uri
+        ),
+        index_col="feature",
+    )
+    assert set(importance.index) == set(declared)
+    assert (importance.max(axis=1) > 0).all(), importance
+    # The effects the simulator planted: recency drives mens_email, region and spend womens_email.
+    assert importance["mens_email"].idxmax() == "recency_months"
+    assert importance["womens_email"].nlargest(2).index.isin(["region", "spend_to_date"]).all()
+
+
+def test_every_campaign_is_checked_against_its_own_split(airflow_run):
+    root, env = airflow_run
+    uplift = str(Path(sys.executable).parent / "uplift")
+    subprocess.run(
+        [uplift, "validate-raw", "--run-date", str(email_experiment.SEND_DAY)], env=env, check=True, capture_output=True
+    )
+    report = json.loads(
+        (root / "var" / "reports" / f"run_date={email_experiment.SEND_DAY}" / "validation" / "raw.json").read_text()
+    )
+    tests = report_srm(report)
+    assert set(tests) == {"autumn_mail", "retention_test"}
+    assert set(tests["retention_test"]["observed"]) == {"no_email", "womens_email"}, "tested on its own split"
+    assert min(t["p_value"] for t in tests.values()) > 0.01
+
+
+def report_srm(report: dict) -> dict:
+    return report["sample_ratio_mismatch"]["campaigns"]
+
+
+# --- bad specs and leaky columns: refused by name, before anything is written -------------
+
+
+def _nothing_written(settings) -> None:
+    assert not (settings.paths.lake / "features").exists()
+    assert not (settings.paths.lake / "audience").exists()
+
+
+@pytest.mark.parametrize(
+    "attribute, named",
+    [
+        ({"rank": {"kind": "numeric"}}, r"feature 'rank' collides with a pipeline column"),
+        ({"uplift_score": {"kind": "numeric"}}, r"feature 'uplift_score' collides"),
+        (
+            {"when": {"kind": "numeric", "column": "sent_at", "derive": "days_since"}},
+            r"'when' is, or is derived from, 'sent_at'",
+        ),
+        ({"variant_seen": {"kind": "categorical", "column": "arm"}}, r"'variant_seen' is, or is derived from, 'arm'"),
+        ({"mail": {"kind": "categorical", "column": "contact_email"}}, r"'mail' copies the PII column 'contact_email'"),
+    ],
+)
+def test_a_spec_naming_a_pipeline_column_or_a_leaky_source_fails_at_load(monkeypatch, tmp_path, attribute, named):
+    overlay = readme_overlay()
+    overlay["features"]["attributes"] |= attribute
+    for name, value in own_home(tmp_path, overlay).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=named) as err:
+        load_settings()
+    assert "own.yml" in str(err.value), "the error names the overlay file"
+
+
+def test_a_declared_column_missing_from_the_delivery_is_named_with_its_file(spark, own_settings):
+    from jobs.lake import MissingInputError
+    from jobs.validate import validate_raw
+
+    settings = own_settings(
+        {
+            "features": {
+                "attributes": {**readme_overlay()["features"]["attributes"], "loyalty_tier": {"kind": "categorical"}}
+            }
+        }
+    )
+    with pytest.raises(MissingInputError, match=r"lacks columns 'loyalty_tier' in dt=2026-09-30"):
+        validate_raw(spark, settings, RUN)
+    _nothing_written(settings)
+
+
+def test_text_in_a_numeric_column_is_named_with_values_and_file(spark, own_settings):
+    from jobs.validate import ValidationFailed, validate_raw
+
+    attributes = readme_overlay()["features"]["attributes"] | {"channel": {"kind": "numeric"}}
+    settings = own_settings({"features": {"attributes": attributes}})
+    with pytest.raises(ValidationFailed) as err:
+        validate_raw(spark, settings, RUN)
+    message = str(err.value)
+    assert "input 'raw/users dt=2026-09-30'" in message and "'unparsable'" in message
+    assert "'raw_channel': 'Web'" in message or "'raw_channel': 'Phone'" in message
+    assert "dt=2026-09-30/users.csv" in message, "the offending rows name their file"
+    assert "@" not in message, "the PII column stays out of the message"
+    _nothing_written(settings)
+
+
+def test_a_categorical_with_too_many_levels_is_refused(spark, own_settings):
+    from jobs.validate import ValidationFailed, validate_raw
+
+    attributes = readme_overlay()["features"]["attributes"] | {"spend_to_date": {"kind": "categorical"}}
+    settings = own_settings({"features": {"attributes": attributes}})
+    with pytest.raises(
+        ValidationFailed,
+        match=r"expect_column_unique_value_count_to_be_between\(\{'column': "
+        r"'spend_to_date', 'max_value': 1000\}\)",
+    ):
+        validate_raw(spark, settings, RUN)
+    _nothing_written(settings)
+
+
+def test_an_eligibility_rule_on_an_undeclared_column_is_refused(spark, own_settings):
+    from jobs.etl import run_etl
+
+    settings = own_settings({"features": {"eligibility": "contact_email IS NOT NULL"}})
+    with pytest.raises(ValueError, match=r"features.eligibility 'contact_email IS NOT NULL' cannot be evaluated"):
+        run_etl(spark, settings, RUN)
+    _nothing_written(settings)
+
+
+def test_leaky_columns_in_a_snapshot_fail_validation_by_name(spark, tmp_path, own_settings):
+    """A snapshot exported after the campaign carries its outcome and its arm: the data says so."""
+    from jobs.etl import run_etl
+    from jobs.validate import ValidationFailed, validate_features
+
+    lake = tmp_path / "scratch"
+    email_experiment.write(lake)
+    raw = lake / "raw"
+    users = pd.read_csv(raw / "users" / f"dt={email_experiment.SNAPSHOT_DAY}" / "users.csv")
+    sends = pd.read_csv(raw / "sends" / f"dt={email_experiment.SEND_DAY}" / "sends.csv")
+    visits = pd.concat(pd.read_csv(f) for f in raw.glob("responses/dt=*/responses.csv"))
+    users["visited"] = users["cust"].isin(visits.loc[visits["event_kind"] == "visit", "cust"]).astype(int)
+    users["segment"] = (
+        users["cust"]
+        .map(sends.set_index("cust")["variant"])
+        .map({"mens_email": "M", "womens_email": "W", "no_email": "N"})
+    )
+    attributes = readme_overlay()["features"]["attributes"] | {
+        "engaged": {"kind": "categorical", "column": "visited"},
+        "offer": {"kind": "categorical", "column": "segment"},
+    }
+    settings = own_settings({"features": {"attributes": attributes}}, users=users)
+    run_etl(spark, settings, RUN)
+    with pytest.raises(ValidationFailed) as err:
+        validate_features(spark, settings, RUN)
+    message = str(err.value)
+    assert "feature 'engaged' separates the outcome (label)" in message
+    assert "feature 'offer' separates the treatment" in message
+    assert not re.search(r"feature '(recency_months|spend_to_date|channel|region)' separates", message)
