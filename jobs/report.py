@@ -73,6 +73,7 @@ def run_report(settings: Settings, run_date: date) -> dict:
         "arm_shares": {arm: round(n / audience_rows, 4) for arm, n in sorted(recommended.items())}
         if audience_rows
         else {},
+        "features": settings.features.names,
         "qini": train.get("qini"),
         "trained_model_version": train.get("model_version"),
         "scored_with_model_version": score.get("model_version"),
@@ -97,6 +98,7 @@ def format_report(report: dict) -> str:
     shares = ", ".join(f"{arm} {share:.1%}" for arm, share in report["arm_shares"].items())
     lines += [
         f"audience         {report['audience_rows']:,} customers: {shares}",
+        f"features         {len(report['features'])}: {', '.join(report['features'])}",
         f"qini             {report['qini']} (scikit-uplift normalisation)",
         f"gate             {report['gate']['decision']}: {'; '.join(report['gate']['reasons'] or [])}",
         f"models           trained v{report['trained_model_version']}, "

@@ -316,7 +316,7 @@ def _randomization(
         campaign: sample_ratio_mismatch(arm_counts, exp.split_of(campaign)) for campaign, arm_counts in counts.items()
     }
     outcome = CheckOutcome(input_name, "randomization", True, checks)
-    for campaign, srm in sorted(tests.items()):
+    for campaign, srm in sorted(tests.items(), key=lambda item: str(item[0])):
         if srm["p_value"] < level:
             outcome.success = False
             outcome.failures.append(

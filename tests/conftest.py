@@ -73,3 +73,21 @@ def nightly(settings, spark, generated):
     from jobs import steps
 
     return {step: steps.run(step, RUN_DATE, settings) for step in steps.STEPS}
+
+
+@pytest.fixture
+def own_settings(monkeypatch, tmp_path):
+    """Settings of a fresh home holding tests/email_experiment.py's data, configured by the README's
+    own-data overlay with `changes` (section -> keys) on top; experiment: its effects, scale, seed."""
+    from helpers import own_home, readme_overlay
+    from jobs.settings import load_settings
+
+    def make(changes=None, users=None, **experiment):
+        overlay = readme_overlay()
+        for section, values in (changes or {}).items():
+            overlay.setdefault(section, {}).update(values)
+        for name, value in own_home(tmp_path, overlay, users, **experiment).items():
+            monkeypatch.setenv(name, value)
+        return load_settings()
+
+    return make

@@ -5,10 +5,12 @@ with two campaigns randomized with different splits, responses arriving on the d
 Its attributes (recency, spend, channel, region, newcomer flag, first order date) and its
 arms (mens_email, womens_email; control no_email) are none of the demo's.
 
-True effects (probability points of a visit within 14 days):
+True effects (probability points of a visit within 14 days), `effects="default"`:
 - mens_email: +10 for customers whose last purchase is at most 4 months old, +1 otherwise;
 - womens_email: +15 for urban customers who spent more than 150, 0 otherwise;
 control: 6% base, +4 when the last purchase is at most 3 months old.
+`effects="uniform"`: mens_email +8 for everyone (a flat arm), womens_email +20 for urban
+customers who spent more than 150. `effects="none"`: no message changes anything.
 
     python tests/email_experiment.py <lake>   # writes <lake>/raw/{users,sends,responses}/dt=*/
 """
@@ -53,22 +55,33 @@ def users(rng: np.random.Generator, n: int) -> pd.DataFrame:
     )
 
 
-def visit_probability(people: pd.DataFrame, arm: np.ndarray) -> np.ndarray:
+def true_uplift(people: pd.DataFrame, effects: str = "default") -> dict[str, np.ndarray]:
+    """Each arm's true effect on the visit probability, per customer."""
     recent = people["recency_months"].to_numpy()
-    base = 0.06 + 0.04 * (recent <= 3)
-    mens = np.where(recent <= 4, 0.10, 0.01)
-    womens = np.where((people["region"].to_numpy() == "Urban") & (people["spend_to_date"].to_numpy() > 150), 0.15, 0)
-    return base + np.where(arm == "mens_email", mens, 0) + np.where(arm == "womens_email", womens, 0)
+    segment = (people["region"].to_numpy() == "Urban") & (people["spend_to_date"].to_numpy() > 150)
+    zero = np.zeros(len(people))
+    if effects == "none":
+        return {"mens_email": zero, "womens_email": zero}
+    if effects == "uniform":
+        return {"mens_email": zero + 0.08, "womens_email": np.where(segment, 0.20, 0.0)}
+    return {"mens_email": np.where(recent <= 4, 0.10, 0.01), "womens_email": np.where(segment, 0.15, 0.0)}
 
 
-def write(lake: Path, seed: int = 3) -> dict[str, int]:
-    """Land the experiment's deliveries under lake/raw; return the row counts."""
+def visit_probability(people: pd.DataFrame, arm: np.ndarray, effects: str = "default") -> np.ndarray:
+    base = 0.06 + 0.04 * (people["recency_months"].to_numpy() <= 3)
+    lift = true_uplift(people, effects)
+    return base + np.where(arm == "mens_email", lift["mens_email"], 0) + np.where(arm == "womens_email", lift["womens_email"], 0)
+
+
+def write(lake: Path, seed: int = 3, effects: str = "default", scale: float = 1.0) -> dict[str, int]:
+    """Land the experiment's deliveries under lake/raw (campaign sizes times scale); return row counts."""
     rng = np.random.default_rng(seed)
-    people = users(rng, sum(n for n, _ in CAMPAIGNS.values()))
+    campaigns = {name: (int(n * scale), split) for name, (n, split) in CAMPAIGNS.items()}
+    people = users(rng, sum(n for n, _ in campaigns.values()))
     _write(people, lake, "users", SNAPSHOT_DAY)
     order = rng.permutation(len(people))
     sends, start = [], 0
-    for campaign, (n, split) in CAMPAIGNS.items():
+    for campaign, (n, split) in campaigns.items():
         who = order[start : start + n]
         start += n
         arms = rng.choice(list(split), n, p=list(split.values()))
@@ -88,7 +101,7 @@ def write(lake: Path, seed: int = 3) -> dict[str, int]:
     _write(sent, lake, "sends", SEND_DAY)
 
     chosen = people.set_index("cust").loc[sent["cust"]].reset_index()
-    visited = rng.random(len(sent)) < visit_probability(chosen, sent["variant"].to_numpy())
+    visited = rng.random(len(sent)) < visit_probability(chosen, sent["variant"].to_numpy(), effects)
     delay = pd.to_timedelta(rng.exponential(2.0, len(sent)).clip(0.01, WINDOW_DAYS - 0.01), unit="D")
     visits = pd.DataFrame({"cust": sent["cust"], "event_ts": sent["sent_ts"] + delay, "event_kind": "visit"})[visited]
     bought = visits.sample(frac=0.2, random_state=seed).assign(

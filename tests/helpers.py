@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
+import yaml
+
+import email_experiment
+from conftest import TEST_CONF, write_overlay
 from jobs.settings import Settings
+
+PROJECT = Path(__file__).resolve().parent.parent
+MARK = "<!-- own-data-overlay"
 
 
 def settings_in(settings: Settings, root: Path, **sections) -> Settings:
@@ -21,3 +31,27 @@ def settings_in(settings: Settings, root: Path, **sections) -> Settings:
 
 def copy_raw(source: Settings, target: Settings) -> None:
     shutil.copytree(source.paths.lake / "raw", target.paths.lake / "raw")
+
+
+def readme_overlay() -> dict:
+    """The YAML block that follows the own-data marker in README.md."""
+    text = (PROJECT / "README.md").read_text()
+    block = re.search(re.escape(MARK) + r".*?-->\s*```yaml\n(.*?)```", text, re.S)
+    assert block, "README.md lost its bring-your-own-data overlay block"
+    return yaml.safe_load(block.group(1))
+
+
+def own_home(root: Path, overlay: dict, users: pd.DataFrame | None = None, **experiment) -> dict:
+    """A project home with the experiment's deliveries and the overlay; the environment to use it.
+
+    experiment: arguments of email_experiment.write (effects, scale, seed).
+    """
+    email_experiment.write(root / "var" / "lake", **experiment)
+    if users is not None:  # a changed snapshot, written where the simulator put its own
+        users.to_csv(
+            root / "var" / "lake" / "raw" / "users" / f"dt={email_experiment.SNAPSHOT_DAY}" / "users.csv", index=False
+        )
+    (root / "conf").mkdir(exist_ok=True)
+    (root / "conf" / "own.yml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+    speed = write_overlay(root, TEST_CONF)
+    return {"UPLIFT_HOME": str(root), "UPLIFT_CONF": f"{root / 'conf' / 'own.yml'}{os.pathsep}{speed}"}

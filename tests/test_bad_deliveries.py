@@ -32,7 +32,7 @@ def _never_sent(settings):
 
 def missing_column(s):
     _redeliver(s, "sends", _read(s, "sends").drop(columns=["arm"]))
-    return MissingInputError, ["raw source 'sends'", "['arm']"]
+    return MissingInputError, ["raw source 'sends'", f"lacks columns 'arm' in {DAY}"]
 
 
 def wrong_type(s):

@@ -22,48 +22,11 @@ import pytest
 import yaml
 
 import email_experiment
-from conftest import TEST_CONF, write_overlay
+from helpers import own_home, readme_overlay
 from jobs.settings import load_settings
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN = email_experiment.last_response_day() + timedelta(days=5)  # the labels have matured
-MARK = "<!-- own-data-overlay"
-
-
-def readme_overlay() -> dict:
-    """The YAML block that follows the own-data marker in README.md."""
-    text = (PROJECT / "README.md").read_text()
-    block = re.search(re.escape(MARK) + r".*?-->\s*```yaml\n(.*?)```", text, re.S)
-    assert block, "README.md lost its bring-your-own-data overlay block"
-    return yaml.safe_load(block.group(1))
-
-
-def own_home(root: Path, overlay: dict, users: pd.DataFrame | None = None) -> dict:
-    """A project home with the experiment's deliveries and the overlay; the environment to use it."""
-    email_experiment.write(root / "var" / "lake")
-    if users is not None:  # a changed snapshot, written where the simulator put its own
-        users.to_csv(
-            root / "var" / "lake" / "raw" / "users" / f"dt={email_experiment.SNAPSHOT_DAY}" / "users.csv", index=False
-        )
-    (root / "conf").mkdir(exist_ok=True)
-    (root / "conf" / "own.yml").write_text(yaml.safe_dump(overlay, sort_keys=False))
-    speed = write_overlay(root, TEST_CONF)
-    return {"UPLIFT_HOME": str(root), "UPLIFT_CONF": f"{root / 'conf' / 'own.yml'}{os.pathsep}{speed}"}
-
-
-@pytest.fixture
-def own_settings(monkeypatch, tmp_path):
-    """Settings of a fresh own-data home, from the README's overlay changed by `changes`."""
-
-    def make(changes=None, users: pd.DataFrame | None = None):
-        overlay = readme_overlay()
-        for section, values in (changes or {}).items():
-            overlay.setdefault(section, {}).update(values)
-        for name, value in own_home(tmp_path, overlay, users).items():
-            monkeypatch.setenv(name, value)
-        return load_settings()
-
-    return make
 
 
 # --- the worked example, run by Airflow ---------------------------------------------------

@@ -49,7 +49,11 @@ def test_validation_reports_are_written(settings, nightly):
     features = json.loads((folder / "features.json").read_text())
     assert raw["success"] and features["success"]
     assert {c["suite"] for c in raw["checks"]} == {"raw_users", "raw_sends", "raw_responses", "randomization"}
-    assert features["sample_ratio_mismatch"]["p_value"] > settings.experiment.srm_p_value_min
+    srm = features["sample_ratio_mismatch"]
+    campaigns = pd.read_parquet(partition_dir(settings, "features/training", RUN_DATE), columns=["campaign_id"])
+    assert set(srm["campaigns"]) == set(campaigns["campaign_id"]), "one test per campaign (the demo: one a day)"
+    assert all(test["p_value"] > srm["p_value_min"] for test in srm["campaigns"].values())
+    assert srm["p_value_min"] == settings.experiment.srm_p_value_min / len(srm["campaigns"])
     assert (folder / "data_docs" / "index.html").exists()
 
 

@@ -65,3 +65,15 @@ def test_a_stable_share_of_the_selected_is_held_out(spark, settings):
         == second.sort_values("customer_id")["holdout"].to_numpy()
     ).all()
     assert not (first["holdout"] & ~first["selected"]).any()
+
+
+def test_a_scoring_set_with_other_features_than_the_models_is_refused_by_name():
+    import pytest
+
+    from jobs.score import FeatureMismatchError, check_features
+    from jobs.tlearner import PortableTLearner
+
+    model = PortableTLearner("control", ["a"], ["age", "spend"], {"region": ["N", "S"]}, {})
+    check_features(["customer_id", "spend", "region", "age"], model)  # order does not matter
+    with pytest.raises(FeatureMismatchError, match=r"missing \['spend'\]; not known to the model \['tier'\]"):
+        check_features(["customer_id", "age", "region", "tier"], model)

@@ -31,3 +31,56 @@ def test_split_must_cover_every_arm(home, tmp_path, monkeypatch):
     monkeypatch.setenv("UPLIFT_CONF", str(bad))
     with pytest.raises(ValueError, match="expected_split"):
         load_settings()
+
+
+def _load_with(tmp_path, monkeypatch, text: str):
+    overlay = tmp_path / "overlay.yml"
+    overlay.write_text(text)
+    monkeypatch.setenv("UPLIFT_CONF", str(overlay))
+    return load_settings()
+
+
+def test_an_overlay_replaces_the_experiment_and_the_feature_spec_whole(home, tmp_path, monkeypatch):
+    settings = _load_with(
+        tmp_path,
+        monkeypatch,
+        """
+experiment:
+  arms: [mens, womens]
+  expected_split: {control: 0.5, mens: 0.25, womens: 0.25}
+targeting:
+  cost_per_send: {mens: 0.1, womens: 0.2}
+sources:
+  users: {columns: {customer_id: cust}}
+features:
+  eligibility: "true"
+  attributes:
+    recency: {kind: numeric}
+  history: {n_sends: [7]}
+""",
+    )
+    assert settings.experiment.expected_split == {"control": 0.5, "mens": 0.25, "womens": 0.25}
+    assert settings.targeting.cost_per_send == {"mens": 0.1, "womens": 0.2}
+    assert settings.features.names == ["recency", "n_sends_7d"], "no demo attribute or history is inherited"
+    assert settings.raw_types("users") == {"customer_id": "string", "recency": "double"}
+    assert settings.sources["users"].columns == {"customer_id": "cust"}
+    assert settings.experiment.attribution_window_days == 7, "keys the overlay does not set still merge"
+    assert settings.features.pii == ["email"], "lists the overlay does not set are kept"
+
+
+@pytest.mark.parametrize(
+    "overlay, named",
+    [
+        ("experiment:\n  arms: [mens, womens]\n", "expected_split"),
+        (
+            "experiment:\n  arms: [mens, womens]\n  expected_split: {control: 0.5, mens: 0.25, womens: 0.25}\n",
+            r"targeting.cost_per_send must give a cost for exactly the arms \['mens', 'womens'\]: missing",
+        ),
+        ("experiment:\n  campaign_splits: {c1: {control: 0.5, subject_9: 0.5}}\n", r"campaign_splits.c1 names \['subject_9'\]"),
+        ("sources:\n  users: {columns: {agee: age_years}}\n", r"sources.users.columns maps \['agee'\]"),
+        ("features:\n  attributes: {tier: {kind: categorical, min: 1}}\n", "numeric features only"),
+    ],
+)
+def test_an_inconsistent_overlay_fails_at_load_naming_the_key(home, tmp_path, monkeypatch, overlay, named):
+    with pytest.raises(ValueError, match=named):
+        _load_with(tmp_path, monkeypatch, overlay)
