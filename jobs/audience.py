@@ -22,7 +22,9 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from jobs.lake import MissingInputError, partition_dir
-from jobs.settings import Settings
+from jobs.settings import Settings, report_dir
+
+BUDGET_CURVE = "budget_curve"  # <reports>/run_date=<ds>/budget_curve.{csv,png}, written by the gate
 
 PG_TYPES = {
     pa.string(): "text",
@@ -49,18 +51,40 @@ def show(settings: Settings, run_date: date, top: int = 10) -> str:
     columns = ["rank", "customer_id", "recommended_arm", "expected_uplift", "expected_net_value", "holdout"]
     best = dataset.to_table(columns=columns, filter=pc.field("rank") <= top).to_pandas().sort_values("rank")
     total = dataset.count_rows()
+    label = dataset.to_table(columns=["policy"], filter=pc.field("rank") == 1).column("policy")[0].as_py()
+    peak = budget_peak(settings, run_date)
+    curve = (
+        f"Budget curve (holdout estimate): net value peaks at {int(peak['sends']):,} sends, "
+        f"{peak['net_value']:,.2f} [{peak['net_value_low']:,.2f}, {peak['net_value_high']:,.2f}]"
+        if peak
+        else "Budget curve: none recorded for this run date (run the gate)"
+    )
     return "\n".join(
         [
             f"Audience {run_date}: {total:,} customers scored, {int(summary['customers'].sum()):,} selected, "
             f"{int(summary['sends'].sum()):,} to send ({int(summary['holdout'].sum()):,} held out), "
             f"spend {summary['spend'].sum():,.2f}",
+            f"Policy: {label}"
+            + ("  (no model has passed the gate: a constant policy)" if label.startswith("constant") else ""),
+            curve,
             "",
-            summary.drop(columns=["model_version"]).to_string(index=False, float_format=lambda v: f"{v:,.2f}"),
+            summary.drop(columns=["model_version", "policy"]).to_string(
+                index=False, float_format=lambda v: f"{v:,.2f}"
+            ),
             "",
             f"Top {top} customers by expected net value:",
             best.to_string(index=False, float_format=lambda v: f"{v:.4f}"),
         ]
     )
+
+
+def budget_peak(settings: Settings, run_date: date) -> dict | None:
+    """Where the deployed policy's expected net value peaks, from the run date's budget curve (jobs.gate)."""
+    path = report_dir(settings, run_date) / f"{BUDGET_CURVE}.csv"
+    if not path.exists():
+        return None
+    curve = pd.read_csv(path)
+    return curve.loc[curve["net_value"].idxmax()].to_dict()
 
 
 def export_csv(settings: Settings, run_date: date, arm: str, output: Path) -> int:

@@ -148,6 +148,23 @@ def read_partition(spark: SparkSession, settings: Settings, table: str, run_date
     return spark.read.parquet(str(path))
 
 
+def training_counts(settings: Settings, run_date: date) -> pd.DataFrame:
+    """Sends and responses per (campaign_id, arm) of run_date's training set, streamed batch by batch."""
+    path = partition_dir(settings, "features/training", run_date)
+    if not path.exists():
+        raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
+    parts = [
+        pa.Table.from_batches([batch])
+        .group_by(["campaign_id", "arm"])
+        .aggregate([("label", "count"), ("label", "sum")])
+        for batch in pads.dataset(str(path), format="parquet").to_batches(columns=["campaign_id", "arm", "label"])
+    ]
+    if not parts:
+        return pd.DataFrame(columns=["campaign_id", "arm", "rows", "responses"])
+    frame = pa.concat_tables(parts).to_pandas().rename(columns={"label_count": "rows", "label_sum": "responses"})
+    return frame.groupby(["campaign_id", "arm"], as_index=False)[["rows", "responses"]].sum()
+
+
 def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int) -> pd.DataFrame:
     """A uniform random sample of about `rows` rows, read one record batch at a time.
 

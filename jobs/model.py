@@ -1,9 +1,10 @@
 """The multi-arm T-learner: one LightGBM classifier per arm (control included), as an MLflow pyfunc.
 
 Uplift of arm a for customer x is ``p_a(x) - p_control(x)``. `predict` returns, per row,
-`p_<arm>` for every arm, `uplift_<arm>` for every treatment arm and `best_arm`, the arm
-with the highest uplift (or "none" when no uplift is positive). The arithmetic lives in
-`jobs.tlearner`, which batch scoring runs in Spark's workers without MLflow.
+`p_<arm>` for every arm and the targeting `uplift_<arm>` of every treatment arm (the average
+effect for an arm in `constant`, whose ranking the Qini diagnostic did not trust). Who gets
+which arm is jobs.policy's decision. The arithmetic lives in `jobs.tlearner`, which batch
+scoring runs in Spark's workers without MLflow.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
         arms: list[str],
         numeric: list[str],
         categories: dict[str, list[str]],
+        constant: dict[str, float] | None = None,
     ):
         self.models = models
+        self.constant = dict(constant or {})
         self.control = control
         self.arms = arms
         self.numeric = numeric
@@ -49,7 +52,7 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
         )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return tlearner.with_uplifts(self.predict_proba(model_input), self.control, self.arms)
+        return tlearner.with_uplifts(self.predict_proba(model_input), self.control, self.arms, self.constant)
 
     def portable(self) -> tlearner.PortableTLearner:
         """The fitted boosters as model strings (their best iteration), for Spark's scoring workers."""
@@ -59,4 +62,5 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
             numeric=list(self.numeric),
             categories={name: list(levels) for name, levels in self.categories.items()},
             boosters={arm: model.booster_.model_to_string() for arm, model in self.models.items()},
+            constant=dict(self.constant),
         )

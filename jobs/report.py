@@ -63,6 +63,8 @@ def run_report(settings: Settings, run_date: date) -> dict:
     recommended = score.get("recommended", {})
     audience_rows = sum(recommended.values())
     gate = records.get("gate", {})
+    gate_file = report_dir(settings, run_date) / "gate.json"
+    gate_values = json.loads(gate_file.read_text())["policy_values"] if gate_file.exists() else {}
     drift = records.get("drift", {})
     return {
         "run_date": run_date.isoformat(),
@@ -77,7 +79,13 @@ def run_report(settings: Settings, run_date: date) -> dict:
         "qini": train.get("qini"),
         "trained_model_version": train.get("model_version"),
         "scored_with_model_version": score.get("model_version"),
-        "gate": {"decision": gate.get("decision"), "reasons": gate.get("reasons")},
+        "gate": {
+            "decision": gate.get("decision"),
+            "reasons": gate.get("reasons"),
+            "deployed_policy": gate.get("deployed_policy"),
+            "policy_values": gate_values,
+        },
+        "policy": score.get("policy"),
         "promoted": records.get("promote", {}).get("promoted"),
         "drift": {"outcome": drift.get("outcome"), "drifted_share": drift.get("drifted_share")},
     }
@@ -101,6 +109,11 @@ def format_report(report: dict) -> str:
         f"features         {len(report['features'])}: {', '.join(report['features'])}",
         f"qini             {report['qini']} (scikit-uplift normalisation)",
         f"gate             {report['gate']['decision']}: {'; '.join(report['gate']['reasons'] or [])}",
+        *[
+            f"  policy value   {name:<28}{v['value']:>9.4f}  [{v['low']:.4f}, {v['high']:.4f}] per customer"
+            for name, v in report["gate"]["policy_values"].items()
+        ],
+        f"audience policy  {report['policy']}",
         f"models           trained v{report['trained_model_version']}, "
         f"scored with v{report['scored_with_model_version']}",
         f"drift            {report['drift']['outcome']} (drifted share {report['drift']['drifted_share']})",

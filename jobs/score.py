@@ -6,16 +6,17 @@ batches with `jobs.tlearner`, one LightGBM thread per Python worker (Spark runs 
 per core). The workers import neither MLflow nor the pickled pyfunc: a cold worker is ready
 in the time it takes to import LightGBM. The population never comes to the driver.
 
-The targeting policy from `targeting:` in conf: net value of arm a =
-value_per_response * uplift_a - cost_per_send[a]; each customer is recommended the arm of
-highest net value, or "none" when that value is not positive or the arm's uplift is below
-`min_uplift`; with `max_sends`, only the top customers by net value
-are selected (and with `max_spend`, only as many as the budget pays for); a stable random
-`holdout_share` of the selected is flagged `holdout`: not sent, kept as tomorrow's control.
+The targeting policy is jobs.policy's: each customer's choice is `policy.choose`, run in the
+workers on every batch, and the budgets and holdout are its column rules over Spark's
+ranking windows, so the audience follows exactly the rule the gate valued offline. Until a
+model has passed the gate there is no champion: the night then publishes the best constant
+policy (`policy.best_constant` on the training set's average effects), marked
+`policy = constant:<arm|none>`; a model's audience is marked `model:<version>`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
@@ -25,14 +26,11 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-from jobs.lake import partition_dir, publish_partition, read_partition
+from jobs import policy
+from jobs.lake import partition_dir, publish_partition, read_partition, training_counts
 from jobs.registry import CHAMPION, alias_version
 from jobs.settings import Settings
 from jobs.tlearner import PortableTLearner
-
-
-class NoChampionError(RuntimeError):
-    """Scoring needs a champion model and there is none."""
 
 
 def prediction_schema(settings: Settings) -> StructType:
@@ -41,6 +39,9 @@ def prediction_schema(settings: Settings) -> StructType:
     fields = [StructField(f"p_{a}", DoubleType()) for a in exp.all_arms]
     fields += [StructField(f"uplift_{a}", DoubleType()) for a in exp.arms]
     return StructType([StructField("customer_id", StringType()), *fields])
+
+
+log = logging.getLogger(__name__)
 
 
 class FeatureMismatchError(RuntimeError):
@@ -86,60 +87,98 @@ def predict_arms(features: DataFrame, model: PortableTLearner, settings: Setting
     return inputs.mapInPandas(predict_batches, prediction_schema(settings))
 
 
+def _choice_schema(scored: DataFrame) -> StructType:
+    extra = [
+        StructField("recommended_arm", StringType()),
+        StructField("expected_uplift", DoubleType()),
+        StructField("expected_net_value", DoubleType()),
+        StructField("send_cost", DoubleType()),
+        StructField("holdout_draw", DoubleType()),
+    ]
+    return StructType([*scored.schema.fields, *extra])
+
+
 def apply_policy(scored: DataFrame, settings: Settings, run_date: date) -> DataFrame:
     """Add recommended_arm, expected uplift and net value, rank, decile, selected and holdout."""
-    policy, arms = settings.targeting, settings.experiment.arms
-    options = F.array(
-        *[
-            F.struct(
-                (F.col(f"uplift_{a}") * policy.value_per_response - policy.cost_per_send[a]).alias("net"),
-                F.col(f"uplift_{a}").alias("uplift"),
-                F.lit(a).alias("arm"),
-            )
-            for a in arms
-        ]
-    )
-    best = F.array_max(options)  # structs compare field by field: highest net value wins
-    worth_it = (best["net"] > 0) & (best["uplift"] >= policy.min_uplift)
+    targeting, arms = settings.targeting, settings.experiment.arms
+
+    def choose(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield policy.choose(batch, targeting, arms, run_date)
+
+    return rank_and_select(scored.mapInPandas(choose, _choice_schema(scored)), settings)
+
+
+def rank_and_select(chosen: DataFrame, settings: Settings) -> DataFrame:
+    """Rank by expected net value, deciles, then the policy's budget and holdout rules."""
+    targeting = settings.targeting
     by_value = Window.orderBy(F.col("expected_net_value").desc(), F.col("customer_id"))
-    out = (
-        scored.withColumn("_best", best)
-        .withColumn("recommended_arm", F.when(worth_it, F.col("_best.arm")).otherwise(F.lit("none")))
-        .withColumn("expected_net_value", F.col("_best.net"))
-        .withColumn("expected_uplift", F.when(worth_it, F.col("_best.uplift")).otherwise(F.lit(0.0)))
-        .drop("_best")
-        .withColumn("rank", F.row_number().over(by_value))
-        .withColumn("decile", F.ntile(10).over(by_value))
-    )
-    recommended = F.col("recommended_arm") != "none"
-    costs = F.create_map(*[x for a in arms for x in (F.lit(a), F.lit(policy.cost_per_send[a]))])
     so_far = by_value.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    out = out.withColumn("send_cost", F.when(recommended, costs[F.col("recommended_arm")]).otherwise(F.lit(0.0)))
-    selected = recommended
-    if policy.max_sends is not None:
-        selected = selected & (F.sum(recommended.cast("int")).over(so_far) <= policy.max_sends)
-    if policy.max_spend is not None:
-        selected = selected & (F.sum("send_cost").over(so_far) <= policy.max_spend)
-    # A stable pseudo-random share of the selected stays unsent: tomorrow's randomized control.
-    draw = (F.xxhash64("customer_id", F.lit(run_date.isoformat())) % 1_000_000).cast("double") / 1_000_000
-    holdout = F.abs(draw) < policy.holdout_share
-    return out.withColumn("selected", selected).withColumn("holdout", F.col("selected") & holdout)
+    recommended = F.col("recommended_arm") != policy.NONE
+    out = chosen.withColumn("rank", F.row_number().over(by_value)).withColumn("decile", F.ntile(10).over(by_value))
+    selected = policy.within_budget(
+        recommended, F.sum(recommended.cast("int")).over(so_far), F.sum("send_cost").over(so_far), targeting
+    )
+    out = out.withColumn("selected", selected)
+    holdout = policy.is_holdout(F.col("selected"), F.col("holdout_draw"), targeting)
+    return out.withColumn("holdout", holdout).drop("holdout_draw")
+
+
+def _with_draw(frame: DataFrame, run_date: date) -> DataFrame:
+    """frame with the policy's stable holdout draw per customer (computed by jobs.policy itself)."""
+    schema = StructType([*frame.schema.fields, StructField("holdout_draw", DoubleType())])
+
+    def draw(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield batch.assign(holdout_draw=policy.holdout_draw(batch["customer_id"], run_date))
+
+    return frame.mapInPandas(draw, schema)
+
+
+def constant_audience(features: DataFrame, settings: Settings, run_date: date) -> tuple[DataFrame, str, list[str]]:
+    """The best constant policy over the scoring set: everyone eligible gets one arm, or no one.
+
+    Every arm's uplift column holds its average effect (what a campaign manager can expect of
+    it for anyone); p_* are null: there is no model. A budget takes customers in customer_id order.
+    """
+    exp, targeting = settings.experiment, settings.targeting
+    effects = policy.average_effects(training_counts(settings, run_date), exp.control, exp.arms)
+    arm, reasons = policy.best_constant(effects, targeting)
+    send = arm != policy.NONE
+    ate = effects[arm]["ate"] if send else 0.0
+    cost = targeting.cost_per_send[arm] if send else 0.0
+    chosen = _with_draw(features.select("customer_id"), run_date).select(
+        "customer_id",
+        "holdout_draw",
+        F.lit(arm).alias("recommended_arm"),
+        F.lit(float(ate)).alias("expected_uplift"),
+        F.lit(float(targeting.value_per_response * ate - cost)).alias("expected_net_value"),
+        F.lit(float(cost)).alias("send_cost"),
+        *[F.lit(float(effects[a]["ate"])).alias(f"uplift_{a}") for a in exp.arms],
+        *[F.lit(None).cast("double").alias(f"p_{a}") for a in exp.all_arms],
+    )
+    return rank_and_select(chosen, settings), arm, reasons
 
 
 def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
-    """Score run_date's scoring set with the champion; publish audience and audience_summary."""
+    """Score run_date's scoring set; publish audience and audience_summary.
+
+    With a champion: its uplifts and the targeting policy (policy `model:<version>`). Without
+    one (no model has passed the gate yet): the best constant policy (`constant:<arm|none>`).
+    """
     champion = alias_version(settings, CHAMPION)
-    name = settings.mlflow.registered_model
-    if champion is None:
-        raise NoChampionError(
-            f"registered model '{name}' has no '{CHAMPION}' alias: no model passed the gate yet. "
-            "Read the gate report of the last run, or promote a version with `uplift model promote`."
-        )
-    exp = settings.experiment
+    name, exp = settings.mlflow.registered_model, settings.experiment
     features = read_partition(spark, settings, "features/scoring", run_date)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}").unwrap_python_model()
-    scored = predict_arms(features, model.portable(), settings)
-    audience = apply_policy(scored, settings, run_date).select(
+    reasons: list[str] = []
+    if champion is None:
+        audience, arm, reasons = constant_audience(features, settings, run_date)
+        label, model_name, model_version = f"constant:{arm}", None, None
+        log.warning("no champion model yet: publishing the constant policy %s (%s)", label, "; ".join(reasons))
+    else:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}").unwrap_python_model()
+        audience = apply_policy(predict_arms(features, model.portable(), settings), settings, run_date)
+        label, model_name, model_version = f"model:{champion.version}", name, str(champion.version)
+    audience = audience.select(
         "customer_id",
         "recommended_arm",
         "selected",
@@ -152,8 +191,9 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         F.col(f"p_{exp.control}").alias("p_control"),
         *[F.col(f"p_{a}") for a in exp.arms],
         *[F.col(f"uplift_{a}") for a in exp.arms],
-        F.lit(name).alias("model_name"),
-        F.lit(str(champion.version)).alias("model_version"),
+        F.lit(label).alias("policy"),
+        F.lit(model_name).cast("string").alias("model_name"),
+        F.lit(model_version).cast("string").alias("model_version"),
         F.lit(datetime.now(UTC)).cast("timestamp").alias("scored_at"),
     )
     path = publish_partition(audience, settings, "audience", run_date)
@@ -170,7 +210,8 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
             F.sum(F.when(sent, F.col("expected_net_value")).otherwise(0.0)).alias("expected_net_value"),
             F.sum(F.when(sent, F.col("send_cost")).otherwise(0.0)).alias("spend"),
         )
-        .withColumn("model_version", F.lit(str(champion.version)))
+        .withColumn("policy", F.lit(label))
+        .withColumn("model_version", F.lit(model_version).cast("string"))
     )
     publish_partition(summary.coalesce(1), settings, "audience_summary", run_date)
     counts = {row["recommended_arm"]: row["count"] for row in published.groupBy("recommended_arm").count().collect()}
@@ -179,5 +220,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         "summary": str(partition_dir(settings, "audience_summary", run_date)),
         "rows": sum(counts.values()),
         "recommended": counts,
-        "model_version": str(champion.version),
+        "policy": label,
+        "model_version": model_version,
+        **({"constant_policy_reasons": reasons} if reasons else {}),
     }

@@ -120,7 +120,10 @@ class Training(_Strict):
 class Gate(_Strict):
     qini_floor: float
     bootstrap_rounds: int = Field(ge=20)
+    # How much lower (net value per customer) the challenger's policy may be than the champion's.
     champion_tolerance: float = Field(ge=0)
+    # "Beats the best constant policy": the paired difference's interval above zero, or its estimate.
+    beats: Literal["interval", "point"] = "interval"
 
 
 class Mlflow(_Strict):

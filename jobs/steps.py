@@ -47,12 +47,18 @@ def _train(settings: Settings, run_date: date) -> dict:
 
 
 def _gate(settings: Settings, run_date: date) -> dict:
-    from jobs import registry
+    from jobs import gate
     from jobs.tracking import latest_training_run
 
-    decision = registry.decide(settings, run_date, latest_training_run(settings, run_date))
-    registry.record(settings, decision, report_dir(settings, run_date) / "gate.json")
-    return {k: decision[k] for k in ("decision", "reasons", "model_version")}
+    decision = gate.decide(settings, run_date, latest_training_run(settings, run_date))
+    gate.record(settings, decision, report_dir(settings, run_date) / "gate.json")
+    values = {
+        name: {k: round(v[k], 4) for k in ("value", "low", "high")} for name, v in decision["policy_values"].items()
+    }
+    return {
+        **{k: decision[k] for k in ("decision", "reasons", "model_version", "deployed_policy")},
+        "policy_values": values,
+    }
 
 
 def _promote(settings: Settings, run_date: date) -> dict:

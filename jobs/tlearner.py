@@ -1,7 +1,9 @@
 """The T-learner's prediction arithmetic, without MLflow: design matrix, probabilities, uplifts.
 
 Uplift of arm a for customer x is ``p_a(x) - p_control(x)``, one LightGBM model per arm
-(control included). The MLflow pyfunc (`jobs.model`) and Spark's scoring workers
+(control included). An arm whose ranking did not clear the gate's Qini diagnostic is a
+*constant* arm: its targeting uplift is its average effect for every customer (`constant`),
+while `p_<arm>` stays its outcome model's probability. The MLflow pyfunc (`jobs.model`) and Spark's scoring workers
 (`jobs.score`) both predict through this module, so a served prediction and a batch-scored
 one are the same numbers. It imports pandas, NumPy and LightGBM only: a scoring worker
 starts without loading MLflow, and receives the boosters as LightGBM model strings.
@@ -9,10 +11,9 @@ starts without loading MLflow, and receives the boosters as LightGBM model strin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightgbm as lgb
-import numpy as np
 import pandas as pd
 
 
@@ -29,20 +30,23 @@ def design_matrix(frame: pd.DataFrame, numeric: list[str], categories: dict[str,
 
 
 def output_columns(control: str, arms: list[str]) -> list[str]:
-    return [f"p_{a}" for a in [control, *arms]] + [f"uplift_{a}" for a in arms] + ["best_arm"]
+    return [f"p_{a}" for a in [control, *arms]] + [f"uplift_{a}" for a in arms]
 
 
-def with_uplifts(probabilities: pd.DataFrame, control: str, arms: list[str]) -> pd.DataFrame:
-    """From `p_<arm>` of every arm: add `uplift_<arm>` per treatment arm and `best_arm`.
+def with_uplifts(
+    probabilities: pd.DataFrame, control: str, arms: list[str], constant: dict[str, float] | None = None
+) -> pd.DataFrame:
+    """From `p_<arm>` of every arm: add the targeting `uplift_<arm>` of every treatment arm.
 
-    best_arm is the arm of highest uplift, or "none" when no uplift is positive.
+    p_arm - p_control for a ranked arm; the arm's average effect for a constant one. Which arm
+    a customer gets is the targeting policy's decision (jobs.policy), not the model's.
     """
     out = probabilities
     for arm in arms:
-        out[f"uplift_{arm}"] = out[f"p_{arm}"] - out[f"p_{control}"]
-    uplifts = out[[f"uplift_{a}" for a in arms]].to_numpy()
-    best = np.array(arms)[uplifts.argmax(axis=1)]
-    out["best_arm"] = np.where(uplifts.max(axis=1) > 0, best, "none")
+        if constant and arm in constant:
+            out[f"uplift_{arm}"] = float(constant[arm])
+        else:
+            out[f"uplift_{arm}"] = out[f"p_{arm}"] - out[f"p_{control}"]
     return out[output_columns(control, arms)]
 
 
@@ -55,6 +59,7 @@ class PortableTLearner:
     numeric: list[str]
     categories: dict[str, list[str]]
     boosters: dict[str, str]  # arm (control included) -> LightGBM model string, best iteration
+    constant: dict[str, float] = field(default_factory=dict)  # constant arm -> its average effect
 
     def load(self) -> dict[str, lgb.Booster]:
         return {arm: lgb.Booster(model_str=text) for arm, text in self.boosters.items()}
@@ -66,4 +71,4 @@ class PortableTLearner:
             {f"p_{arm}": booster.predict(x, num_threads=num_threads) for arm, booster in boosters.items()},
             index=frame.index,
         )
-        return with_uplifts(probabilities, self.control, self.arms)
+        return with_uplifts(probabilities, self.control, self.arms, self.constant)

@@ -3,7 +3,13 @@
 The holdout split (stratified by arm and label) is never seen by the models; per-arm Qini
 (scikit-uplift normalisation, see jobs.metrics) with a bootstrap interval, uplift@30%, and
 the observed ATE are computed on it and logged with the holdout predictions, which the gate
-reuses to re-evaluate the champion on the same rows.
+uses to value the challenger's, the champion's and the constant policies on the same rows.
+
+Per arm, the Qini diagnostic decides whether the model's ranking is used: an arm whose Qini
+is below `gate.qini_floor` or whose interval does not lie above zero is *constant*: its
+targeting uplift is its average effect (stratified by campaign, on the training rows) for
+every customer, so a flat or weak arm is sent to everyone it pays for, or to no one, and
+never blocks the other arms.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 from sklearn.model_selection import train_test_split
 
-from jobs import metrics
+from jobs import metrics, policy
 from jobs.lake import MissingInputError, partition_dir, sample_parquet
 from jobs.model import TLearnerModel
 from jobs.settings import Settings
@@ -38,7 +44,7 @@ def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
     path = partition_dir(settings, "features/training", run_date)
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
-    columns = ["customer_id", "arm", "label", *settings.features.names]
+    columns = ["customer_id", "campaign_id", "arm", "label", *settings.features.names]
     if settings.training.max_rows is None:
         return pd.read_parquet(path, columns=columns)
     return sample_parquet(path, columns, settings.training.max_rows, settings.training.seed)
@@ -100,39 +106,19 @@ def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) ->
     return results, scored
 
 
-def policy_values(scored: pd.DataFrame, settings: Settings) -> list[dict]:
-    """Response rate and net value per customer of four targeting policies, by IPW on the holdout.
-
-    "best single arm" is picked on the same holdout, so it is slightly optimistic.
-    """
-    exp, policy = settings.experiment, settings.targeting
-    received = scored["arm"].to_numpy()
-    propensity = scored["arm"].map(exp.expected_split).to_numpy()
-    y = scored["label"].to_numpy()
-    costs = {exp.control: 0.0, **policy.cost_per_send}
-    n = len(scored)
-    by_arm = {arm: metrics.policy_value(y, received, np.full(n, arm), propensity) for arm in exp.arms}
-    best_single = max(by_arm, key=lambda arm: by_arm[arm][0])
-    choices = {
-        "follow the model": scored["best_arm"].replace("none", exp.control).to_numpy(),
-        f"everyone gets {best_single}": np.full(n, best_single),
-        "send nobody": np.full(n, exp.control),
-        "random arm": np.random.default_rng(settings.training.seed).choice(exp.all_arms, n),
-    }
-    table = []
-    for name, chosen in choices.items():
-        rate, low, high = metrics.policy_value(y, received, chosen, propensity)
-        cost = float(np.mean([costs[a] for a in chosen]))
-        table.append(
-            {
-                "policy": name,
-                "response_rate": rate,
-                "response_rate_low": low,
-                "response_rate_high": high,
-                "net_value_per_customer": rate * policy.value_per_response - cost,
-            }
-        )
-    return table
+def constant_arms(results: dict, train_rows: pd.DataFrame, settings: Settings) -> dict[str, float]:
+    """Arms whose ranking the Qini diagnostic does not trust, with the average effect each gets."""
+    floor = settings.gate.qini_floor
+    flat = [arm for arm, m in results.items() if not (m["qini"] >= floor and m["qini_ci_low"] > 0)]
+    if not flat:
+        return {}
+    counts = (
+        train_rows.groupby(["campaign_id", "arm"], observed=True)["label"]
+        .agg(rows="size", responses="sum")
+        .reset_index()
+    )
+    effects = policy.average_effects(counts, settings.experiment.control, flat)
+    return {arm: effects[arm]["ate"] for arm in flat}
 
 
 def feature_importance(model: TLearnerModel) -> pd.DataFrame:
@@ -171,7 +157,12 @@ def train(settings: Settings, run_date: date) -> dict:
     strata = data["arm"].astype(str) + "/" + data["label"].astype(str)
     train_rows, holdout = train_test_split(data, test_size=cfg.holdout_fraction, stratify=strata, random_state=cfg.seed)
     model = fit_t_learner(train_rows, settings)
-    results, scored = evaluate(model, holdout, settings)
+    results, scored = evaluate(model, holdout, settings)  # the ranking diagnostics, on p_arm - p_control
+    model.constant = constant_arms(results, train_rows, settings)
+    # What the gate values: the targeting uplifts (constant arms at their average effect).
+    predictions = pd.concat(
+        [holdout.reset_index(drop=True), model.predict(None, holdout).reset_index(drop=True)], axis=1
+    )
 
     use_tracking(settings)
     with mlflow.start_run(run_name=f"train {run_date}") as run, tempfile.TemporaryDirectory() as tmp:
@@ -199,13 +190,13 @@ def train(settings: Settings, run_date: date) -> dict:
         folder = Path(tmp)
         _plots(scored, results, settings, folder)
         (folder / "metrics.json").write_text(json.dumps(results, indent=2))
-        policies = policy_values(scored, settings)
-        (folder / "policy_value.json").write_text(json.dumps(policies, indent=2))
-        for row, key in zip(policies, ("model", "best_single_arm", "nobody", "random"), strict=True):
-            mlflow.log_metric(f"policy_response_rate.{key}", row["response_rate"])
+        mlflow.log_params(
+            {f"arm_mode.{arm}": "constant" if arm in model.constant else "ranked" for arm in settings.experiment.arms}
+        )
+        mlflow.log_metrics({f"constant_uplift.{arm}": value for arm, value in model.constant.items()})
         feature_importance(model).to_csv(folder / "feature_importance.csv")
         (folder / "holdout").mkdir()
-        scored.to_parquet(folder / HOLDOUT_ARTIFACT, index=False)
+        predictions.to_parquet(folder / HOLDOUT_ARTIFACT, index=False)
         mlflow.log_artifacts(str(folder))
         example = holdout[model.features].head(5)
         info = mlflow.pyfunc.log_model(
@@ -226,4 +217,5 @@ def train(settings: Settings, run_date: date) -> dict:
         "train_rows": len(train_rows),
         "holdout_rows": len(holdout),
         "qini": {arm: round(m["qini"], 4) for arm, m in results.items()},
+        "constant_arms": model.constant,
     }

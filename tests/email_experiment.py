@@ -70,7 +70,11 @@ def true_uplift(people: pd.DataFrame, effects: str = "default") -> dict[str, np.
 def visit_probability(people: pd.DataFrame, arm: np.ndarray, effects: str = "default") -> np.ndarray:
     base = 0.06 + 0.04 * (people["recency_months"].to_numpy() <= 3)
     lift = true_uplift(people, effects)
-    return base + np.where(arm == "mens_email", lift["mens_email"], 0) + np.where(arm == "womens_email", lift["womens_email"], 0)
+    return (
+        base
+        + np.where(arm == "mens_email", lift["mens_email"], 0)
+        + np.where(arm == "womens_email", lift["womens_email"], 0)
+    )
 
 
 def write(lake: Path, seed: int = 3, effects: str = "default", scale: float = 1.0) -> dict[str, int]:

@@ -19,7 +19,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import yaml
 
 import email_experiment
 from helpers import own_home, readme_overlay

@@ -70,7 +70,7 @@ def test_challenger_is_logged_gated_and_promoted(settings, nightly):
         "holdout",
         "gate.json",
         "reports",
-        "policy_value.json",
+        "budget_curve.csv",
         "feature_importance.csv",
     } <= artifacts
     champion = registry.alias_version(settings, registry.CHAMPION)
@@ -78,11 +78,13 @@ def test_challenger_is_logged_gated_and_promoted(settings, nightly):
     assert champion.tags["run_date"] == RUN_DATE.isoformat()
 
 
-def test_following_the_model_beats_sending_nobody(nightly):
-    path = mlflow.artifacts.download_artifacts(run_id=nightly["train"]["run_id"], artifact_path="policy_value.json")
-    policies = {row["policy"]: row for row in json.loads(Path(path).read_text())}
-    assert policies["follow the model"]["response_rate_low"] > policies["send nobody"]["response_rate_high"]
-    assert policies["follow the model"]["response_rate"] > policies["random arm"]["response_rate"]
+def test_following_the_model_beats_every_constant_policy(settings, nightly):
+    gate = json.loads((report_dir(settings, RUN_DATE) / "gate.json").read_text())
+    values = gate["policy_values"]
+    for constant in [f"everyone gets {arm}" for arm in ARMS] + ["no one"]:
+        assert gate["differences"][f"challenger - {constant}"]["low"] > 0, constant
+    assert values["challenger"]["low"] > values["no one"]["value"] == 0.0
+    assert nightly["score"]["policy"] == f"model:{nightly['train']['model_version']}"
 
 
 def test_audience_has_every_eligible_customer_once(settings, audience, nightly):

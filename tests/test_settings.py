@@ -76,7 +76,10 @@ features:
             "experiment:\n  arms: [mens, womens]\n  expected_split: {control: 0.5, mens: 0.25, womens: 0.25}\n",
             r"targeting.cost_per_send must give a cost for exactly the arms \['mens', 'womens'\]: missing",
         ),
-        ("experiment:\n  campaign_splits: {c1: {control: 0.5, subject_9: 0.5}}\n", r"campaign_splits.c1 names \['subject_9'\]"),
+        (
+            "experiment:\n  campaign_splits: {c1: {control: 0.5, subject_9: 0.5}}\n",
+            r"campaign_splits.c1 names \['subject_9'\]",
+        ),
         ("sources:\n  users: {columns: {agee: age_years}}\n", r"sources.users.columns maps \['agee'\]"),
         ("features:\n  attributes: {tier: {kind: categorical, min: 1}}\n", "numeric features only"),
     ],

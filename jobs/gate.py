@@ -1,0 +1,274 @@
+"""The gate: promote a challenger only when its targeting decisions are worth more than the alternatives.
+
+On the training holdout the models never saw, the net value per customer (jobs.evaluation:
+doubly robust, IPW alongside, paired bootstrap intervals) of:
+- the challenger's policy (jobs.policy, with the configured budget scaled to the holdout);
+- every constant policy: everyone gets arm a (under the same budget), and no one;
+- the champion's policy, when there is a champion that can score these rows.
+
+Promote when the challenger beats the best constant policy and is not worse than the champion
+by more than `gate.champion_tolerance` (net value per customer). "Beats" is `gate.beats`:
+`interval` (default: the paired difference's 95% interval lies above zero) or `point` (its
+estimate is above zero). The default asks for evidence because nothing is lost by waiting:
+until a model passes, the night publishes the best constant policy, so a rejected challenger
+costs at most the gain it could not demonstrate. Never promoted, whatever the values: a
+challenger for a date before the champion's (a backfill never replaces newer knowledge), and,
+with `drift.on_fail: block_promotion`, one whose scoring features drift past the fail level.
+
+Per-arm Qini (scikit-uplift normalisation) with its bootstrap interval is a diagnostic: it
+decided at training time whether an arm's ranking is used or the arm is constant (jobs.train).
+The decision, its reasons and every value are recorded on the training run (tags, gate.json,
+metrics) and in the run date's report folder, with the budget curve of the policy the night
+will deploy.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+from matplotlib.figure import Figure
+
+from jobs import evaluation, policy
+from jobs.audience import BUDGET_CURVE
+from jobs.lake import MissingInputError, partition_dir, training_counts
+from jobs.registry import CHAMPION, alias_version
+from jobs.settings import Settings
+from jobs.tracking import HOLDOUT_ARTIFACT
+
+CHALLENGER, CHAMPION_POLICY, NO_ONE = "challenger", "champion", "no one"
+
+
+def everyone(arm: str) -> str:
+    return f"everyone gets {arm}"
+
+
+def metric_key(name: str) -> str:
+    """An MLflow metric name for a policy name ("everyone gets a" -> everyone_a)."""
+    return name.replace("everyone gets ", "everyone_").replace(" ", "_")
+
+
+def assignment(chosen: pd.DataFrame, control: str) -> np.ndarray:
+    """The arm each row is sent (control where the policy sends nothing or holds the row out)."""
+    sent = chosen["selected"].to_numpy() & ~chosen["holdout"].to_numpy()
+    return np.where(sent, chosen["recommended_arm"].to_numpy(), control)
+
+
+def _constant_uplifts(frame: pd.DataFrame, arm: str, arms: list[str]) -> pd.DataFrame:
+    """Uplifts that make the policy send `arm` to everyone (then budgets and holdout apply)."""
+    return frame[["customer_id"]].assign(**{f"uplift_{a}": 1.0 if a == arm else -1.0 for a in arms})
+
+
+def audience_rows(settings: Settings, run_date: date) -> int:
+    path = partition_dir(settings, "features/scoring", run_date)
+    if not path.exists():
+        raise MissingInputError(f"no scoring set at {path}: run `uplift etl --run-date {run_date}` first")
+    return pads.dataset(str(path), format="parquet").count_rows()
+
+
+def _champion_choice(settings: Settings, holdout: pd.DataFrame, targeting, run_date: date):
+    """The champion's policy on the holdout, or (None, reason) when it cannot be evaluated."""
+    champion = alias_version(settings, CHAMPION)
+    if champion is None:
+        return None, None, "no champion yet"
+    model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{champion.version}")
+    try:
+        predicted = model.predict(holdout)
+    except Exception as err:  # a champion trained on another feature spec
+        return champion, None, f"champion v{champion.version} cannot score this holdout ({str(err).splitlines()[0]})"
+    uplifts = pd.concat([holdout[["customer_id"]].reset_index(drop=True), predicted.reset_index(drop=True)], axis=1)
+    chosen = policy.apply(uplifts, targeting, settings.experiment.arms, run_date)
+    return champion, chosen, None
+
+
+def decide(settings: Settings, run_date: date, run) -> dict:
+    """Gate decision for the challenger logged by `run` (a training run of run_date)."""
+    exp, cfg = settings.experiment, settings.gate
+    holdout = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT)
+    )
+    rows = audience_rows(settings, run_date)
+    targeting = policy.scaled(settings.targeting, len(holdout) / max(1, rows))
+    uplifts = holdout[["customer_id", *[f"uplift_{a}" for a in exp.arms]]]
+    chosen = {CHALLENGER: policy.apply(uplifts, targeting, exp.arms, run_date)}
+    for arm in exp.arms:
+        chosen[everyone(arm)] = policy.apply(_constant_uplifts(holdout, arm, exp.arms), targeting, exp.arms, run_date)
+    champion, champion_chosen, champion_note = _champion_choice(settings, holdout, targeting, run_date)
+    if champion_chosen is not None:
+        chosen[CHAMPION_POLICY] = champion_chosen
+    assignments = {name: assignment(frame, exp.control) for name, frame in chosen.items()}
+    assignments[NO_ONE] = np.full(len(holdout), exp.control, dtype=object)
+    others = [name for name in assignments if name != CHALLENGER]
+    values = evaluation.value_table(
+        assignments,
+        holdout,
+        exp,
+        settings.targeting,
+        pairs={f"challenger - {name}": (CHALLENGER, name) for name in others},
+        rounds=cfg.bootstrap_rounds,
+        seed=settings.training.seed,
+    )
+    table, differences = values["policies"], values["differences"]
+    constants = [everyone(a) for a in exp.arms] + [NO_ONE]
+    best = max(constants, key=lambda name: table[name]["value"])
+    versus_best = differences[f"challenger - {best}"]
+    beats = versus_best["low"] > 0 if cfg.beats == "interval" else versus_best["value"] > 0
+    reasons = [
+        f"challenger {_fmt(table[CHALLENGER])} vs the best constant policy '{best}' {_fmt(table[best])}: "
+        f"difference {_fmt(versus_best)} ({'beats it' if beats else 'does not beat it'}, rule: {cfg.beats})"
+    ]
+    passed = beats
+    if champion is not None:
+        champion_date = date.fromisoformat(champion.tags.get("run_date", "1970-01-01"))
+        if champion_date > run_date:
+            passed = False
+            reasons.append(
+                f"champion v{champion.version} was trained for {champion_date}, after {run_date}: "
+                "a backfill never replaces it"
+            )
+        elif champion_chosen is not None:
+            versus = differences[f"challenger - {CHAMPION_POLICY}"]
+            not_worse = versus["value"] >= -cfg.champion_tolerance
+            passed = passed and not_worse
+            reasons.append(
+                f"champion v{champion.version} {_fmt(table[CHAMPION_POLICY])}: difference {_fmt(versus)} "
+                + ("is not worse" if not_worse else "is worse")
+                + f" (tolerance {cfg.champion_tolerance} per customer)"
+            )
+    if champion_note:
+        reasons.append(champion_note)
+    passed = _drift_allows(settings, run_date, reasons) and passed
+    reasons += _arm_diagnostics(run, exp.arms)
+    decision = "promote" if passed else "reject"
+    effects = policy.average_effects(training_counts(settings, run_date), exp.control, exp.arms)
+    constant_arm, constant_reasons = policy.best_constant(effects, settings.targeting)
+    deployed = CHALLENGER if passed else CHAMPION_POLICY if champion_chosen is not None else None
+    curve = _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows)
+    return {
+        "run_date": run_date.isoformat(),
+        "run_id": run.info.run_id,
+        "model_version": run.data.tags["model_version"],
+        "decision": decision,
+        "reasons": reasons,
+        "rule": cfg.beats,
+        "policy_values": table,
+        "differences": differences,
+        "best_constant": best,
+        "champion": None if champion is None else {"version": str(champion.version), "note": champion_note},
+        "constant_policy": {"arm": constant_arm, "reasons": constant_reasons, "effects": effects},
+        "deployed_policy": deployed or f"constant:{constant_arm}",
+        "budget_curve": curve.to_dict(orient="records"),
+        "value_definition": "net value per customer vs sending nothing: value_per_response x incremental "
+        "responses - cost; AIPW with the T-learner's outcome models, paired bootstrap 95% intervals",
+    }
+
+
+def _fmt(v: dict) -> str:
+    return f"{v['value']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
+
+
+def _drift_allows(settings: Settings, run_date: date, reasons: list[str]) -> bool:
+    if settings.drift.on_fail != "block_promotion":
+        return True
+    from jobs.drift import feature_drift, level  # Evidently: imported only when it is needed
+
+    share = feature_drift(settings, run_date)[1]
+    if level(share, settings) != "fail":
+        return True
+    reasons.append(
+        f"scoring features drift from the training set (drifted share {share:.2f} >= "
+        f"{settings.drift.drifted_share_fail}) and drift.on_fail is block_promotion"
+    )
+    return False
+
+
+def _arm_diagnostics(run, arms: list[str]) -> list[str]:
+    lines = []
+    for arm in arms:
+        qini, low = run.data.metrics[f"qini.{arm}"], run.data.metrics[f"qini_ci_low.{arm}"]
+        if run.data.params.get(f"arm_mode.{arm}", "ranked") == "ranked":
+            used = "its ranking is used"
+        else:
+            effect = run.data.metrics.get(f"constant_uplift.{arm}", 0.0)
+            used = f"its ranking is not used: a constant average effect {effect:.4f}"
+        lines.append(f"{arm}: Qini {qini:.4f} (95% CI low {low:.4f}): {used}")
+    return lines
+
+
+def _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows) -> pd.DataFrame:
+    """The budget curve (no budget applied) of the policy the night deploys."""
+    exp, unbudgeted = settings.experiment, settings.targeting.model_copy(update={"max_sends": None, "max_spend": None})
+    if deployed is not None:
+        frame = chosen[deployed]
+        uplifts = frame[["customer_id", *[f"uplift_{a}" for a in exp.arms]]]
+        free = policy.apply(uplifts, unbudgeted, exp.arms, run_date)
+        priority = free["expected_net_value"].to_numpy()
+    elif constant_arm != policy.NONE:
+        free = policy.apply(_constant_uplifts(holdout, constant_arm, exp.arms), unbudgeted, exp.arms, run_date)
+        priority = -free["holdout_draw"].to_numpy()  # no ranking: a random order
+    else:
+        return pd.DataFrame(
+            [
+                {
+                    "sends": 0,
+                    "net_value": 0.0,
+                    "net_value_low": 0.0,
+                    "net_value_high": 0.0,
+                    "incremental_responses": 0.0,
+                    "incremental_responses_low": 0.0,
+                    "incremental_responses_high": 0.0,
+                }
+            ]
+        )
+    return evaluation.budget_curve(
+        assignment(free, exp.control),
+        priority,
+        holdout,
+        exp,
+        settings.targeting,
+        audience_rows=rows,
+        rounds=settings.gate.bootstrap_rounds,
+        seed=settings.training.seed,
+    )
+
+
+def _curve_plot(curve: pd.DataFrame, path: Path) -> None:
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.plot(curve["sends"], curve["net_value"], marker="o", label="expected net value")
+    ax.fill_between(curve["sends"], curve["net_value_low"], curve["net_value_high"], alpha=0.25, label="95% interval")
+    ax.axhline(0, color="grey", linestyle=":")
+    ax.set(title="Budget curve of the deployed policy (holdout, AIPW)", xlabel="sends", ylabel="net value")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def record(settings: Settings, decision: dict, report_path: Path) -> None:
+    """Keep the decision on the training run (tags, metrics, gate.json, budget curve) and in the report folder."""
+    folder = report_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(decision, indent=2))
+    curve = pd.DataFrame(decision["budget_curve"])
+    curve.to_csv(folder / f"{BUDGET_CURVE}.csv", index=False)
+    _curve_plot(curve, folder / f"{BUDGET_CURVE}.png")
+    client, run_id = mlflow.MlflowClient(), decision["run_id"]
+    client.set_tag(run_id, "gate.decision", decision["decision"])
+    client.set_tag(run_id, "gate.reasons", "; ".join(decision["reasons"])[:5000])
+    client.set_tag(run_id, "gate.deployed_policy", decision["deployed_policy"])
+    metrics = {}
+    for name, v in decision["policy_values"].items():
+        for field in ("value", "low", "high", "ipw"):
+            metrics[f"policy_value.{metric_key(name)}" + ("" if field == "value" else f".{field}")] = v[field]
+    for name, v in decision["differences"].items():
+        metrics[f"policy_diff.{metric_key(name.replace('challenger - ', ''))}"] = v["value"]
+        metrics[f"policy_diff.{metric_key(name.replace('challenger - ', ''))}.low"] = v["low"]
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for path in (report_path, folder / f"{BUDGET_CURVE}.csv", folder / f"{BUDGET_CURVE}.png"):
+        client.log_artifact(run_id, str(path))

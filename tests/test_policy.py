@@ -1,0 +1,148 @@
+"""One targeting policy: Spark scoring and pandas evaluation choose the same rows; value estimates are honest."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import RUN_DATE
+from jobs import evaluation, policy
+
+ARMS = ["subject_1", "subject_2", "subject_3"]
+
+
+def _uplifts(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"customer_id": [f"c{i:05d}" for i in range(n)]})
+    for arm in ARMS:
+        frame[f"uplift_{arm}"] = np.round(rng.normal(0.01, 0.02, n), 3)  # rounded: many ties
+    return frame
+
+
+@pytest.mark.parametrize("budget", [{}, {"max_sends": 400}, {"max_spend": 12.5}, {"max_sends": 300, "max_spend": 40.0}])
+def test_spark_scoring_and_pandas_evaluation_choose_the_same_rows(spark, settings, budget):
+    from jobs.score import apply_policy
+
+    targeting = settings.targeting.model_copy(update={"holdout_share": 0.1, **budget})
+    s = settings.model_copy(update={"targeting": targeting})
+    frame = _uplifts(3000, seed=len(budget))
+    in_spark = apply_policy(spark.createDataFrame(frame), s, RUN_DATE).toPandas().set_index("customer_id")
+    in_pandas = policy.apply(frame, targeting, ARMS, RUN_DATE).set_index("customer_id")
+    columns = ["recommended_arm", "selected", "holdout", "rank", "expected_net_value", "send_cost"]
+    pd.testing.assert_frame_equal(in_spark.loc[in_pandas.index, columns], in_pandas[columns], check_dtype=False)
+    assert 0 < in_pandas["holdout"].sum() < in_pandas["selected"].sum()
+    if budget:
+        assert in_pandas["selected"].sum() < (in_pandas["recommended_arm"] != "none").sum(), "the budget binds"
+
+
+def test_the_policy_takes_the_best_net_value_and_respects_min_uplift(settings):
+    targeting = settings.targeting.model_copy(
+        update={
+            "value_per_response": 10.0,
+            "cost_per_send": {"subject_1": 0.05, "subject_2": 0.3, "subject_3": 0.05},
+            "min_uplift": 0.005,
+            "holdout_share": 0.0,
+        }
+    )
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "uplift_subject_1": [0.02, 0.04, 0.004, -0.01],
+            "uplift_subject_2": [0.05, 0.05, 0.0, -0.01],  # more uplift, but a dearer send
+            "uplift_subject_3": [0.0, 0.0, 0.0, -0.02],
+        }
+    )
+    out = policy.apply(frame, targeting, ARMS, RUN_DATE).set_index("customer_id")
+    # a: s1 0.15, s2 0.2 -> s2; b: s1 0.35, s2 0.2 -> s1; c: s1 net -0.01 -> none; d: all negative.
+    assert out["recommended_arm"].to_dict() == {"a": "subject_2", "b": "subject_1", "c": "none", "d": "none"}
+    assert out.loc["b", "rank"] == 1 and not out.loc[["c", "d"], "selected"].any()
+
+
+def test_average_effects_are_stratified_by_campaign():
+    # Campaign A: 50/50, +10 points; campaign B: 90% treated, a higher base rate, +10 points.
+    counts = pd.DataFrame(
+        [
+            ("A", "control", 1000, 100),
+            ("A", "subject_1", 1000, 200),
+            ("B", "control", 100, 40),
+            ("B", "subject_1", 900, 450),
+        ],
+        columns=["campaign_id", "arm", "rows", "responses"],
+    )
+    effects = policy.average_effects(counts, "control", ["subject_1"])
+    assert effects["subject_1"]["ate"] == pytest.approx(0.10)
+    pooled = 650 / 1900 - 140 / 1100
+    assert pooled > 0.2, "the naive pooled difference would be twice the effect"
+    assert effects["subject_1"]["low"] < 0.10 < effects["subject_1"]["high"]
+
+
+def test_the_constant_policy_needs_a_lower_bound_above_zero(settings):
+    targeting = settings.targeting  # value 10, cost 0.05: an arm pays from an effect of 0.005
+    effects = {
+        "subject_1": {"ate": 0.02, "low": 0.012, "high": 0.028, "rows": 9000},
+        "subject_2": {"ate": 0.03, "low": -0.001, "high": 0.061, "rows": 900},  # bigger, unsure
+        "subject_3": {"ate": 0.0, "low": -0.01, "high": 0.01, "rows": 9000},
+    }
+    arm, reasons = policy.best_constant(effects, targeting)
+    assert (
+        arm == "subject_1" and reasons[-1] == "chosen: constant:subject_1 (its lower bound is the highest above zero)"
+    )
+    flat = {a: {"ate": 0.004, "low": -0.002, "high": 0.01, "rows": 9000} for a in ARMS}
+    assert policy.best_constant(flat, targeting)[0] == "none"
+
+
+def _randomized(n: int, seed: int):
+    """A randomized three-arm experiment with known outcome probabilities per customer."""
+    rng = np.random.default_rng(seed)
+    x = rng.random(n)
+    truth = {"control": 0.05 + 0.05 * x, "a": 0.05 + 0.05 * x + 0.10 * (x > 0.5), "b": 0.05 + 0.05 * x + 0.02}
+    arm = rng.choice(["control", "a", "b"], n, p=[0.2, 0.4, 0.4])
+    y = rng.random(n) < np.choose(pd.Categorical(arm, categories=["control", "a", "b"]).codes, list(truth.values()))
+    frame = pd.DataFrame({"arm": arm, "label": y.astype(int), "campaign_id": "c", "customer_id": np.arange(n)})
+    for name, p in truth.items():  # outcome models: the truth blurred, as a fitted model would be
+        frame[f"p_{name}"] = np.clip(p + rng.normal(0, 0.02, n), 0.001, 0.999)
+    return frame, truth, x
+
+
+def test_aipw_and_ipw_recover_a_known_policy_value(settings):
+    from jobs.settings import Experiment
+
+    exp = Experiment(
+        control="control",
+        arms=["a", "b"],
+        expected_split={"control": 0.2, "a": 0.4, "b": 0.4},
+        attribution_window_days=7,
+        qualifying_response_types=["click"],
+        srm_p_value_min=0.001,
+    )
+    targeting = settings.targeting.model_copy(
+        update={"value_per_response": 10.0, "cost_per_send": {"a": 0.1, "b": 0.1}}
+    )
+    frame, truth, x = _randomized(40_000, seed=5)
+    target = np.where(x > 0.5, "a", "b")  # the best arm for everyone
+    assignments = {"model": target, "everyone gets b": np.full(len(x), "b"), "no one": np.full(len(x), "control")}
+    true_value = {
+        "model": np.mean(10 * np.where(x > 0.5, 0.10, 0.02) - 0.1),
+        "everyone gets b": 10 * 0.02 - 0.1,
+        "no one": 0.0,
+    }
+    table = evaluation.value_table(
+        assignments, frame, exp, targeting, pairs={"model - b": ("model", "everyone gets b")}, rounds=200, seed=1
+    )
+    for name, v in table["policies"].items():
+        assert v["low"] <= true_value[name] <= v["high"], (name, v, true_value[name])
+        assert v["ipw_low"] <= true_value[name] <= v["ipw_high"], (name, v, true_value[name])
+    assert table["policies"]["no one"]["value"] == 0.0
+    diff = table["differences"]["model - b"]
+    assert diff["low"] > 0, "the paired difference is resolved even where the two values' intervals overlap"
+    width = lambda v: v["high"] - v["low"]  # noqa: E731
+    assert width(table["policies"]["model"]) < width(
+        {"low": table["policies"]["model"]["ipw_low"], "high": table["policies"]["model"]["ipw_high"]}
+    )
+
+    curve = evaluation.budget_curve(
+        target, np.where(x > 0.5, 1.0, 0.2), frame, exp, targeting, audience_rows=100_000, rounds=50, seed=1
+    )
+    assert curve["sends"].iloc[0] == 0 and curve["sends"].iloc[-1] == 100_000 and curve["sends"].is_monotonic_increasing
+    assert curve["net_value"].iloc[-1] == pytest.approx(table["policies"]["model"]["value"] * 100_000, rel=1e-9)
+    half = curve.iloc[(curve["sends"] - 50_000).abs().argmin()]
+    assert half["net_value"] == pytest.approx(50_000 * (10 * 0.10 - 0.1), rel=0.15), "the best half first"
