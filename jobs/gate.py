@@ -71,6 +71,19 @@ def audience_rows(settings: Settings, run_date: date) -> int:
     return pads.dataset(str(path), format="parquet").count_rows()
 
 
+def holdout_targeting(settings: Settings, holdout_rows: int, audience: int):
+    """The targeting policy with the audience's budgets scaled to a holdout of holdout_rows."""
+    return policy.scaled(settings.targeting, holdout_rows / max(1, audience))
+
+
+def challenger_choice(settings: Settings, holdout: pd.DataFrame, run_date: date, audience: int | None = None):
+    """The challenger's policy on its holdout rows (their targeting uplifts), budgets scaled."""
+    audience = audience if audience is not None else audience_rows(settings, run_date)
+    arms = settings.experiment.arms
+    uplifts = holdout[["customer_id", *[f"uplift_{a}" for a in arms]]]
+    return policy.apply(uplifts, holdout_targeting(settings, len(holdout), audience), arms, run_date)
+
+
 def _champion_choice(settings: Settings, holdout: pd.DataFrame, targeting, run_date: date):
     """The champion's policy on the holdout, or (None, reason) when it cannot be evaluated."""
     champion = alias_version(settings, CHAMPION)
@@ -93,9 +106,8 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT)
     )
     rows = audience_rows(settings, run_date)
-    targeting = policy.scaled(settings.targeting, len(holdout) / max(1, rows))
-    uplifts = holdout[["customer_id", *[f"uplift_{a}" for a in exp.arms]]]
-    chosen = {CHALLENGER: policy.apply(uplifts, targeting, exp.arms, run_date)}
+    targeting = holdout_targeting(settings, len(holdout), rows)
+    chosen = {CHALLENGER: challenger_choice(settings, holdout, run_date, rows)}
     for arm in exp.arms:
         chosen[everyone(arm)] = policy.apply(_constant_uplifts(holdout, arm, exp.arms), targeting, exp.arms, run_date)
     champion, champion_chosen, champion_note = _champion_choice(settings, holdout, targeting, run_date)

@@ -332,7 +332,7 @@ def sample_ratio_mismatch(arm_counts: dict[str, int], expected_split: dict[str, 
     An arm the split gives no share must have no sends (p = 0 when it has some); a split with a
     single arm has nothing to test (p = 1).
     """
-    arms = sorted(set(expected_split) | set(arm_counts))
+    arms = sorted(set(expected_split) | set(arm_counts), key=str)  # a truncated row may have no arm
     observed = {arm: int(arm_counts.get(arm, 0)) for arm in arms}
     shared = [arm for arm in arms if expected_split.get(arm, 0) > 0]
     if any(observed[arm] for arm in arms if arm not in shared):

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import RUN_DATE
 from helpers import settings_in
-from jobs import registry
+from jobs import gate
 from jobs.drift import DriftFailed, drift
 from jobs.lake import partition_dir
 from jobs.settings import report_dir
@@ -67,7 +67,7 @@ def test_a_shifted_population_fails_the_run(isolated):
 def test_a_shifted_population_blocks_promotion_when_configured(settings, isolated):
     _shift_population(isolated)
     blocking = _with_drift(isolated, on_fail="block_promotion").model_copy(update={"mlflow": settings.mlflow})
-    decision = registry.decide(blocking, RUN_DATE, training_run_for(settings, RUN_DATE))
+    decision = gate.decide(blocking, RUN_DATE, training_run_for(settings, RUN_DATE))
     assert decision["decision"] == "reject"
     assert any("block_promotion" in reason for reason in decision["reasons"])
     assert drift(blocking, RUN_DATE)["outcome"] == "fail", "reported, but the run goes on"

@@ -48,8 +48,8 @@ def on_postgres(settings, nightly, mlflow_database, tmp_path):
         }
     )
     isolated = settings_in(settings, tmp_path, mlflow=mlflow)
-    source = partition_dir(settings, "features/training", RUN_DATE)
-    shutil.copytree(source, partition_dir(isolated, "features/training", RUN_DATE))
+    for table in ("features/training", "features/scoring"):
+        shutil.copytree(partition_dir(settings, table, RUN_DATE), partition_dir(isolated, table, RUN_DATE))
     try:
         yield isolated
     finally:

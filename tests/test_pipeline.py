@@ -5,7 +5,6 @@ every eligible customer whose uplift tracks the true uplift, and a drift report.
 """
 
 import json
-from pathlib import Path
 
 import mlflow
 import pandas as pd

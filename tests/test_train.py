@@ -23,6 +23,8 @@ def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, gen
     # Labels drawn independently of features and arm, at the same rate: nothing to learn.
     noise = training.withColumn("label", (F.rand(seed=0) < rate).cast("int"))
     publish_partition(noise, isolated, "features/training", RUN_DATE)
+    scoring = spark.read.parquet(str(partition_dir(settings, "features/scoring", RUN_DATE)))
+    publish_partition(scoring, isolated, "features/scoring", RUN_DATE)
     try:
         steps.run("train", RUN_DATE, isolated)
         steps.run("gate", RUN_DATE, isolated)

@@ -1,0 +1,124 @@
+"""Are the gate's policy values honest? Coverage of the deployed policy's interval over many seeds.
+
+For each seed: generate a demo dataset with ground truth (jobs.generate), run the real ETL,
+training and gate, and compare the gate's AIPW estimate of the challenger's policy (net value
+per customer, with its paired-bootstrap 95% interval) with the policy's true value on the same
+holdout rows: the mean over rows of ``value x (p_true[arm chosen] - p_true[control]) - cost``
+from the generator's true response probabilities. The interval should contain the truth for
+at least 90% of seeds.
+
+    python -m benchmarks.policy_coverage --seeds 20     # writes benchmarks/results/policy-coverage-<date>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from jobs import gate
+from jobs.etl import run_etl
+from jobs.generate import generate
+from jobs.settings import Settings, load_settings
+from jobs.spark import get_spark
+from jobs.tracking import HOLDOUT_ARTIFACT
+from jobs.train import train
+
+RUN_DATE = date(2026, 10, 30)
+DATA = {"customers": 8_000, "days": 16, "sends_per_day": 3_000}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _home(settings: Settings, root: Path) -> Settings:
+    paths = settings.paths.model_copy(
+        update={"lake": root / "lake", "reports": root / "reports", "ground_truth": root / "truth"}
+    )
+    tracking = settings.mlflow.model_copy(
+        update={"tracking_uri": f"sqlite:///{root}/mlflow.db", "artifact_root": str(root / "artifacts")}
+    )
+    gate_cfg = settings.gate.model_copy(update={"bootstrap_rounds": 200})
+    return settings.model_copy(update={"paths": paths, "mlflow": tracking, "gate": gate_cfg})
+
+
+def true_value(settings: Settings, holdout: pd.DataFrame, assignment: np.ndarray) -> float:
+    """The policy's true net value per customer on the holdout rows, from the generator's truth."""
+    exp, targeting = settings.experiment, settings.targeting
+    truth = pd.read_parquet(settings.paths.ground_truth / "customers.parquet").set_index("customer_id")
+    rows = truth.loc[holdout["customer_id"]]
+    value = np.zeros(len(holdout))
+    for arm in exp.arms:
+        sent = assignment == arm
+        uplift = rows[f"p_{arm}"].to_numpy() - rows["p_control"].to_numpy()
+        value[sent] = targeting.value_per_response * uplift[sent] - targeting.cost_per_send[arm]
+    return float(value.mean())
+
+
+def one_seed(base: Settings, spark, seed: int) -> dict:
+    root = Path(tempfile.mkdtemp(prefix=f"coverage-{seed}-"))
+    try:
+        settings = _home(base, root)
+        generate(settings, last_day=RUN_DATE, seed=seed, **DATA)
+        run_etl(spark, settings, RUN_DATE)
+        trained = train(settings, RUN_DATE)
+        run = mlflow.get_run(trained["run_id"])
+        decision = gate.decide(settings, RUN_DATE, run)
+        holdout = pd.read_parquet(
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT)
+        )
+        chosen = gate.challenger_choice(settings, holdout, RUN_DATE)
+        truth = true_value(settings, holdout, gate.assignment(chosen, settings.experiment.control))
+        estimate = decision["policy_values"][gate.CHALLENGER]
+        return {
+            "seed": seed,
+            "holdout_rows": len(holdout),
+            "estimate": estimate["value"],
+            "low": estimate["low"],
+            "high": estimate["high"],
+            "ipw": estimate["ipw"],
+            "truth": truth,
+            "covered": estimate["low"] <= truth <= estimate["high"],
+            "decision": decision["decision"],
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    args = parser.parse_args(argv)
+    base = load_settings()
+    spark = get_spark(base, "uplift-policy-coverage")
+    started = time.perf_counter()
+    rows = []
+    for seed in range(args.seeds):
+        rows.append(one_seed(base, spark, seed))
+        print(json.dumps(rows[-1]), flush=True)
+    covered = sum(r["covered"] for r in rows) / len(rows)
+    result = {
+        "date": date.today().isoformat(),
+        "seeds": args.seeds,
+        "data": DATA,
+        "coverage": covered,
+        "mean_abs_error": float(np.mean([abs(r["estimate"] - r["truth"]) for r in rows])),
+        "mean_interval_width": float(np.mean([r["high"] - r["low"] for r in rows])),
+        "seconds": round(time.perf_counter() - started, 1),
+        "runs": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"policy-coverage-{result['date']}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}), flush=True)
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
