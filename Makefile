@@ -20,7 +20,7 @@ export PYSPARK_PYTHON := $(VENV)/bin/python
 export PYSPARK_DRIVER_PYTHON := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo test lint bench dist clean
+.PHONY: setup demo test test-fast lint bench dist clean
 setup: $(VENV)/.synced
 
 $(UV):
@@ -42,6 +42,10 @@ demo: setup
 
 test: setup
 	python -m pytest
+
+# After every change: units and small-frame tests, no nightly run, Airflow or live stack.
+test-fast: setup
+	python -m pytest -m "not slow"
 
 # The job code for a Spark cluster's executors: set spark.py_files to it (README, Operations).
 dist: setup

@@ -15,6 +15,10 @@ row's contribution is ``value * (G_i(pi_i) - G_i(control)) - cost(pi_i)`` (0 whe
 control); V is their mean. Intervals are percentile intervals of a paired bootstrap: every
 round resamples the same rows for every policy, so differences between policies get their
 own interval, narrower than the difference of two separate ones.
+
+Where a row's campaign never randomized arm a (e_i(a) = 0, a campaign with its own split),
+IPW has no observation to weight and counts nothing for a, so it understates a policy that
+sends a there; AIPW falls back on the outcome model mu_a for those rows.
 """
 
 from __future__ import annotations

@@ -91,3 +91,22 @@ def own_settings(monkeypatch, tmp_path):
         return load_settings()
 
     return make
+
+
+# The fast tier (`make test-fast`, `pytest -m "not slow"`): units and small-frame tests. Slow:
+# whole nightly runs (in process or by Airflow), live stacks, clusters and servers.
+SLOW_MODULES = {
+    "test_airflow_live",
+    "test_cluster",
+    "test_mlflow_postgres",
+    "test_serving",
+    "test_notebook",
+    "test_gate",
+}
+SLOW_FIXTURES = {"nightly", "airflow_run", "airflow_home", "successful_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
