@@ -1,11 +1,13 @@
 """Are the gate's policy values honest? Coverage of the deployed policy's interval over many seeds.
 
 For each seed: generate a demo dataset with ground truth (jobs.generate), run the real ETL,
-training and gate, and compare the gate's AIPW estimate of the challenger's policy (net value
-per customer, with its paired-bootstrap 95% interval) with the policy's true value on the same
-holdout rows: the mean over rows of ``value x (p_true[arm chosen] - p_true[control]) - cost``
-from the generator's true response probabilities. The interval should contain the truth for
-at least 90% of seeds.
+training and gate, and compare the gate's AIPW estimate (net value per customer, with its
+paired-bootstrap 95% interval) with the true value on the same holdout rows: the mean over rows
+of ``value x (p_true[arm chosen] - p_true[control]) - cost`` from the generator's true response
+probabilities. Two policies per seed: the one the night deploys (the challenger if promoted,
+else the constant policy; "no one" is 0 for sure and is left out of its coverage), and the
+challenger's policy whatever the decision. The interval should contain the truth for at least
+90% of seeds.
 
     python -m benchmarks.policy_coverage --seeds 20     # writes benchmarks/results/policy-coverage-<date>.json
 """
@@ -24,7 +26,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from jobs import gate
+from jobs import gate, policy
 from jobs.etl import run_etl
 from jobs.generate import generate
 from jobs.settings import Settings, load_settings
@@ -73,20 +75,27 @@ def one_seed(base: Settings, spark, seed: int) -> dict:
         holdout = pd.read_parquet(
             mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT)
         )
-        chosen = gate.challenger_choice(settings, holdout, RUN_DATE)
-        truth = true_value(settings, holdout, gate.assignment(chosen, settings.experiment.control))
-        estimate = decision["policy_values"][gate.CHALLENGER]
-        return {
-            "seed": seed,
-            "holdout_rows": len(holdout),
-            "estimate": estimate["value"],
-            "low": estimate["low"],
-            "high": estimate["high"],
-            "ipw": estimate["ipw"],
-            "truth": truth,
-            "covered": estimate["low"] <= truth <= estimate["high"],
-            "decision": decision["decision"],
-        }
+        chosen = gate.candidate_choices(settings, holdout, RUN_DATE, gate.audience_rows(settings, RUN_DATE))
+        deployed = decision["deployed_policy"]
+        names = {"challenger": gate.CHALLENGER}
+        if deployed.startswith("model:"):
+            names["deployed"] = gate.CHALLENGER
+        elif deployed != f"constant:{policy.NONE}":
+            names["deployed"] = gate.everyone(deployed.split(":", 1)[1])
+        out = {"seed": seed, "holdout_rows": len(holdout), "decision": decision["decision"], "deployed": deployed}
+        for label, name in names.items():
+            estimate = decision["policy_values"][name]
+            truth = true_value(settings, holdout, gate.assignment(chosen[name], settings.experiment.control))
+            out[label] = {
+                "policy": name,
+                "estimate": estimate["value"],
+                "low": estimate["low"],
+                "high": estimate["high"],
+                "ipw": estimate["ipw"],
+                "truth": truth,
+                "covered": estimate["low"] <= truth <= estimate["high"],
+            }
+        return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -102,17 +111,22 @@ def main(argv: list[str] | None = None) -> None:
     for seed in range(args.seeds):
         rows.append(one_seed(base, spark, seed))
         print(json.dumps(rows[-1]), flush=True)
-    covered = sum(r["covered"] for r in rows) / len(rows)
     result = {
         "date": date.today().isoformat(),
         "seeds": args.seeds,
         "data": DATA,
-        "coverage": covered,
-        "mean_abs_error": float(np.mean([abs(r["estimate"] - r["truth"]) for r in rows])),
-        "mean_interval_width": float(np.mean([r["high"] - r["low"] for r in rows])),
         "seconds": round(time.perf_counter() - started, 1),
-        "runs": rows,
+        "promoted": sum(r["decision"] == "promote" for r in rows),
     }
+    for label in ("deployed", "challenger"):
+        valued = [r[label] for r in rows if label in r]
+        result[label] = {
+            "seeds": len(valued),
+            "coverage": sum(v["covered"] for v in valued) / len(valued) if valued else None,
+            "mean_abs_error": float(np.mean([abs(v["estimate"] - v["truth"]) for v in valued])) if valued else None,
+            "mean_interval_width": float(np.mean([v["high"] - v["low"] for v in valued])) if valued else None,
+        }
+    result["runs"] = rows
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"policy-coverage-{result['date']}.json"
     out.write_text(json.dumps(result, indent=2))

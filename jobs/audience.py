@@ -51,11 +51,13 @@ def show(settings: Settings, run_date: date, top: int = 10) -> str:
     columns = ["rank", "customer_id", "recommended_arm", "expected_uplift", "expected_net_value", "holdout"]
     best = dataset.to_table(columns=columns, filter=pc.field("rank") <= top).to_pandas().sort_values("rank")
     total = dataset.count_rows()
-    label = dataset.to_table(columns=["policy"], filter=pc.field("rank") == 1).column("policy")[0].as_py()
+    first = dataset.head(1, columns=["policy"]) if "policy" in dataset.schema.names else None
+    label = first.column("policy")[0].as_py() if first is not None and first.num_rows else "model"
     peak = budget_peak(settings, run_date)
     curve = (
         f"Budget curve (holdout estimate): net value peaks at {int(peak['sends']):,} sends, "
-        f"{peak['net_value']:,.2f} [{peak['net_value_low']:,.2f}, {peak['net_value_high']:,.2f}]"
+        f"{peak['net_value']:,.2f} [{peak['net_value_low']:,.2f}, {peak['net_value_high']:,.2f}] "
+        f"(max_sends counts the holdout too: {int(peak['sends'] / (1 - settings.targeting.holdout_share)):,})"
         if peak
         else "Budget curve: none recorded for this run date (run the gate)"
     )
@@ -68,7 +70,7 @@ def show(settings: Settings, run_date: date, top: int = 10) -> str:
             + ("  (no model has passed the gate: a constant policy)" if label.startswith("constant") else ""),
             curve,
             "",
-            summary.drop(columns=["model_version", "policy"]).to_string(
+            summary.drop(columns=["model_version", "policy"], errors="ignore").to_string(
                 index=False, float_format=lambda v: f"{v:,.2f}"
             ),
             "",
@@ -144,6 +146,14 @@ def what_if(spark, settings: Settings, run_date: date, where: str, arm: str) -> 
     ).first()
     if not row["customers"]:
         return {"customers": 0, "where": where, "arm": arm}
+    if row["without_message"] is None:  # a constant policy's audience: no model, no probabilities
+        return {
+            "customers": row["customers"],
+            "where": where,
+            "arm": arm,
+            "note": "this audience is a constant policy (no model has passed the gate): no per-customer response "
+            "rates; the arm's average effect is its uplift_<arm> column",
+        }
     return {
         "customers": row["customers"],
         "where": where,

@@ -16,6 +16,7 @@ import json
 from datetime import date
 
 import pandas as pd
+import pyarrow.dataset as pads
 from evidently import Report
 from evidently.presets import DataDriftPreset
 
@@ -69,6 +70,16 @@ def feature_drift(settings: Settings, run_date: date) -> tuple:
     return (*compare(reference, current), len(reference), len(current))
 
 
+def audience_policy(settings: Settings, run_date: date) -> str:
+    """The policy an audience was published under: `model:<v>` or `constant:<arm>` (before the
+    policy column existed, every audience was a model's)."""
+    dataset = pads.dataset(str(partition_dir(settings, "audience", run_date)), format="parquet")
+    if "policy" not in dataset.schema.names:
+        return "model"
+    first = dataset.head(1, columns=["policy"]).column("policy")
+    return str(first[0].as_py()) if len(first) else "model"
+
+
 def previous_audience(settings: Settings, run_date: date) -> date | None:
     """The latest run date before run_date that published an audience."""
     earlier = [day for day in partition_dates(settings, "audience") if day < run_date]
@@ -101,6 +112,12 @@ def drift(settings: Settings, run_date: date) -> dict:
     levels = [level(share, settings)]
     predictions, payload = None, {"features": snapshot.dict()}
     previous = previous_audience(settings, run_date)
+    # A constant policy's uplifts are one value per arm: comparing them with a model's (or with
+    # each other) measures the switch of policy, not drift.
+    policies = [audience_policy(settings, day) for day in (previous, run_date)] if previous else []
+    if previous is not None and any(p.startswith("constant:") for p in policies):
+        predictions = {"previous_run_date": previous.isoformat(), "skipped": f"policies {policies}: not comparable"}
+        previous = None
     if previous is not None:
         p_snapshot, p_share, p_columns = prediction_drift(settings, run_date, previous)
         p_snapshot.save_html(str(folder / "drift_predictions.html"))
@@ -129,13 +146,13 @@ def drift(settings: Settings, run_date: date) -> dict:
     if outcome == "fail" and cfg.on_fail == "fail_run":
         raise DriftFailed(
             f"drift outcome 'fail' for run_date={run_date}: features drifted share {share:.2f}"
-            + (f", predictions vs {previous} {predictions['drifted_share']:.2f}" if predictions else "")
+            + (f", predictions vs {previous} {predictions['drifted_share']:.2f}" if previous else "")
             + f" (fail at {cfg.drifted_share_fail}); reports: {folder / 'drift.html'}, {folder / 'drift.json'}"
         )
     return {
         "outcome": outcome,
         "drifted_share": share,
-        "predictions": predictions and predictions["drifted_share"],
+        "predictions": predictions and predictions.get("drifted_share"),
         "reference_rows": reference_rows,
         "current_rows": current_rows,
         "html": str(folder / "drift.html"),

@@ -39,6 +39,7 @@ from jobs.audience import BUDGET_CURVE
 from jobs.lake import MissingInputError, partition_dir, training_counts
 from jobs.registry import CHAMPION, alias_version
 from jobs.settings import Settings
+from jobs.tlearner import serving_problem
 from jobs.tracking import HOLDOUT_ARTIFACT
 
 CHALLENGER, CHAMPION_POLICY, NO_ONE = "challenger", "champion", "no one"
@@ -76,12 +77,15 @@ def holdout_targeting(settings: Settings, holdout_rows: int, audience: int):
     return policy.scaled(settings.targeting, holdout_rows / max(1, audience))
 
 
-def challenger_choice(settings: Settings, holdout: pd.DataFrame, run_date: date, audience: int | None = None):
-    """The challenger's policy on its holdout rows (their targeting uplifts), budgets scaled."""
-    audience = audience if audience is not None else audience_rows(settings, run_date)
-    arms = settings.experiment.arms
+def candidate_choices(settings: Settings, holdout: pd.DataFrame, run_date: date, audience: int) -> dict:
+    """The challenger's policy (its targeting uplifts) and every "everyone gets a" policy on the
+    holdout rows, budgets scaled: policy name -> jobs.policy.apply's frame."""
+    arms, targeting = settings.experiment.arms, holdout_targeting(settings, len(holdout), audience)
     uplifts = holdout[["customer_id", *[f"uplift_{a}" for a in arms]]]
-    return policy.apply(uplifts, holdout_targeting(settings, len(holdout), audience), arms, run_date)
+    chosen = {CHALLENGER: policy.apply(uplifts, targeting, arms, run_date)}
+    for arm in arms:
+        chosen[everyone(arm)] = policy.apply(_constant_uplifts(holdout, arm, arms), targeting, arms, run_date)
+    return chosen
 
 
 def _champion_choice(settings: Settings, holdout: pd.DataFrame, targeting, run_date: date):
@@ -90,10 +94,12 @@ def _champion_choice(settings: Settings, holdout: pd.DataFrame, targeting, run_d
     if champion is None:
         return None, None, "no champion yet"
     model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{champion.version}")
-    try:
-        predicted = model.predict(holdout)
-    except Exception as err:  # a champion trained on another feature spec
-        return champion, None, f"champion v{champion.version} cannot score this holdout ({str(err).splitlines()[0]})"
+    columns = ["customer_id", *settings.features.names]
+    exp = settings.experiment
+    problem = serving_problem(columns, model.unwrap_python_model().portable(), exp.control, exp.arms)
+    if problem:  # trained on another feature spec or experiment: tonight it would not serve either
+        return champion, None, f"champion v{champion.version} cannot serve this experiment: {problem}"
+    predicted = model.predict(holdout)
     uplifts = pd.concat([holdout[["customer_id"]].reset_index(drop=True), predicted.reset_index(drop=True)], axis=1)
     chosen = policy.apply(uplifts, targeting, settings.experiment.arms, run_date)
     return champion, chosen, None
@@ -107,9 +113,7 @@ def decide(settings: Settings, run_date: date, run) -> dict:
     )
     rows = audience_rows(settings, run_date)
     targeting = holdout_targeting(settings, len(holdout), rows)
-    chosen = {CHALLENGER: challenger_choice(settings, holdout, run_date, rows)}
-    for arm in exp.arms:
-        chosen[everyone(arm)] = policy.apply(_constant_uplifts(holdout, arm, exp.arms), targeting, exp.arms, run_date)
+    chosen = candidate_choices(settings, holdout, run_date, rows)
     champion, champion_chosen, champion_note = _champion_choice(settings, holdout, targeting, run_date)
     if champion_chosen is not None:
         chosen[CHAMPION_POLICY] = champion_chosen
@@ -161,6 +165,7 @@ def decide(settings: Settings, run_date: date, run) -> dict:
     constant_arm, constant_reasons = policy.best_constant(effects, settings.targeting)
     deployed = CHALLENGER if passed else CHAMPION_POLICY if champion_chosen is not None else None
     curve = _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows)
+    version = run.data.tags["model_version"] if deployed == CHALLENGER else champion and champion.version
     return {
         "run_date": run_date.isoformat(),
         "run_id": run.info.run_id,
@@ -173,7 +178,7 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         "best_constant": best,
         "champion": None if champion is None else {"version": str(champion.version), "note": champion_note},
         "constant_policy": {"arm": constant_arm, "reasons": constant_reasons, "effects": effects},
-        "deployed_policy": deployed or f"constant:{constant_arm}",
+        "deployed_policy": f"model:{version}" if deployed else f"constant:{constant_arm}",
         "budget_curve": curve.to_dict(orient="records"),
         "value_definition": "net value per customer vs sending nothing: value_per_response x incremental "
         "responses - cost; AIPW with the T-learner's outcome models, paired bootstrap 95% intervals",

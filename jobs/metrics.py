@@ -18,9 +18,8 @@ groups. Definitions match scikit-uplift 0.5:
   ``perfect_uplift_curve``.
 - ``uplift_at_k``: response rate of treated minus control among the top k share of all rows
   (scikit-uplift's ``strategy="overall"``).
-- ``policy_value``: expected response rate of a targeting policy, estimated on randomized data
-  by inverse propensity weighting (rows whose received arm equals the policy's choice, each
-  weighted by 1 / P(arm)), with a normal 95% interval.
+
+Policy values (what a targeting decision is worth) are jobs.evaluation's.
 """
 
 from __future__ import annotations
@@ -95,16 +94,6 @@ def uplift_auc_score(y_true, uplift, treatment) -> float:
     if perfect_area == 0:
         return 0.0
     return float((auc(x_actual, u_actual) - random_area) / perfect_area)
-
-
-def policy_value(y_true, received, chosen, propensity) -> tuple[float, float, float]:
-    """IPW estimate (value, low, high) of the response rate if every row got arm `chosen`."""
-    y_true = np.asarray(y_true, dtype=float)
-    weights = (np.asarray(received) == np.asarray(chosen)) / np.asarray(propensity, dtype=float)
-    terms = y_true * weights
-    value = float(terms.mean())
-    half = 1.96 * float(terms.std(ddof=1)) / np.sqrt(terms.size)
-    return value, value - half, value + half
 
 
 def uplift_at_k(y_true, uplift, treatment, k: float = 0.3) -> float:

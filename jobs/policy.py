@@ -1,8 +1,8 @@
 """The targeting policy: from per-arm uplifts to who gets which arm. One rule for every caller.
 
-Scoring (inside Spark's Python workers), the gate's offline evaluation, the budget curve and
-the benchmarks all call these functions; `jobs.score` adds only the Spark plumbing (ranking
-windows over the whole audience) around the same column rules.
+Scoring (inside Spark's Python workers), the gate's offline evaluation and the budget curve
+(hence the policy coverage benchmark) call these functions; `jobs.score` adds only the Spark
+plumbing (ranking windows over the whole audience) around the same column rules.
 
 - Net value of arm a for a customer: ``value_per_response * uplift_a - cost_per_send[a]``.
 - Each customer is recommended the arm of highest net value (the first in conf order on a tie),
@@ -119,7 +119,10 @@ def average_effects(counts: pd.DataFrame, control: str, arms: list[str]) -> dict
                 continue
             pt, pc = t["responses"] / t["rows"], c["responses"] / c["rows"]
             diffs.append(pt - pc)
-            variances.append(pt * (1 - pt) / t["rows"] + pc * (1 - pc) / c["rows"])
+            # Agresti-Caffo: one success and one failure added to each group, so a tiny group
+            # with a rate of 0 or 1 does not get a zero-width interval.
+            at, ac = (t["responses"] + 1) / (t["rows"] + 2), (c["responses"] + 1) / (c["rows"] + 2)
+            variances.append(at * (1 - at) / (t["rows"] + 2) + ac * (1 - ac) / (c["rows"] + 2))
             weights.append(t["rows"] + c["rows"])
         if not weights:
             effects[arm] = {"ate": 0.0, "low": 0.0, "high": 0.0, "rows": 0}
@@ -133,7 +136,8 @@ def average_effects(counts: pd.DataFrame, control: str, arms: list[str]) -> dict
 
 def best_constant(effects: dict[str, dict], targeting: Targeting) -> tuple[str, list[str]]:
     """The constant policy to publish without a model: the arm whose net value's lower bound is
-    highest if it is above zero, else none; and the reasons, one line per arm."""
+    highest if it is above zero (and whose effect reaches `min_uplift`), else none; and the
+    reasons, one line per arm."""
     reasons, best, best_low = [], NONE, 0.0
     for arm, e in effects.items():
         cost = targeting.cost_per_send[arm]
@@ -142,7 +146,7 @@ def best_constant(effects: dict[str, dict], targeting: Targeting) -> tuple[str, 
             f"everyone gets {arm}: net value per customer {net:.4f} (95% lower bound {low:.4f}) "
             f"from an average effect of {e['ate']:.4f} on {e['rows']:,} sends"
         )
-        if low > best_low:
+        if low > best_low and e["ate"] >= targeting.min_uplift:
             best, best_low = arm, low
     reasons.append(
         f"chosen: constant:{best}"

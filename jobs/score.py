@@ -1,4 +1,4 @@
-"""Batch scoring: the champion model over every eligible customer, inside Spark, into the audience.
+"""Batch scoring: every eligible customer, inside Spark, into the audience (the champion's, or a constant policy).
 
 The driver resolves the champion in the MLflow registry and loads it once; its boosters go to
 the executors as LightGBM model strings (a broadcast), where `mapInPandas` scores Arrow
@@ -30,7 +30,7 @@ from jobs import policy
 from jobs.lake import partition_dir, publish_partition, read_partition, training_counts
 from jobs.registry import CHAMPION, alias_version
 from jobs.settings import Settings
-from jobs.tlearner import PortableTLearner
+from jobs.tlearner import FeatureMismatchError, PortableTLearner, serving_problem
 
 
 def prediction_schema(settings: Settings) -> StructType:
@@ -44,34 +44,11 @@ def prediction_schema(settings: Settings) -> StructType:
 log = logging.getLogger(__name__)
 
 
-class FeatureMismatchError(RuntimeError):
-    """The scoring set's features are not the ones the model was trained on."""
-
-
-def check_features(columns: list[str], model: PortableTLearner, keys: tuple[str, ...] = ("customer_id",)) -> None:
-    """Refuse a scoring set whose feature columns differ from the model's, naming the columns."""
-    trained = [*model.numeric, *model.categories]
-    given = [c for c in columns if c not in keys]
-    missing, unexpected = [c for c in trained if c not in given], [c for c in given if c not in trained]
-    if missing or unexpected:
-        raise FeatureMismatchError(
-            "the scoring set's features differ from the model's: "
-            + "; ".join(
-                part
-                for part in (
-                    f"missing {missing}" if missing else "",
-                    f"not known to the model {unexpected}" if unexpected else "",
-                )
-                if part
-            )
-            + f". The model was trained on {trained}. A changed feature spec needs a model trained on it: "
-            "run the nightly through train and gate, or restore the spec the champion was trained with."
-        )
-
-
 def predict_arms(features: DataFrame, model: PortableTLearner, settings: Settings) -> DataFrame:
     """Per customer of features: every arm's response probability and every treatment's uplift."""
-    check_features(features.columns, model)
+    problem = serving_problem(features.columns, model, settings.experiment.control, settings.experiment.arms)
+    if problem:
+        raise FeatureMismatchError(problem)
     shipped = features.sparkSession.sparkContext.broadcast(model)
     columns = [f.name for f in prediction_schema(settings)]
 
@@ -88,13 +65,8 @@ def predict_arms(features: DataFrame, model: PortableTLearner, settings: Setting
 
 
 def _choice_schema(scored: DataFrame) -> StructType:
-    extra = [
-        StructField("recommended_arm", StringType()),
-        StructField("expected_uplift", DoubleType()),
-        StructField("expected_net_value", DoubleType()),
-        StructField("send_cost", DoubleType()),
-        StructField("holdout_draw", DoubleType()),
-    ]
+    """scored's columns and policy.CHOICE_COLUMNS (the arm a string, the rest doubles)."""
+    extra = [StructField(c, StringType() if c == "recommended_arm" else DoubleType()) for c in policy.CHOICE_COLUMNS]
     return StructType([*scored.schema.fields, *extra])
 
 
@@ -164,19 +136,30 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     """Score run_date's scoring set; publish audience and audience_summary.
 
     With a champion: its uplifts and the targeting policy (policy `model:<version>`). Without
-    one (no model has passed the gate yet): the best constant policy (`constant:<arm|none>`).
+    one (no model has passed the gate yet), or with a champion that cannot serve this experiment
+    (its features or arms differ from tonight's: it refuses, naming them), the best constant
+    policy (`constant:<arm|none>`).
     """
     champion = alias_version(settings, CHAMPION)
     name, exp = settings.mlflow.registered_model, settings.experiment
     features = read_partition(spark, settings, "features/scoring", run_date)
     reasons: list[str] = []
+    model = None
     if champion is None:
-        audience, arm, reasons = constant_audience(features, settings, run_date)
-        label, model_name, model_version = f"constant:{arm}", None, None
-        log.warning("no champion model yet: publishing the constant policy %s (%s)", label, "; ".join(reasons))
+        reasons.append("no model has passed the gate yet")
     else:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}").unwrap_python_model()
-        audience = apply_policy(predict_arms(features, model.portable(), settings), settings, run_date)
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}").unwrap_python_model().portable()
+        problem = serving_problem(features.columns, model, exp.control, exp.arms)
+        if problem:
+            reasons.append(f"champion v{champion.version} cannot serve tonight: {problem}")
+            model = None
+    if model is None:
+        audience, arm, constant_reasons = constant_audience(features, settings, run_date)
+        reasons += constant_reasons
+        label, model_name, model_version = f"constant:{arm}", None, None
+        log.warning("publishing the constant policy %s: %s", label, "; ".join(reasons))
+    else:
+        audience = apply_policy(predict_arms(features, model, settings), settings, run_date)
         label, model_name, model_version = f"model:{champion.version}", name, str(champion.version)
     audience = audience.select(
         "customer_id",

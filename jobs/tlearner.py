@@ -72,3 +72,39 @@ class PortableTLearner:
             index=frame.index,
         )
         return with_uplifts(probabilities, self.control, self.arms, self.constant)
+
+
+class FeatureMismatchError(RuntimeError):
+    """The scoring set's features are not the ones the model was trained on."""
+
+
+def check_features(columns: list[str], model: PortableTLearner, keys: tuple[str, ...] = ("customer_id",)) -> None:
+    """Refuse a scoring set whose feature columns differ from the model's, naming the columns."""
+    trained = [*model.numeric, *model.categories]
+    given = [c for c in columns if c not in keys]
+    missing, unexpected = [c for c in trained if c not in given], [c for c in given if c not in trained]
+    if missing or unexpected:
+        raise FeatureMismatchError(
+            "the scoring set's features differ from the model's: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {missing}" if missing else "",
+                    f"not known to the model {unexpected}" if unexpected else "",
+                )
+                if part
+            )
+            + f". The model was trained on {trained}. A changed feature spec needs a model trained on it: "
+            "run the nightly through train and gate, or restore the spec the champion was trained with."
+        )
+
+
+def serving_problem(columns: list[str], model: PortableTLearner, control: str, arms: list[str]) -> str | None:
+    """Why the model cannot score a set with these columns for this experiment (None when it can)."""
+    if model.control != control or list(model.arms) != list(arms):
+        return f"the model knows arms {[model.control, *model.arms]}, the experiment is {[control, *arms]}"
+    try:
+        check_features(columns, model)
+    except FeatureMismatchError as err:
+        return str(err)
+    return None

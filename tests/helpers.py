@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +34,23 @@ def settings_in(settings: Settings, root: Path, **sections) -> Settings:
 
 def copy_raw(source: Settings, target: Settings) -> None:
     shutil.copytree(source.paths.lake / "raw", target.paths.lake / "raw")
+
+
+def airflow_env(root: Path, project: dict) -> dict:
+    """The environment of a project home run by Airflow itself (SQLite metadata under root, Spark local),
+    migrated; project: its UPLIFT_HOME / UPLIFT_CONF."""
+    env = {
+        **os.environ,
+        **project,
+        "AIRFLOW_HOME": str(root / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+    }
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    return env
 
 
 def readme_overlay() -> dict:

@@ -1,7 +1,6 @@
 """The uplift_nightly DAG: it imports cleanly, wires the steps in order, and runs through Airflow."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import RUN_DATE, TEST_CONF, write_overlay
+from helpers import airflow_env
 
 PROJECT = Path(__file__).resolve().parent.parent
 ORDER = ["validate_raw", "etl", "validate_features", "train", "gate", "promote", "score", "drift", "report"]
@@ -77,18 +77,7 @@ def airflow_home(settings, generated, tmp_path_factory):
     """A separate project home (lake, MLflow, Airflow on SQLite) holding the generated raw data."""
     root = tmp_path_factory.mktemp("airflow_project")
     shutil.copytree(settings.paths.lake / "raw", root / "var" / "lake" / "raw")
-    env = {
-        **os.environ,
-        "UPLIFT_HOME": str(root),
-        "UPLIFT_CONF": str(write_overlay(root, TEST_CONF)),
-        "AIRFLOW_HOME": str(root / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
-    }
-    airflow = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    env = airflow_env(root, {"UPLIFT_HOME": str(root), "UPLIFT_CONF": str(write_overlay(root, TEST_CONF))})
     return root, env
 
 

@@ -20,7 +20,7 @@ from jobs.settings import report_dir
 from jobs.tracking import use_tracking
 
 RUN = email_experiment.last_response_day() + timedelta(days=5)
-NIGHT = ("etl", "train", "gate", "promote", "score")
+NIGHT = ("etl", "train", "gate", "promote", "score", "drift")
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +29,8 @@ def _restore_tracking(settings):
     use_tracking(settings)
 
 
-def _night(settings, day: date) -> dict:
-    return {step: steps.run(step, day, settings) for step in NIGHT}
+def _night(settings, day: date, night=NIGHT) -> dict:
+    return {step: steps.run(step, day, settings) for step in night}
 
 
 def _audience(settings, day: date) -> pd.DataFrame:
@@ -79,6 +79,9 @@ def test_noise_is_never_promoted_and_the_night_publishes_a_marked_constant_polic
 
     text = show(settings, RUN)
     assert "Policy: constant:none  (no model has passed the gate: a constant policy)" in text
+    from jobs.audience import what_if
+
+    assert "constant policy" in what_if(spark, settings, RUN, "true", "mens_email")["note"]
 
 
 def test_a_first_night_on_a_tiny_sample_publishes_a_constant_audience_and_a_passing_model_takes_over(
@@ -87,7 +90,7 @@ def test_a_first_night_on_a_tiny_sample_publishes_a_constant_audience_and_a_pass
     own = settings_in(settings, tmp_path)
     copy_raw(settings, own)
     first = date(2026, 10, 9)  # two matured send days, one of them with a snapshot before it
-    night = _night(own, first)
+    night = _night(own, first, NIGHT[:-1])  # its drift: a 1-day history against 90-day features
     assert night["gate"]["decision"] == "reject", night["gate"]["reasons"]
     assert night["score"]["policy"].startswith("constant:")
     first_audience = _audience(own, first)
@@ -99,6 +102,8 @@ def test_a_first_night_on_a_tiny_sample_publishes_a_constant_audience_and_a_pass
     assert later["score"]["policy"] == f"model:{later['train']['model_version']}"
     assert (_audience(own, RUN_DATE)["model_version"] == later["train"]["model_version"]).all()
     assert (_audience(own, first)["policy"] == night["score"]["policy"]).all(), "the earlier night is kept"
+    drift = json.loads((report_dir(own, RUN_DATE) / "drift.json").read_text())["summary"]
+    assert "not comparable" in drift["predictions"]["skipped"], "a switch of policy is not prediction drift"
 
 
 def test_the_gate_records_values_intervals_and_the_budget_curve(settings, nightly):

@@ -9,7 +9,6 @@ send day, responses arriving over two weeks, CSV under the user's own column nam
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 
 import email_experiment
-from helpers import own_home, readme_overlay
+from helpers import airflow_env, own_home, readme_overlay
 from jobs.settings import load_settings
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -34,17 +33,8 @@ RUN = email_experiment.last_response_day() + timedelta(days=5)  # the labels hav
 @pytest.fixture(scope="module")
 def airflow_run(home, tmp_path_factory):
     root = tmp_path_factory.mktemp("own_data")
-    env = {
-        **os.environ,
-        **own_home(root, readme_overlay()),
-        "AIRFLOW_HOME": str(root / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
-    }
+    env = airflow_env(root, own_home(root, readme_overlay()))
     airflow = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     result = subprocess.run(
         [airflow, "dags", "test", "uplift_nightly", RUN.isoformat()],
         env=env,

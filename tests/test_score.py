@@ -70,10 +70,11 @@ def test_a_stable_share_of_the_selected_is_held_out(spark, settings):
 def test_a_scoring_set_with_other_features_than_the_models_is_refused_by_name():
     import pytest
 
-    from jobs.score import FeatureMismatchError, check_features
-    from jobs.tlearner import PortableTLearner
+    from jobs.tlearner import FeatureMismatchError, PortableTLearner, check_features, serving_problem
 
     model = PortableTLearner("control", ["a"], ["age", "spend"], {"region": ["N", "S"]}, {})
     check_features(["customer_id", "spend", "region", "age"], model)  # order does not matter
     with pytest.raises(FeatureMismatchError, match=r"missing \['spend'\]; not known to the model \['tier'\]"):
         check_features(["customer_id", "age", "region", "tier"], model)
+    assert serving_problem(["customer_id", "age", "spend", "region"], model, "control", ["a"]) is None
+    assert "the model knows arms ['control', 'a']" in serving_problem(["customer_id"], model, "control", ["a", "b"])
