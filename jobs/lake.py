@@ -1,4 +1,4 @@
-"""The lake layout and its two operations: read raw deliveries up to a date, publish a partition.
+"""The lake layout and its operations: read raw deliveries up to a date, publish a partition, stream a table.
 
     <lake>/raw/<source>/dt=YYYY-MM-DD/         landed by upstream (CSV or Parquet)
     <lake>/features/{training,scoring}/run_date=YYYY-MM-DD/

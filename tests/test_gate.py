@@ -62,6 +62,16 @@ def test_a_flat_arm_is_targeted_as_a_constant_and_the_other_by_ranking(spark, ow
     assert womens["segment"].mean() > 0.9, "the ranked arm goes where it works"
     assert audience.loc[audience["segment"], "recommended_arm"].eq("womens_email").mean() > 0.8
 
+    # The spec changes (an attribute dropped): the champion refuses tonight's features by name and
+    # the night publishes the constant policy instead of failing.
+    attributes = {k: v for k, v in settings.features.attributes.items() if k != "is_new"}
+    changed = settings.model_copy(update={"features": settings.features.model_copy(update={"attributes": attributes})})
+    steps.run("etl", RUN, changed)
+    scored = steps.run("score", RUN, changed)
+    assert scored["policy"] == "constant:mens_email", "the flat arm pays for everyone on average"
+    assert "cannot serve tonight" in scored["constant_policy_reasons"][0]
+    assert "missing ['is_new']" in scored["constant_policy_reasons"][0]
+
 
 def test_noise_is_never_promoted_and_the_night_publishes_a_marked_constant_policy(spark, own_settings):
     settings = own_settings(effects="none")
