@@ -82,7 +82,12 @@ def one_seed(base: Settings, spark, seed: int) -> dict:
             names["deployed"] = gate.CHALLENGER
         elif deployed != f"constant:{policy.NONE}":
             names["deployed"] = gate.everyone(deployed.split(":", 1)[1])
-        out = {"seed": seed, "holdout_rows": len(holdout), "decision": decision["decision"], "deployed": deployed}
+        out = {
+            "seed": seed,
+            "holdout_rows": len(holdout),
+            "decision": decision["decision"],
+            "deployed_policy": deployed,
+        }
         for label, name in names.items():
             estimate = decision["policy_values"][name]
             truth = true_value(settings, holdout, gate.assignment(chosen[name], settings.experiment.control))
