@@ -22,6 +22,7 @@ import pytest
 import email_experiment
 from helpers import airflow_env, own_home, readme_overlay
 from jobs.settings import load_settings
+from jobs.train import FEATURE_SPEC_ARTIFACT
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN = email_experiment.last_response_day() + timedelta(days=5)  # the labels have matured
@@ -83,7 +84,7 @@ def test_the_model_learns_from_the_declared_attributes_and_logs_the_spec(airflow
     spec = json.loads(
         Path(
             mlflow.artifacts.download_artifacts(
-                run_id=run.info.run_id, artifact_path="feature_spec.json", tracking_uri=uri
+                run_id=run.info.run_id, artifact_path=FEATURE_SPEC_ARTIFACT, tracking_uri=uri
             )
         ).read_text()
     )
