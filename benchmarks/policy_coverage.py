@@ -81,7 +81,7 @@ def one_seed(base: Settings, spark, seed: int) -> dict:
         if deployed.startswith("model:"):
             names["deployed"] = gate.CHALLENGER
         elif deployed != f"constant:{policy.NONE}":
-            names["deployed"] = gate.everyone(deployed.split(":", 1)[1])
+            names["deployed"] = policy.everyone(deployed.split(":", 1)[1])
         out = {
             "seed": seed,
             "holdout_rows": len(holdout),

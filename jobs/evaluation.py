@@ -69,9 +69,10 @@ def _bootstrap_means(columns: np.ndarray, rounds: int, seed: int) -> np.ndarray:
     return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) @ columns / n for _ in range(rounds)])
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
+def _interval(samples: np.ndarray, axis=None):
+    """The percentile interval at LEVEL (per column with axis=0)."""
     tail = (1 - LEVEL) / 2 * 100
-    return float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))
+    return np.percentile(samples, tail, axis=axis), np.percentile(samples, 100 - tail, axis=axis)
 
 
 def value_table(
@@ -99,8 +100,8 @@ def value_table(
     point, boot = columns["aipw"]
     ipw_point, ipw_boot = columns["ipw"]
     for i, name in enumerate(names):
-        low, high = _interval(boot[:, i])
-        ipw_low, ipw_high = _interval(ipw_boot[:, i])
+        low, high = map(float, _interval(boot[:, i]))
+        ipw_low, ipw_high = map(float, _interval(ipw_boot[:, i]))
         table[name] = {
             "value": float(point[i]),
             "low": low,
@@ -113,7 +114,7 @@ def value_table(
     differences = {}
     for label, (a, b) in pairs.items():
         i, j = names.index(a), names.index(b)
-        low, high = _interval(boot[:, i] - boot[:, j])
+        low, high = map(float, _interval(boot[:, i] - boot[:, j]))
         differences[label] = {"value": float(point[i] - point[j]), "low": low, "high": high}
     return {"policies": table, "differences": differences}
 
@@ -155,8 +156,6 @@ def budget_curve(
         ("net_value", np.concatenate([[0.0], np.cumsum(value[order])])[ks], np.array(boot_value)),
         ("incremental_responses", np.concatenate([[0.0], np.cumsum(responses[order])])[ks], np.array(boot_resp)),
     ):
-        tail = (1 - LEVEL) / 2 * 100
-        curve[name] = point * scale
-        curve[f"{name}_low"] = np.percentile(boot, tail, axis=0) * scale
-        curve[f"{name}_high"] = np.percentile(boot, 100 - tail, axis=0) * scale
+        low, high = _interval(boot, axis=0)
+        curve[name], curve[f"{name}_low"], curve[f"{name}_high"] = point * scale, low * scale, high * scale
     return pd.DataFrame(curve)

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from jobs import evaluation, policy
 from jobs.audience import BUDGET_CURVE
 from jobs.lake import MissingInputError, partition_dir, training_counts
+from jobs.policy import everyone
 from jobs.registry import CHAMPION, alias_version
 from jobs.settings import Settings
 from jobs.tlearner import serving_problem
@@ -45,13 +46,9 @@ from jobs.tracking import HOLDOUT_ARTIFACT
 CHALLENGER, CHAMPION_POLICY, NO_ONE = "challenger", "champion", "no one"
 
 
-def everyone(arm: str) -> str:
-    return f"everyone gets {arm}"
-
-
 def metric_key(name: str) -> str:
     """An MLflow metric name for a policy name ("everyone gets a" -> everyone_a)."""
-    return name.replace("everyone gets ", "everyone_").replace(" ", "_")
+    return name.replace(everyone(""), "everyone_").replace(" ", "_")
 
 
 def assignment(chosen: pd.DataFrame, control: str) -> np.ndarray:

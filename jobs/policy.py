@@ -29,6 +29,11 @@ NONE = "none"
 CHOICE_COLUMNS = ["recommended_arm", "expected_uplift", "expected_net_value", "send_cost", "holdout_draw"]
 
 
+def everyone(arm: str) -> str:
+    """The name of the constant policy that sends arm to everyone (gate tables, reasons)."""
+    return f"everyone gets {arm}"
+
+
 def net_values(uplifts: pd.DataFrame, targeting: Targeting, arms: list[str]) -> np.ndarray:
     """rows x arms: value_per_response * uplift_a - cost_per_send[a]."""
     costs = np.array([targeting.cost_per_send[a] for a in arms])
@@ -143,7 +148,7 @@ def best_constant(effects: dict[str, dict], targeting: Targeting) -> tuple[str, 
         cost = targeting.cost_per_send[arm]
         net, low = targeting.value_per_response * e["ate"] - cost, targeting.value_per_response * e["low"] - cost
         reasons.append(
-            f"everyone gets {arm}: net value per customer {net:.4f} (95% lower bound {low:.4f}) "
+            f"{everyone(arm)}: net value per customer {net:.4f} (95% lower bound {low:.4f}) "
             f"from an average effect of {e['ate']:.4f} on {e['rows']:,} sends"
         )
         if low > best_low and e["ate"] >= targeting.min_uplift:

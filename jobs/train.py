@@ -160,9 +160,7 @@ def train(settings: Settings, run_date: date) -> dict:
     results, scored = evaluate(model, holdout, settings)  # the ranking diagnostics, on p_arm - p_control
     model.constant = constant_arms(results, train_rows, settings)
     # What the gate values: the targeting uplifts (constant arms at their average effect).
-    predictions = pd.concat(
-        [holdout.reset_index(drop=True), model.predict(None, holdout).reset_index(drop=True)], axis=1
-    )
+    predictions = scored.assign(**{f"uplift_{arm}": value for arm, value in model.constant.items()})
 
     use_tracking(settings)
     with mlflow.start_run(run_name=f"train {run_date}") as run, tempfile.TemporaryDirectory() as tmp:
