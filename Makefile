@@ -20,7 +20,7 @@ export PYSPARK_PYTHON := $(VENV)/bin/python
 export PYSPARK_DRIVER_PYTHON := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo test test-fast lint bench dist clean
+.PHONY: setup demo ui test test-fast lint bench dist clean
 setup: $(VENV)/.synced
 
 $(UV):
@@ -39,6 +39,16 @@ demo: setup
 		|| { tail -50 $(AIRFLOW_HOME)/demo-run.log; exit 1; }
 	@echo "Airflow run log: $(AIRFLOW_HOME)/demo-run.log"
 	@uplift summary --run-date $(RUN_DATE) 2>/dev/null
+
+# The Airflow UI with the Campaigns page (jobs.ui), on the demo's SQLite stores: Ctrl-C stops it.
+UI_PORT ?= 8080
+ui: setup
+	mkdir -p $(AIRFLOW_HOME)
+	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
+	@echo "Airflow UI: http://localhost:$(UI_PORT)/  Campaigns: http://localhost:$(UI_PORT)/plugin/campaigns"
+	@echo "Log in as admin; the password is printed below at start and kept in"
+	@echo "  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (Airflow's simple auth manager)"
+	AIRFLOW__API__PORT=$(UI_PORT) airflow standalone
 
 test: setup
 	python -m pytest

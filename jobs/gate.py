@@ -162,6 +162,16 @@ def decide(settings: Settings, run_date: date, run) -> dict:
     constant_arm, constant_reasons = policy.best_constant(effects, settings.targeting)
     deployed = CHALLENGER if passed else CHAMPION_POLICY if champion_chosen is not None else None
     curve = _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows)
+    deployed_name = deployed or (everyone(constant_arm) if constant_arm != policy.NONE else NO_ONE)
+    by_arm = evaluation.arm_values(
+        assignments[deployed_name],
+        holdout,
+        exp,
+        settings.targeting,
+        audience_rows=rows,
+        rounds=cfg.bootstrap_rounds,
+        seed=settings.training.seed,
+    )
     version = run.data.tags["model_version"] if deployed == CHALLENGER else champion and champion.version
     return {
         "run_date": run_date.isoformat(),
@@ -177,6 +187,7 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         "constant_policy": {"arm": constant_arm, "reasons": constant_reasons, "effects": effects},
         "deployed_policy": f"model:{version}" if deployed else f"constant:{constant_arm}",
         "budget_curve": curve.to_dict(orient="records"),
+        "deployed_arms": by_arm,
         "value_definition": "net value per customer vs sending nothing: value_per_response x incremental "
         "responses - cost; AIPW with the T-learner's outcome models, paired bootstrap 95% intervals",
     }

@@ -15,15 +15,17 @@ import shutil
 import uuid
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from jobs.settings import Settings
+
+if TYPE_CHECKING:  # Spark is imported where it runs: readers of the lake (audience, UI, gate) never load it
+    from pyspark.sql import DataFrame, SparkSession
 
 
 class MissingInputError(RuntimeError):
@@ -97,6 +99,8 @@ def read_raw(
             f"{[c for c in frame.columns if c != 'dt']}. Map them in conf sources.{source}.columns, or fix "
             "the feature spec (features.attributes) that reads them."
         )
+    from pyspark.sql import functions as F
+
     delivered = {name: F.col(f"`{conf.delivered(name)}`") for name in types}
     typed = [column.try_cast(types[name]).alias(name) for name, column in delivered.items()]
     dt = F.col("dt").cast("date").alias("dt")

@@ -114,6 +114,7 @@ class Training(_Strict):
     seed: int
     holdout_fraction: float = Field(gt=0, lt=1)
     max_rows: int | None = Field(default=None, gt=0)
+    drivers_sample: int = Field(default=2000, gt=0)
     lightgbm: dict[str, float | int | str]
 
 

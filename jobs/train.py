@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 from sklearn.model_selection import train_test_split
 
-from jobs import metrics, policy
+from jobs import drivers, metrics, policy
 from jobs.lake import MissingInputError, partition_dir, sample_parquet
 from jobs.model import TLearnerModel
 from jobs.settings import Settings
@@ -129,6 +129,14 @@ def feature_importance(model: TLearnerModel) -> pd.DataFrame:
     ).rename_axis("feature")
 
 
+def explain_uplift(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) -> dict:
+    """SHAP values of every arm's uplift on a sample of the holdout (jobs.drivers), from the served boosters."""
+    n = min(len(holdout), settings.training.drivers_sample)
+    sample = holdout.sample(n=n, random_state=settings.training.seed) if n < len(holdout) else holdout
+    modes = {arm: "constant" if arm in model.constant else "ranked" for arm in settings.experiment.arms}
+    return drivers.explain(model.portable().load(), sample, model, settings.experiment.arms, modes)
+
+
 def _plots(scored: pd.DataFrame, results: dict, settings: Settings, folder: Path) -> None:
     exp = settings.experiment
     fig = Figure(figsize=(12, 4.5))
@@ -193,6 +201,8 @@ def train(settings: Settings, run_date: date) -> dict:
         )
         mlflow.log_metrics({f"constant_uplift.{arm}": value for arm, value in model.constant.items()})
         feature_importance(model).to_csv(folder / "feature_importance.csv")
+        explained = explain_uplift(model, holdout, settings)
+        drivers.write(explained, folder)
         (folder / "holdout").mkdir()
         predictions.to_parquet(folder / HOLDOUT_ARTIFACT, index=False)
         mlflow.log_artifacts(str(folder))
@@ -216,4 +226,5 @@ def train(settings: Settings, run_date: date) -> dict:
         "holdout_rows": len(holdout),
         "qini": {arm: round(m["qini"], 4) for arm, m in results.items()},
         "constant_arms": model.constant,
+        "top_drivers": {arm: a["drivers"][0]["feature"] for arm, a in explained["arms"].items()},
     }
