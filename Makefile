@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (Python 3.11 and Java 17 present):
 #   make demo   set up .venv, generate demo data, run the uplift_nightly DAG once through Airflow
-#   make test   set up .venv and run the whole test suite
+#   make test   set up .venv (and Debian's Chromium for the browser tests) and run the whole test suite
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PYTHON ?= python3.11
@@ -50,7 +50,14 @@ ui: setup
 	@echo "  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (Airflow's simple auth manager)"
 	AIRFLOW__API__PORT=$(UI_PORT) airflow standalone
 
-test: setup
+# The browser tests drive Debian's Chromium (tests/browser.py); as root, `make test` installs it.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@command -v apt-get > /dev/null || { echo "the browser tests need Debian's chromium package at $@"; exit 1; }
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core > /dev/null
+
+test: setup $(CHROMIUM)
 	python -m pytest
 
 # After every change: units and small-frame tests, no nightly run, Airflow or live stack.

@@ -102,6 +102,7 @@ SLOW_MODULES = {
     "test_serving",
     "test_notebook",
     "test_gate",
+    "test_browser",
 }
 SLOW_FIXTURES = {"nightly", "airflow_run", "airflow_home", "successful_run"}
 
