@@ -1,4 +1,4 @@
-"""The Campaigns page (jobs.ui) in a real Airflow API app: behind Airflow's login, and showing what the night published."""
+"""The Campaigns page (jobs.ui) in a real Airflow API app: behind Airflow's login, showing what the night published."""
 
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ def _forged(token: str) -> str:
     import jwt
 
     claims = jwt.decode(token, options={"verify_signature": False})
-    return jwt.encode({**claims, "sub": "mallory", "role": "admin"}, "not-airflows-secret-key-0123456789abcdef", "HS512")
+    return jwt.encode(
+        {**claims, "sub": "mallory", "role": "admin"}, "not-airflows-secret-key-0123456789abcdef", "HS512"
+    )
 
 
 def _cells(html: str, row_attr: str, value: str) -> dict[str, float]:
@@ -102,7 +104,6 @@ def test_every_route_requires_an_airflow_login_and_the_campaigns_view(airflow, p
 
 def test_an_expired_token_is_refused(airflow):
     import jwt
-
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
@@ -168,7 +169,9 @@ def test_segment_page_equals_the_what_if_and_lists_harmed_segments_first(airflow
     assert shown["customers"] == expected["customers"]
     for field in ("response_rate_without", "response_rate_with", "expected_uplift"):
         assert shown[field] == pytest.approx(expected[field], abs=5e-5)
-    assert shown["expected_incremental_responses"] == pytest.approx(expected["expected_incremental_responses"], abs=0.005)
+    assert shown["expected_incremental_responses"] == pytest.approx(
+        expected["expected_incremental_responses"], abs=0.005
+    )
     assert unescape(campaigns.where_clause(picks)) in unescape(page)  # the CLI command that gives the same numbers
     by_effect = campaigns.segments_by_effect(settings, RUN_DATE)
     for rows in by_effect.values():
@@ -190,7 +193,7 @@ def test_why_page_shows_every_arms_uplift_drivers_from_the_deployed_model(airflo
     for arm in settings.experiment.arms:
         assert f'data-arm="{arm}"' in page
         top = drivers["arms"][arm]["drivers"][0]["feature"]
-        assert top in settings.features.names and f"<td class=\"l\">{top}</td>" in page
+        assert top in settings.features.names and f'<td class="l">{top}</td>' in page
 
 
 def test_download_is_exactly_the_cli_export(airflow, settings, tmp_path: Path):
