@@ -119,6 +119,13 @@ def value_table(
     return {"policies": table, "differences": differences}
 
 
+def _value_and_responses(assignment, holdout: pd.DataFrame, exp: Experiment, targeting: Targeting):
+    """Per holdout row, the AIPW net value and incremental responses of giving it its assigned arm."""
+    g = scores(holdout, exp, "aipw")
+    free = targeting.model_copy(update={"value_per_response": 1.0, "cost_per_send": dict.fromkeys(exp.arms, 0)})
+    return contributions(assignment, g, exp, targeting), contributions(assignment, g, exp, free)
+
+
 def budget_curve(
     assignment: np.ndarray,
     priority: np.ndarray,
@@ -137,10 +144,7 @@ def budget_curve(
     AIPW contributions summed; holdout totals are scaled to an audience of `audience_rows`.
     Columns: sends, incremental_responses(_low/_high), net_value(_low/_high).
     """
-    g = scores(holdout, exp, "aipw")
-    value = contributions(assignment, g, exp, targeting)
-    control_free = targeting.model_copy(update={"value_per_response": 1.0, "cost_per_send": dict.fromkeys(exp.arms, 0)})
-    responses = contributions(assignment, g, exp, control_free)
+    value, responses = _value_and_responses(assignment, holdout, exp, targeting)
     sent = np.flatnonzero(np.isin(assignment, exp.arms))
     order = sent[np.argsort(-priority[sent], kind="mergesort")]
     n, scale = len(holdout), audience_rows / max(1, len(holdout))
@@ -177,10 +181,7 @@ def arm_values(
     policy's value), scaled from the holdout to an audience of `audience_rows`; one paired
     bootstrap for all arms.
     """
-    g = scores(holdout, exp, "aipw")
-    value = contributions(assignment, g, exp, targeting)
-    control_free = targeting.model_copy(update={"value_per_response": 1.0, "cost_per_send": dict.fromkeys(exp.arms, 0)})
-    responses = contributions(assignment, g, exp, control_free)
+    value, responses = _value_and_responses(assignment, holdout, exp, targeting)
     given = np.column_stack([assignment == arm for arm in exp.arms]).astype(float)
     columns = np.column_stack([given * value[:, None], given * responses[:, None]])
     scale = audience_rows  # a mean per holdout row, times the audience

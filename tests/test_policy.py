@@ -146,3 +146,14 @@ def test_aipw_and_ipw_recover_a_known_policy_value(settings):
     assert curve["net_value"].iloc[-1] == pytest.approx(table["policies"]["model"]["value"] * 100_000, rel=1e-9)
     half = curve.iloc[(curve["sends"] - 50_000).abs().argmin()]
     assert half["net_value"] == pytest.approx(50_000 * (10 * 0.10 - 0.1), rel=0.15), "the best half first"
+
+    by_arm = evaluation.arm_values(target, frame, exp, targeting, audience_rows=100_000, rounds=200, seed=1)
+    total = sum(v["net_value"] for v in by_arm.values())
+    assert total == pytest.approx(table["policies"]["model"]["value"] * 100_000, rel=1e-9), "arms add up to the policy"
+    assert by_arm["a"]["sends"] == pytest.approx(50_000, rel=0.03) and by_arm["b"]["sends"] == pytest.approx(
+        50_000, rel=0.03
+    )
+    for arm, effect in {"a": 0.10, "b": 0.02}.items():  # the true values of each arm's half
+        v = by_arm[arm]
+        assert v["net_value_low"] <= v["sends"] * (10 * effect - 0.1) <= v["net_value_high"], (arm, v)
+        assert v["incremental_responses_low"] <= v["sends"] * effect <= v["incremental_responses_high"], (arm, v)
