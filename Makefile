@@ -58,7 +58,7 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core > /dev/null
 
 test: setup $(CHROMIUM)
-	python -m pytest
+	python -m pytest --durations=30
 
 # After every change: units and small-frame tests, no nightly run, Airflow or live stack.
 test-fast: setup

@@ -1,7 +1,7 @@
 """The Campaigns page inside the Airflow UI: an Airflow 3 plugin (a FastAPI app and a navigation entry).
 
-Registered through the package's `airflow.plugins` entry point, the app is mounted by the API
-server under `/campaigns` and shown in the UI's navigation as **Campaigns** (an external view
+Registered through the package's `airflow.plugins` entry point (`jobs.airflow_plugin`), the app
+is mounted by the API server under `/campaigns` and shown in the UI's navigation as **Campaigns** (an external view
 embedded in the UI). It reads what the nightly published (`jobs.campaigns`): it never starts
 Spark and never loads a whole audience.
 
@@ -21,7 +21,6 @@ from typing import Annotated
 
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.core_api.security import GetUserDep
-from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -32,7 +31,6 @@ from jobs.lake import MissingInputError
 from jobs.settings import load_settings, report_dir
 
 RESOURCE = "Campaigns"  # the custom view's resource name for the auth manager
-URL_PREFIX = "/campaigns"
 REPORT_FILES = {  # report files a page links to, by name (nothing else under reports is served)
     "budget_curve.png": "image/png",
     "drift.html": "text/html",
@@ -198,18 +196,3 @@ ICON = (
 @app.get("/icon.svg", include_in_schema=False)
 def icon(user: Viewer) -> Response:
     return Response(ICON, media_type="image/svg+xml")
-
-
-class CampaignsPlugin(AirflowPlugin):
-    name = "uplift_campaigns"
-    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Campaigns"}]
-    external_views = [
-        {
-            "name": "Campaigns",
-            "href": f"{URL_PREFIX}/",
-            "destination": "nav",
-            "url_route": "campaigns",
-            "nav_top_level": True,
-            "icon": f"{URL_PREFIX}/icon.svg",
-        }
-    ]

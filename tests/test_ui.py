@@ -76,7 +76,7 @@ def _cells(html: str, row_attr: str, value: str) -> dict[str, float]:
 def test_the_plugin_is_in_airflows_navigation_from_the_package_entry_point(airflow):
     plugins = _get(airflow, "/api/v2/plugins").json()["plugins"]
     ours = next(p for p in plugins if p["name"] == "uplift_campaigns")
-    assert "EntryPoint" in ours["source"] and "jobs.ui:CampaignsPlugin" in ours["source"]
+    assert "EntryPoint" in ours["source"] and "jobs.airflow_plugin:CampaignsPlugin" in ours["source"]
     assert ours["fastapi_apps"][0]["url_prefix"] == "/campaigns"
     view = ours["external_views"][0]
     assert (view["name"], view["destination"], view["url_route"], view["href"]) == (
