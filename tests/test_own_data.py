@@ -102,6 +102,29 @@ def test_the_model_learns_from_the_declared_attributes_and_logs_the_spec(airflow
     assert importance["womens_email"].nlargest(2).index.isin(["region", "spend_to_date"]).all()
 
 
+def test_the_campaign_page_offers_the_users_attributes_and_finds_the_planted_drivers(airflow_run, monkeypatch):
+    from jobs import campaigns
+    from jobs.settings import load_settings
+
+    _, env = airflow_run
+    for name in ("UPLIFT_HOME", "UPLIFT_CONF"):
+        monkeypatch.setenv(name, env[name])
+    settings = load_settings()
+    declared = readme_overlay()["features"]["attributes"]
+    options = campaigns.segment_options(settings, RUN)
+    assert set(options) == {n for n, a in declared.items() if a["kind"] == "categorical"} | {"recency_months_band"}
+    assert options["recency_months_band"] == ["<4", "4-6", "7+"]
+    effects = campaigns.segments_by_effect(settings, RUN)
+    assert set(effects) == {"mens_email", "womens_email"} and all(effects.values())
+    # SHAP of the uplift itself, from the deployed model: the effects the simulator planted
+    drivers = campaigns.drivers(settings, RUN)
+    assert drivers["arms"]["mens_email"]["drivers"][0]["feature"] == "recency_months"
+    assert drivers["arms"]["womens_email"]["drivers"][0]["feature"] in {"region", "spend_to_date"}
+    run = campaigns.run(settings, RUN)
+    assert {a["recommended_arm"] for a in run["arms"]} <= {"mens_email", "womens_email"}
+    assert all(a["holdout_estimate"] for a in run["arms"]), "the gate's per-arm estimates reach the page"
+
+
 def test_every_campaign_is_checked_against_its_own_split(airflow_run):
     root, env = airflow_run
     uplift = str(Path(sys.executable).parent / "uplift")

@@ -156,7 +156,10 @@ def test_segment_page_equals_the_what_if_and_lists_harmed_segments_first(airflow
     from jobs.audience import what_if
 
     options = campaigns.segment_options(settings, RUN_DATE)
-    assert set(options) == {"gender", "customer_type", "email_domain", "age_band"}  # from the spec, not a list here
+    spec = settings.features
+    assert set(options) == {n for n, a in spec.attributes.items() if a.kind == "categorical"} | {
+        f"{n}_band" for n in spec.segments()
+    }
     picks = {"gender": options["gender"][0], "age_band": options["age_band"][2]}
     page = _get(airflow, f"/campaigns/runs/{DAY}/segments", params={**picks, "arm": "subject_1"}).text
     expected = what_if(spark, settings, RUN_DATE, campaigns.where_clause(picks), "subject_1")
