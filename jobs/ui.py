@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tempfile
 from datetime import date
+from html import escape
 from pathlib import Path
 from typing import Annotated
 
@@ -73,12 +74,12 @@ def _day(run_date: str) -> date:
 
 @app.exception_handler(MissingInputError)
 async def _missing(request: Request, err: MissingInputError) -> HTMLResponse:
-    return HTMLResponse(f"<p>Not published: {err}</p>", status_code=404)
+    return HTMLResponse(f"<p>Not published: {escape(str(err))}</p>", status_code=404)
 
 
 @app.exception_handler(ValueError)
 async def _bad_value(request: Request, err: ValueError) -> HTMLResponse:
-    return HTMLResponse(f"<p>{err}</p>", status_code=400)
+    return HTMLResponse(f"<p>{escape(str(err))}</p>", status_code=400)  # err may quote the request
 
 
 @app.get("/", response_class=HTMLResponse)
@@ -107,7 +108,7 @@ def run_page(request: Request, user: Viewer, run_date: str, budget: int | None =
 
 
 def _curve_at(curve: list[dict], sends: float) -> dict | None:
-    """The budget curve's holdout estimate at `sends`, linearly between its points (None past its end)."""
+    """The budget curve's holdout estimate at `sends`, linearly between its points (its last point past its end)."""
     if not curve:
         return None
     if sends >= curve[-1]["sends"]:  # the policy sends no more than its recommendations

@@ -185,6 +185,8 @@ def test_segment_page_equals_the_what_if_and_lists_harmed_segments_first(airflow
 def test_unknown_segments_and_arms_are_refused_by_name(airflow):
     page = _get(airflow, f"/campaigns/runs/{DAY}/segments", params={"arm": "subject_9"})
     assert page.status_code == 400 and "subject_9" in page.text
+    script = _get(airflow, f"/campaigns/runs/{DAY}/segments", params={"arm": "<script>alert(1)</script>"})
+    assert script.status_code == 400 and "<script>" not in script.text and "&lt;script&gt;" in script.text
     missing = _get(airflow, "/campaigns/runs/2019-01-01")
     assert missing.status_code == 404 and "2019-01-01" in missing.text
 
