@@ -1,8 +1,10 @@
 """Point-in-time ETL: raw sends, responses and users into the training and scoring sets.
 
 Every feature of a row is computed as of an anchor time from data strictly before it:
-- a training row is a matured send (`date(sent_at) <= run_date - attribution_window_days`),
-  anchored at `sent_at`, labelled 1 when a qualifying response follows within the window;
+- a training row is a matured send (`date(sent_at) <= run_date - window`, the longest label
+  window), anchored at `sent_at`, labelled 1 when a qualifying response follows within the
+  attribution window; each further outcome (`targeting.outcomes`) has its own label column,
+  `label__<outcome>`, from its response types within its own window;
 - a scoring row is an eligible customer of the run date's users snapshot, anchored at the
   end of the run date.
 User attributes come from the latest snapshot dated before the anchor's day. Which attributes
@@ -21,9 +23,17 @@ from pyspark.sql import functions as F
 from jobs.features import FeatureSpec
 from jobs.lake import MissingInputError, publish_partition, raw_partitions, read_raw
 from jobs.settings import Settings
+from jobs.tlearner import label_column
 
 # The send's columns the training set carries next to its features (never features themselves).
 TRAINING_KEYS = ["send_id", "customer_id", "campaign_id", "sent_at", "arm", "label"]
+
+
+def training_keys(settings: Settings) -> list[str]:
+    """TRAINING_KEYS and the label of every further outcome."""
+    return [*TRAINING_KEYS, *(label_column(o) for o in settings.targeting.outcomes)]
+
+
 SCORING_KEYS = ["customer_id"]
 
 
@@ -135,8 +145,8 @@ def point_in_time_features(
     )
 
 
-def label_sends(sends: DataFrame, qualifying: DataFrame, window_days: int) -> DataFrame:
-    """label = 1 when the customer made a qualifying response within the window after sent_at."""
+def label_sends(sends: DataFrame, qualifying: DataFrame, window_days: int, name: str = "label") -> DataFrame:
+    """`name` = 1 when the customer made a qualifying response within the window after sent_at."""
     window_end = F.col("s.sent_at") + F.expr(f"INTERVAL {window_days} DAYS")
     hits = (
         sends.alias("s")
@@ -144,9 +154,9 @@ def label_sends(sends: DataFrame, qualifying: DataFrame, window_days: int) -> Da
         .where((F.col("r.responded_at") > F.col("s.sent_at")) & (F.col("r.responded_at") <= window_end))
         .select("s.send_id")
         .distinct()
-        .withColumn("label", F.lit(1))
+        .withColumn(name, F.lit(1))
     )
-    return sends.join(hits, "send_id", "left").fillna(0, subset=["label"])
+    return sends.join(hits, "send_id", "left").fillna(0, subset=[name])
 
 
 def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple[DataFrame, DataFrame]:
@@ -169,10 +179,16 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
     )
     snapshot_days = [date.fromisoformat(p.name[3:]) for p in raw_partitions(settings, "users", run_date)]
 
-    last_matured = run_date - timedelta(days=exp.attribution_window_days)
+    last_matured = run_date - timedelta(days=settings.window_days)
     matured = label_sends(
         sends.where(F.to_date("sent_at") <= F.lit(last_matured)), qualifying, exp.attribution_window_days
-    ).persist()  # read three times: its days, the anchors, the labels
+    )
+    for outcome, spec_o in settings.targeting.outcomes.items():
+        responded = responses.where(
+            F.col("response_type").isin(spec_o.response_types) & (F.col("responded_at") < end_of_day)
+        ).select("customer_id", "responded_at")
+        matured = label_sends(matured, responded, spec_o.window_days, label_column(outcome))
+    matured = matured.persist()  # read three times: its days, the anchors, the labels
     send_days = [row.d for row in matured.select(F.to_date("sent_at").alias("d")).distinct().collect()]
     training_anchors = matured.select(
         F.col("send_id").alias("anchor_id"),
@@ -184,8 +200,9 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
     _require_snapshots(settings, snapshot_days, send_days)
     training = point_in_time_features(training_anchors, users, sends, qualifying, snapshot_for, spec)
     training = training.withColumnRenamed("anchor_id", "send_id").withColumnRenamed("as_of", "sent_at")
-    training = training.join(matured.select("send_id", "campaign_id", "arm", "label"), "send_id").select(
-        *TRAINING_KEYS, *spec.names
+    keys = training_keys(settings)
+    training = training.join(matured.select("send_id", "campaign_id", "arm", *keys[5:]), "send_id").select(
+        *keys, *spec.names
     )
 
     scoring_day = run_date + timedelta(days=1)

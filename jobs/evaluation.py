@@ -16,6 +16,11 @@ control); V is their mean. Intervals are percentile intervals of a paired bootst
 round resamples the same rows for every policy, so differences between policies get their
 own interval, narrower than the difference of two separate ones.
 
+With further outcomes (`targeting.outcomes`) each has its own scores G_i^o(a) (its label, its
+outcome models p_<arm>__o) and a row's contribution sums ``value_o * (G_i^o(pi_i) - G_i^o(control))``
+over the outcomes. A guardrail outcome's effect of a policy is its increase per send:
+``mean(G^o(pi) - G^o(control)) / share of rows sent``, with the same paired bootstrap.
+
 Where a row's campaign never randomized arm a (e_i(a) = 0, a campaign with its own split),
 IPW has no observation to weight and counts nothing for a, so it understates a policy that
 sends a there; AIPW falls back on the outcome model mu_a for those rows.
@@ -27,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.settings import Experiment, Targeting
+from jobs.tlearner import key, label_column
 
 LEVEL = 0.95
 
@@ -37,9 +43,9 @@ def propensities(holdout: pd.DataFrame, exp: Experiment) -> dict[str, np.ndarray
     return {a: holdout["campaign_id"].map(lambda c, a=a: splits[c].get(a, 0.0)).to_numpy(float) for a in exp.all_arms}
 
 
-def scores(holdout: pd.DataFrame, exp: Experiment, estimator: str) -> dict[str, np.ndarray]:
-    """G_i(a) for every arm a (control included), AIPW or IPW."""
-    y, received = holdout["label"].to_numpy(float), holdout["arm"].to_numpy()
+def scores(holdout: pd.DataFrame, exp: Experiment, estimator: str, outcome: str | None = None) -> dict[str, np.ndarray]:
+    """G_i(a) of outcome (None: the primary one) for every arm a (control included), AIPW or IPW."""
+    y, received = holdout[label_column(outcome)].to_numpy(float), holdout["arm"].to_numpy()
     out = {}
     for arm, e in propensities(holdout, exp).items():
         got = (received == arm) & (e > 0)
@@ -47,19 +53,35 @@ def scores(holdout: pd.DataFrame, exp: Experiment, estimator: str) -> dict[str, 
         if estimator == "ipw":
             out[arm] = weighted * y
         else:
-            mu = holdout[f"p_{arm}"].to_numpy(float)
+            mu = holdout[f"p_{key(arm, outcome)}"].to_numpy(float)
             out[arm] = mu + weighted * (y - mu)
     return out
 
 
-def contributions(
-    assignment: np.ndarray, g: dict[str, np.ndarray], exp: Experiment, targeting: Targeting
-) -> np.ndarray:
-    """Per-row net value of giving each row its assigned arm (control = nothing sent)."""
+def all_scores(holdout: pd.DataFrame, exp: Experiment, targeting: Targeting, estimator: str) -> dict:
+    """outcome (None: the primary one) -> scores()."""
+    return {o: scores(holdout, exp, estimator, o) for o in [None, *targeting.outcomes]}
+
+
+def increments(assignment: np.ndarray, g: dict[str, np.ndarray], exp: Experiment) -> np.ndarray:
+    """Per row, G(assigned arm) - G(control) of one outcome's scores (0 where nothing is sent)."""
     out = np.zeros(len(assignment))
     for arm in exp.arms:
         rows = assignment == arm
-        out[rows] = targeting.value_per_response * (g[arm][rows] - g[exp.control][rows]) - targeting.cost_per_send[arm]
+        out[rows] = g[arm][rows] - g[exp.control][rows]
+    return out
+
+
+def contributions(assignment: np.ndarray, g: dict, exp: Experiment, targeting: Targeting) -> np.ndarray:
+    """Per-row net value of giving each row its assigned arm (control = nothing sent).
+
+    g: all_scores (outcome -> arm -> G).
+    """
+    out = np.zeros(len(assignment))
+    for outcome, value in targeting.values().items():
+        out += value * increments(assignment, g[outcome], exp)
+    for arm in exp.arms:
+        out[assignment == arm] -= targeting.cost_per_send[arm]
     return out
 
 
@@ -93,7 +115,7 @@ def value_table(
     names = list(assignments)
     table, columns = {}, {}
     for estimator in ("aipw", "ipw"):
-        g = scores(holdout, exp, estimator)
+        g = all_scores(holdout, exp, targeting, estimator)
         c = np.column_stack([contributions(assignments[n], g, exp, targeting) for n in names])
         boot = _bootstrap_means(c, rounds, seed)
         columns[estimator] = (c.mean(axis=0), boot)
@@ -116,14 +138,45 @@ def value_table(
         i, j = names.index(a), names.index(b)
         low, high = map(float, _interval(boot[:, i] - boot[:, j]))
         differences[label] = {"value": float(point[i] - point[j]), "low": low, "high": high}
+    for name, effects in guardrail_effects(assignments, holdout, exp, targeting, rounds=rounds, seed=seed).items():
+        table[name]["guardrails"] = effects
     return {"policies": table, "differences": differences}
 
 
+def guardrail_effects(
+    assignments: dict[str, np.ndarray], holdout: pd.DataFrame, exp: Experiment, targeting: Targeting, *, rounds, seed
+) -> dict[str, dict]:
+    """policy -> guardrail outcome -> its increase per send (AIPW) with a 95% paired-bootstrap interval,
+    and `above`: the limits its interval lies above. A policy that sends no one has an increase of 0."""
+    guardrails = targeting.guardrails
+    if not guardrails:
+        return {}
+    names, out = list(assignments), {name: {} for name in assignments}
+    sent = np.column_stack([np.isin(assignments[n], exp.arms) for n in names]).astype(float)
+    sent_boot = _bootstrap_means(sent, rounds, seed)
+    for outcome, guardrail in guardrails.items():
+        g = scores(holdout, exp, "aipw", outcome)
+        d = np.column_stack([increments(assignments[n], g, exp) for n in names])
+        boot = _bootstrap_means(d, rounds, seed)  # the same resamples as sent_boot: same seed, same rows
+        ratio = np.divide(boot, sent_boot, out=np.zeros_like(boot), where=sent_boot > 0)
+        limits = {k: getattr(guardrail, k) for k in ("max_uplift", "max_increase_per_send")}
+        for i, name in enumerate(names):
+            share = sent[:, i].mean()
+            point = float(d[:, i].mean() / share) if share > 0 else 0.0
+            low, high = map(float, _interval(ratio[:, i])) if share > 0 else (0.0, 0.0)
+            out[name][outcome] = {
+                "increase_per_send": point,
+                "low": low,
+                "high": high,
+                "above": [k for k, limit in limits.items() if limit is not None and low > limit],
+            }
+    return out
+
+
 def _value_and_responses(assignment, holdout: pd.DataFrame, exp: Experiment, targeting: Targeting):
-    """Per holdout row, the AIPW net value and incremental responses of giving it its assigned arm."""
-    g = scores(holdout, exp, "aipw")
-    free = targeting.model_copy(update={"value_per_response": 1.0, "cost_per_send": dict.fromkeys(exp.arms, 0)})
-    return contributions(assignment, g, exp, targeting), contributions(assignment, g, exp, free)
+    """Per holdout row, the AIPW net value and incremental (primary) responses of giving it its assigned arm."""
+    g = all_scores(holdout, exp, targeting, "aipw")
+    return contributions(assignment, g, exp, targeting), increments(assignment, g[None], exp)
 
 
 def budget_curve(

@@ -30,7 +30,7 @@ PIPELINE_COLUMNS = frozenset(
     | {"send_cost", "rank", "decile", "model_name", "model_version", "scored_at", "policy"}
     | {"unparsable", "source_file", "known_customer", "delivery_lag_days", "after_a_send"}
 )
-RESERVED_PREFIXES = ("p_", "uplift_", "raw_", "_")
+RESERVED_PREFIXES = ("p_", "uplift_", "raw_", "_", "label__", "expected_uplift__")
 # Derivations of a raw column: the type the raw column is read as, the kind of feature it makes.
 DERIVATIONS = {"days_since": ("date", "numeric"), "email_domain": ("string", "categorical")}
 PII_SAFE_DERIVATIONS = {"email_domain"}  # what they keep cannot identify a person

@@ -15,6 +15,10 @@ costs at most the gain it could not demonstrate. Never promoted, whatever the va
 challenger for a date before the champion's (a backfill never replaces newer knowledge), and,
 with `drift.on_fail: block_promotion`, one whose scoring features drift past the fail level.
 
+Guardrails (`targeting.outcomes.<o>.guardrail`): every policy's increase per send of each
+guardrail outcome is estimated the same way (AIPW, paired bootstrap); a policy whose interval lies
+above a limit is refused: the challenger is rejected, a constant policy is not an alternative.
+
 Per-arm Qini (scikit-uplift normalisation) with its bootstrap interval is a diagnostic: it
 decided at training time whether an arm's ranking is used or the arm is constant (jobs.train).
 The decision, its reasons and every value are recorded on the training run (tags, gate.json,
@@ -36,11 +40,11 @@ from matplotlib.figure import Figure
 
 from jobs import evaluation, policy
 from jobs.audience import BUDGET_CURVE
-from jobs.lake import MissingInputError, partition_dir, training_counts
+from jobs.lake import MissingInputError, partition_dir, training_effects
 from jobs.policy import everyone
 from jobs.registry import CHAMPION, alias_version
 from jobs.settings import Settings
-from jobs.tlearner import serving_problem
+from jobs.tlearner import key, serving_problem
 from jobs.tracking import HOLDOUT_ARTIFACT
 
 CHALLENGER, CHAMPION_POLICY, NO_ONE = "challenger", "champion", "no one"
@@ -57,9 +61,17 @@ def assignment(chosen: pd.DataFrame, control: str) -> np.ndarray:
     return np.where(sent, chosen["recommended_arm"].to_numpy(), control)
 
 
-def _constant_uplifts(frame: pd.DataFrame, arm: str, arms: list[str]) -> pd.DataFrame:
-    """Uplifts that make the policy send `arm` to everyone (then budgets and holdout apply)."""
-    return frame[["customer_id"]].assign(**{f"uplift_{a}": 1.0 if a == arm else -1.0 for a in arms})
+def _constant_uplifts(frame: pd.DataFrame, arm: str, arms: list[str], targeting) -> pd.DataFrame:
+    """Uplifts that make the policy send `arm` to everyone (then budgets and holdout apply); the
+    further outcomes' at 0, so neither their values nor a guardrail moves anyone."""
+    others = {f"uplift_{key(a, o)}": 0.0 for o in targeting.outcomes for a in arms}
+    others |= {f"uplift_high_{key(a, o)}": 0.0 for o in targeting.guardrails for a in arms}
+    return frame[["customer_id"]].assign(**{f"uplift_{a}": 1.0 if a == arm else -1.0 for a in arms}, **others)
+
+
+def uplift_columns(frame: pd.DataFrame) -> list[str]:
+    """customer_id and the targeting uplifts (and guardrail bounds) of frame: what the policy reads."""
+    return ["customer_id", *(c for c in frame.columns if c.startswith("uplift_"))]
 
 
 def audience_rows(settings: Settings, run_date: date) -> int:
@@ -78,10 +90,10 @@ def candidate_choices(settings: Settings, holdout: pd.DataFrame, run_date: date,
     """The challenger's policy (its targeting uplifts) and every "everyone gets a" policy on the
     holdout rows, budgets scaled: policy name -> jobs.policy.apply's frame."""
     arms, targeting = settings.experiment.arms, holdout_targeting(settings, len(holdout), audience)
-    uplifts = holdout[["customer_id", *[f"uplift_{a}" for a in arms]]]
-    chosen = {CHALLENGER: policy.apply(uplifts, targeting, arms, run_date)}
+    chosen = {CHALLENGER: policy.apply(holdout[uplift_columns(holdout)], targeting, arms, run_date)}
     for arm in arms:
-        chosen[everyone(arm)] = policy.apply(_constant_uplifts(holdout, arm, arms), targeting, arms, run_date)
+        constant = _constant_uplifts(holdout, arm, arms, targeting)
+        chosen[everyone(arm)] = policy.apply(constant, targeting, arms, run_date)
     return chosen
 
 
@@ -93,7 +105,8 @@ def _champion_choice(settings: Settings, holdout: pd.DataFrame, targeting, run_d
     model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{champion.version}")
     columns = ["customer_id", *settings.features.names]
     exp = settings.experiment
-    problem = serving_problem(columns, model.unwrap_python_model().portable(), exp.control, exp.arms)
+    portable = model.unwrap_python_model().portable()
+    problem = serving_problem(columns, portable, exp.control, exp.arms, settings.targeting.outcomes)
     if problem:  # trained on another feature spec or experiment: tonight it would not serve either
         return champion, None, f"champion v{champion.version} cannot serve this experiment: {problem}"
     predicted = model.predict(holdout)
@@ -127,7 +140,8 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         seed=settings.training.seed,
     )
     table, differences = values["policies"], values["differences"]
-    constants = [everyone(a) for a in exp.arms] + [NO_ONE]
+    refused = {name: _guardrail_breaks(v) for name, v in table.items() if _guardrail_breaks(v)}
+    constants = [name for name in [everyone(a) for a in exp.arms] if name not in refused] + [NO_ONE]
     best = max(constants, key=lambda name: table[name]["value"])
     versus_best = differences[f"challenger - {best}"]
     beats = versus_best["low"] > 0 if cfg.beats == "interval" else versus_best["value"] > 0
@@ -136,6 +150,12 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         f"difference {_fmt(versus_best)} ({'beats it' if beats else 'does not beat it'}, rule: {cfg.beats})"
     ]
     passed = beats
+    for name, breaks in refused.items():
+        if name == CHALLENGER:
+            passed = False
+            reasons.append(f"challenger refused: {breaks}")
+        elif name != CHAMPION_POLICY:
+            reasons.append(f"'{name}' is not an alternative: {breaks}")
     if champion is not None:
         champion_date = date.fromisoformat(champion.tags.get("run_date", "1970-01-01"))
         if champion_date > run_date:
@@ -156,9 +176,9 @@ def decide(settings: Settings, run_date: date, run) -> dict:
     if champion_note:
         reasons.append(champion_note)
     passed = _drift_allows(settings, run_date, reasons) and passed
-    reasons += _arm_diagnostics(run, exp.arms)
+    reasons += _arm_diagnostics(run, [key(a, o) for o in [None, *settings.targeting.outcomes] for a in exp.arms])
     decision = "promote" if passed else "reject"
-    effects = policy.average_effects(training_counts(settings, run_date), exp.control, exp.arms)
+    effects = training_effects(settings, run_date)
     constant_arm, constant_reasons = policy.best_constant(effects, settings.targeting)
     deployed = CHALLENGER if passed else CHAMPION_POLICY if champion_chosen is not None else None
     curve = _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows)
@@ -176,6 +196,10 @@ def decide(settings: Settings, run_date: date, run) -> dict:
     return {
         "run_date": run_date.isoformat(),
         "run_id": run.info.run_id,
+        "guardrails": {
+            name: {k: v for k, v in g.model_dump().items() if k != "bound_bins"}
+            for name, g in settings.targeting.guardrails.items()
+        },
         "model_version": run.data.tags["model_version"],
         "decision": decision,
         "reasons": reasons,
@@ -191,6 +215,16 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         "value_definition": "net value per customer vs sending nothing: value_per_response x incremental "
         "responses - cost; AIPW with the T-learner's outcome models, paired bootstrap 95% intervals",
     }
+
+
+def _guardrail_breaks(values: dict) -> str:
+    """What a policy's guardrail estimates break ("" when nothing): the limits an interval lies above."""
+    return "; ".join(
+        f"its {outcome} increase per send {e['increase_per_send']:.4f} [{e['low']:.4f}, {e['high']:.4f}] "
+        f"lies above {', '.join(e['above'])}"
+        for outcome, e in values.get("guardrails", {}).items()
+        if e["above"]
+    )
 
 
 def _fmt(v: dict) -> str:
@@ -230,11 +264,11 @@ def _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date,
     exp, unbudgeted = settings.experiment, settings.targeting.model_copy(update={"max_sends": None, "max_spend": None})
     if deployed is not None:
         frame = chosen[deployed]
-        uplifts = frame[["customer_id", *[f"uplift_{a}" for a in exp.arms]]]
-        free = policy.apply(uplifts, unbudgeted, exp.arms, run_date)
+        free = policy.apply(frame[uplift_columns(frame)], unbudgeted, exp.arms, run_date)
         priority = free["expected_net_value"].to_numpy()
     elif constant_arm != policy.NONE:
-        free = policy.apply(_constant_uplifts(holdout, constant_arm, exp.arms), unbudgeted, exp.arms, run_date)
+        constant = _constant_uplifts(holdout, constant_arm, exp.arms, settings.targeting)
+        free = policy.apply(constant, unbudgeted, exp.arms, run_date)
         priority = -free["holdout_draw"].to_numpy()  # no ranking: a random order
     else:
         return pd.DataFrame(
@@ -290,10 +324,14 @@ def record(settings: Settings, decision: dict, report_path: Path) -> None:
     for name, v in decision["policy_values"].items():
         for field in ("value", "low", "high", "ipw"):
             metrics[f"policy_value.{metric_key(name)}" + ("" if field == "value" else f".{field}")] = v[field]
+        for outcome, e in v.get("guardrails", {}).items():
+            for field in ("increase_per_send", "low", "high"):
+                suffix = "" if field == "increase_per_send" else f".{field}"
+                metrics[f"guardrail.{outcome}.{metric_key(name)}{suffix}"] = e[field]
     for name, v in decision["differences"].items():
         metrics[f"policy_diff.{metric_key(name.replace('challenger - ', ''))}"] = v["value"]
         metrics[f"policy_diff.{metric_key(name.replace('challenger - ', ''))}.low"] = v["low"]
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, value)
     for path in (report_path, folder / f"{BUDGET_CURVE}.csv", folder / f"{BUDGET_CURVE}.png"):
         client.log_artifact(run_id, str(path))

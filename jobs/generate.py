@@ -12,6 +12,12 @@ Effects (probability points added to the control probability):
   the other messages there), +1 otherwise.
 - subject_3: +8 for gmail.com addresses, +3 for occasional customers, otherwise 0.
 Control: 5% base, +4 for vip, +2 under 30.
+
+A harmful outcome, unsubscribes (response_type `unsubscribe`, within the attribution window):
+0.4% of every send, control included, and **subject_3 adds 4 points for gmail.com customers
+aged 45 and over**, the segment where it also wins clicks. The ground truth holds them as
+`p_<arm>__unsubscribe`. They are drawn from a random stream of their own, so the rest of the
+data is the same draw for draw as without them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ DOMAINS = np.array(["gmail.com", "yahoo.com", "outlook.com", "corp.example"])
 DOMAIN_P = [0.45, 0.2, 0.25, 0.1]
 TYPES = np.array(["regular", "vip", "occasional"])
 TYPE_P = [0.55, 0.1, 0.35]
+UNSUBSCRIBE = "unsubscribe"
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,14 @@ def true_probabilities(users: pd.DataFrame, as_of: date) -> pd.DataFrame:
     probs = {"customer_id": users["customer_id"].to_numpy(), "p_control": p_control}
     for arm, effect in lift.items():
         probs[f"p_{arm}"] = np.clip(p_control + effect, 0.001, 0.95)
+    harm = {
+        "control": np.full(len(users), 0.004),
+        "subject_1": np.full(len(users), 0.004),
+        "subject_2": np.full(len(users), 0.004),
+        "subject_3": 0.004 + 0.04 * ((domain == "gmail.com") & (age >= 45)),
+    }
+    for arm, p in harm.items():
+        probs[f"p_{arm}__{UNSUBSCRIBE}"] = p
     return pd.DataFrame(probs)
 
 
@@ -117,6 +132,8 @@ def generate(
     arms = np.array(settings.experiment.all_arms)
     split = np.array([settings.experiment.expected_split[a] for a in arms])
     arm_prob = truth[[f"p_{a}" for a in arms]].to_numpy()
+    harm_prob = truth[[f"p_{a}__{UNSUBSCRIBE}" for a in arms]].to_numpy()
+    harm_rng = np.random.default_rng([seed, 1])  # its own stream: the other draws do not move
     signup = pd.to_datetime(users["signup_date"]).to_numpy()
     window = settings.experiment.attribution_window_days
     n_sends = n_responses = 0
@@ -169,7 +186,16 @@ def generate(
                 "response_type": "open",
             }
         )[opened]
-        for frame in (qualifying, opens):
+        unsubscribed = harm_rng.random(who.size) < harm_prob[who, arm_idx]
+        delay = pd.to_timedelta(harm_rng.exponential(2.0, who.size).clip(0.01, window - 0.01), unit="D")
+        unsubscribes = pd.DataFrame(
+            {
+                "customer_id": sends["customer_id"],
+                "responded_at": sends["sent_at"] + delay,
+                "response_type": UNSUBSCRIBE,
+            }
+        )[unsubscribed]
+        for frame in (qualifying, opens, unsubscribes):
             for day_out, part in frame.groupby(frame["responded_at"].dt.date):
                 if day_out <= last_day:
                     pending.setdefault(day_out, []).append(part)

@@ -152,21 +152,31 @@ def read_partition(spark: SparkSession, settings: Settings, table: str, run_date
     return spark.read.parquet(str(path))
 
 
-def training_counts(settings: Settings, run_date: date) -> pd.DataFrame:
-    """Sends and responses per (campaign_id, arm) of run_date's training set, streamed batch by batch."""
+def training_counts(settings: Settings, run_date: date, label: str = "label") -> pd.DataFrame:
+    """Sends and responses (label's) per (campaign_id, arm) of run_date's training set, streamed batch by batch."""
     path = partition_dir(settings, "features/training", run_date)
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
     parts = [
-        pa.Table.from_batches([batch])
-        .group_by(["campaign_id", "arm"])
-        .aggregate([("label", "count"), ("label", "sum")])
-        for batch in pads.dataset(str(path), format="parquet").to_batches(columns=["campaign_id", "arm", "label"])
+        pa.Table.from_batches([batch]).group_by(["campaign_id", "arm"]).aggregate([(label, "count"), (label, "sum")])
+        for batch in pads.dataset(str(path), format="parquet").to_batches(columns=["campaign_id", "arm", label])
     ]
     if not parts:
         return pd.DataFrame(columns=["campaign_id", "arm", "rows", "responses"])
-    frame = pa.concat_tables(parts).to_pandas().rename(columns={"label_count": "rows", "label_sum": "responses"})
+    frame = pa.concat_tables(parts).to_pandas().rename(columns={f"{label}_count": "rows", f"{label}_sum": "responses"})
     return frame.groupby(["campaign_id", "arm"], as_index=False)[["rows", "responses"]].sum()
+
+
+def training_effects(settings: Settings, run_date: date) -> dict[str, dict]:
+    """Every arm's average effect on every outcome in run_date's training set, by key(arm, outcome)."""
+    from jobs.policy import average_effects
+    from jobs.tlearner import key, label_column
+
+    exp, out = settings.experiment, {}
+    for outcome in [None, *settings.targeting.outcomes]:
+        effects = average_effects(training_counts(settings, run_date, label_column(outcome)), exp.control, exp.arms)
+        out |= {key(arm, outcome): e for arm, e in effects.items()}
+    return out
 
 
 def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int) -> pd.DataFrame:

@@ -1,8 +1,10 @@
-"""The multi-arm T-learner: one LightGBM classifier per arm (control included), as an MLflow pyfunc.
+"""The multi-arm T-learner: one LightGBM classifier per arm (control included) and outcome, as an MLflow pyfunc.
 
 Uplift of arm a for customer x is ``p_a(x) - p_control(x)``. `predict` returns, per row,
 `p_<arm>` for every arm and the targeting `uplift_<arm>` of every treatment arm (the average
-effect for an arm in `constant`, whose ranking the Qini diagnostic did not trust). Who gets
+effect for an arm in `constant`, whose ranking the Qini diagnostic did not trust); the same
+for every further outcome o (`p_<arm>__o`, `uplift_<arm>__o`), and for a guardrail outcome the
+per-customer upper bound `uplift_high_<arm>__o`. Who gets
 which arm is jobs.policy's decision. The arithmetic lives in `jobs.tlearner`, which batch
 scoring runs in Spark's workers without MLflow.
 """
@@ -25,9 +27,13 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
         numeric: list[str],
         categories: dict[str, list[str]],
         constant: dict[str, float] | None = None,
+        outcomes: list[str] = (),
+        bounds: dict[str, dict] | None = None,
     ):
-        self.models = models
+        self.models = models  # key(arm, outcome) -> classifier
         self.constant = dict(constant or {})
+        self.outcomes = list(outcomes)
+        self.bounds = dict(bounds or {})
         self.control = control
         self.arms = arms
         self.numeric = numeric
@@ -38,7 +44,7 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
         return [*self.numeric, *self.categories]
 
     def output_columns(self) -> list[str]:
-        return tlearner.output_columns(self.control, self.arms)
+        return self.portable().columns()
 
     def design_matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The features in training order and dtypes; unseen categories become missing."""
@@ -52,7 +58,14 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
         )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return tlearner.with_uplifts(self.predict_proba(model_input), self.control, self.arms, self.constant)
+        return tlearner.with_uplifts(
+            self.predict_proba(model_input),
+            self.control,
+            self.arms,
+            self.constant,
+            getattr(self, "outcomes", []),  # models pickled before outcomes existed
+            getattr(self, "bounds", {}),
+        )
 
     def portable(self) -> tlearner.PortableTLearner:
         """The fitted boosters as model strings (their best iteration), for Spark's scoring workers."""
@@ -63,4 +76,6 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
             categories={name: list(levels) for name, levels in self.categories.items()},
             boosters={arm: model.booster_.model_to_string() for arm, model in self.models.items()},
             constant=dict(self.constant),
+            outcomes=list(getattr(self, "outcomes", [])),
+            bounds=dict(getattr(self, "bounds", {})),
         )

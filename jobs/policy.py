@@ -4,29 +4,35 @@ Scoring (inside Spark's Python workers), the gate's offline evaluation and the b
 (hence the policy coverage benchmark) call these functions; `jobs.score` adds only the Spark
 plumbing (ranking windows over the whole audience) around the same column rules.
 
-- Net value of arm a for a customer: ``value_per_response * uplift_a - cost_per_send[a]``.
+- Net value of arm a for a customer: ``value_per_response * uplift_a - cost_per_send[a]``, plus
+  ``value * uplift_a__o`` of every further outcome o (`targeting.outcomes`; a harm has a negative value).
 - Each customer is recommended the arm of highest net value (the first in conf order on a tie),
   or "none" when that value is not positive or the arm's uplift is below `min_uplift`.
-- Customers are ranked by expected net value (then customer_id); with `max_sends` / `max_spend`
-  only the recommended customers whose running count / spend stays within budget are selected.
-- A stable pseudo-random `holdout_share` of the selected is flagged `holdout`: not sent, kept
-  as a fresh randomized control. The draw depends on (customer_id, run_date) only.
-- Until a model passes the gate, the night's policy is a constant one (`best_constant`): every
-  eligible customer gets the arm whose net value's lower 95% bound is highest if that bound is
-  above zero, otherwise no one.
+- Guardrails: a customer is never given an arm whose upper bound on a guardrail outcome's uplift
+  (`uplift_high_<arm>__o`, jobs.train.guardrail_bounds) exceeds its `max_uplift`. A campaign limit
+  `max_increase_per_send` (expected total increase / sends) is met with a price: each unit of
+  the outcome's uplift above the limit costs `price` in the choice, the smallest price on a grid
+  that brings the whole audience's total within the limit (`guardrail_prices`); no customer is
+  ever sent at a loss to make room. When no price on the grid suffices, only arms whose own
+  uplift is within the limit are used. The price is set on the unbudgeted choice: `max_sends`
+  and `max_spend` then take the top of the ranking, as without guardrails.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
 import numpy as np
 import pandas as pd
 
 from jobs.settings import Targeting
+from jobs.tlearner import key
 
 NONE = "none"
 CHOICE_COLUMNS = ["recommended_arm", "expected_uplift", "expected_net_value", "send_cost", "holdout_draw"]
+# Guardrail prices tried, in units of the largest outcome value or cost (jobs.policy.guardrail_prices).
+PRICE_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 1e5, 271)])
 
 
 def everyone(arm: str) -> str:
@@ -34,10 +40,86 @@ def everyone(arm: str) -> str:
     return f"everyone gets {arm}"
 
 
+def choice_columns(targeting: Targeting) -> list[str]:
+    """CHOICE_COLUMNS, then the chosen arm's uplift of every further outcome (expected_uplift__o)."""
+    return [*CHOICE_COLUMNS, *(f"expected_uplift__{o}" for o in targeting.outcomes)]
+
+
+def _uplifts(frame: pd.DataFrame, arms: list[str], outcome: str | None = None, prefix: str = "uplift_") -> np.ndarray:
+    return frame[[f"{prefix}{key(a, outcome)}" for a in arms]].to_numpy(dtype=float)
+
+
 def net_values(uplifts: pd.DataFrame, targeting: Targeting, arms: list[str]) -> np.ndarray:
-    """rows x arms: value_per_response * uplift_a - cost_per_send[a]."""
+    """rows x arms: the sum over outcomes of value * uplift_a(__o), minus cost_per_send[a]."""
     costs = np.array([targeting.cost_per_send[a] for a in arms])
-    return uplifts[[f"uplift_{a}" for a in arms]].to_numpy(dtype=float) * targeting.value_per_response - costs
+    net = _uplifts(uplifts, arms) * targeting.value_per_response - costs
+    for outcome, spec in targeting.outcomes.items():
+        net += _uplifts(uplifts, arms, outcome) * spec.value
+    return net
+
+
+def _decide(
+    frame: pd.DataFrame, targeting: Targeting, arms: list[str], prices: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the index of the best arm, whether it is worth sending, and the net values (rows x arms)."""
+    net = net_values(frame, targeting, arms)
+    choice = net.copy()
+    allowed = np.ones(net.shape, dtype=bool)
+    for outcome, guardrail in targeting.guardrails.items():
+        if guardrail.max_uplift is not None:
+            allowed &= _uplifts(frame, arms, outcome, "uplift_high_") <= guardrail.max_uplift
+        price = prices.get(outcome, 0.0)
+        if price:
+            above = _uplifts(frame, arms, outcome) - guardrail.max_increase_per_send
+            if np.isinf(price):
+                allowed &= above <= 0
+            else:
+                choice -= price * above
+    choice[~allowed] = -np.inf
+    best = choice.argmax(axis=1)
+    rows = np.arange(len(frame))
+    worth_it = (choice[rows, best] > 0) & (net[rows, best] > 0)
+    worth_it &= _uplifts(frame, arms)[rows, best] >= targeting.min_uplift
+    return best, worth_it, net
+
+
+def price_excess(
+    frame: pd.DataFrame, targeting: Targeting, arms: list[str], outcome: str, grid: np.ndarray, prices: dict
+) -> np.ndarray:
+    """For each price on grid (the others as in prices): the sum over the sent of (uplift of outcome - limit)."""
+    limit = targeting.guardrails[outcome].max_increase_per_send
+    uplift = _uplifts(frame, arms, outcome)
+    out = np.zeros(len(grid))
+    for i, price in enumerate(grid):
+        best, worth_it, _ = _decide(frame, targeting, arms, {**prices, outcome: price})
+        out[i] = (uplift[np.arange(len(frame)), best] - limit)[worth_it].sum()
+    return out
+
+
+def price_grid(targeting: Targeting) -> np.ndarray:
+    scale = max([abs(targeting.value_per_response), *(abs(o.value) for o in targeting.outcomes.values())])
+    return PRICE_GRID * scale
+
+
+def search_prices(targeting: Targeting, total_excess: Callable[[str, np.ndarray, dict], np.ndarray]) -> dict:
+    """The guardrail prices that bring every campaign limit within bounds (two rounds over the outcomes).
+
+    total_excess(outcome, grid, prices): price_excess summed over the whole audience (pandas or Spark).
+    """
+    limited = [o for o, g in targeting.guardrails.items() if g.max_increase_per_send is not None]
+    prices = dict.fromkeys(limited, 0.0)
+    grid = price_grid(targeting)
+    for _ in range(2 if len(limited) > 1 else 1):
+        for outcome in limited:
+            excess = total_excess(outcome, grid, prices)
+            within = np.flatnonzero(excess <= 1e-12)
+            prices[outcome] = float(grid[within[0]]) if within.size else float("inf")
+    return prices
+
+
+def guardrail_prices(frame: pd.DataFrame, targeting: Targeting, arms: list[str]) -> dict[str, float]:
+    """search_prices over frame (pandas)."""
+    return search_prices(targeting, lambda o, grid, prices: price_excess(frame, targeting, arms, o, grid, prices))
 
 
 def holdout_draw(customer_ids: pd.Series, run_date: date) -> np.ndarray:
@@ -47,21 +129,24 @@ def holdout_draw(customer_ids: pd.Series, run_date: date) -> np.ndarray:
     return (hashed >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
-def choose(frame: pd.DataFrame, targeting: Targeting, arms: list[str], run_date: date) -> pd.DataFrame:
-    """frame (customer_id, uplift_<arm>...) with CHOICE_COLUMNS added: each customer's best arm or none."""
-    net = net_values(frame, targeting, arms)
-    best = net.argmax(axis=1)
+def choose(
+    frame: pd.DataFrame, targeting: Targeting, arms: list[str], run_date: date, prices: dict | None = None
+) -> pd.DataFrame:
+    """frame (customer_id, uplift_<arm>...) with choice_columns added: each customer's best arm or none.
+
+    prices: the campaign guardrails' prices (`guardrail_prices` over the whole audience).
+    """
+    best, worth_it, net = _decide(frame, targeting, arms, prices or {})
     rows = np.arange(len(frame))
-    best_net = net[rows, best]
-    best_uplift = frame[[f"uplift_{a}" for a in arms]].to_numpy(dtype=float)[rows, best]
-    worth_it = (best_net > 0) & (best_uplift >= targeting.min_uplift)
     costs = np.array([targeting.cost_per_send[a] for a in arms])
     out = frame.copy()
     out["recommended_arm"] = np.where(worth_it, np.array(arms, dtype=object)[best], NONE)
-    out["expected_uplift"] = np.where(worth_it, best_uplift, 0.0)
-    out["expected_net_value"] = best_net
+    out["expected_uplift"] = np.where(worth_it, _uplifts(frame, arms)[rows, best], 0.0)
+    out["expected_net_value"] = net[rows, best]
     out["send_cost"] = np.where(worth_it, costs[best], 0.0)
     out["holdout_draw"] = holdout_draw(frame["customer_id"], run_date)
+    for outcome in targeting.outcomes:
+        out[f"expected_uplift__{outcome}"] = np.where(worth_it, _uplifts(frame, arms, outcome)[rows, best], 0.0)
     return out
 
 
@@ -85,8 +170,8 @@ def is_holdout(selected, draw, targeting: Targeting):
 
 
 def apply(frame: pd.DataFrame, targeting: Targeting, arms: list[str], run_date: date) -> pd.DataFrame:
-    """The whole policy in pandas: choose, rank, budgets, holdout (what `jobs.score` does in Spark)."""
-    out = choose(frame, targeting, arms, run_date)
+    """The whole policy in pandas: prices, choose, rank, budgets, holdout (what `jobs.score` does in Spark)."""
+    out = choose(frame, targeting, arms, run_date, guardrail_prices(frame, targeting, arms))
     out = out.sort_values(["expected_net_value", "customer_id"], ascending=[False, True], kind="mergesort")
     recommended = out["recommended_arm"] != NONE
     out["rank"] = np.arange(1, len(out) + 1)
@@ -139,19 +224,50 @@ def average_effects(counts: pd.DataFrame, control: str, arms: list[str]) -> dict
     return effects
 
 
+def constant_guardrail_problems(effects: dict[str, dict], targeting: Targeting, arm: str) -> list[str]:
+    """Why sending arm to everyone breaks a guardrail: its average effect's upper limit above a limit."""
+    problems = []
+    for outcome, guardrail in targeting.guardrails.items():
+        high = effects[key(arm, outcome)]["high"]
+        for name in ("max_uplift", "max_increase_per_send"):
+            limit = getattr(guardrail, name)
+            if limit is not None and high > limit:
+                problems.append(f"its {outcome} effect's upper limit {high:.4f} is above {name} {limit}")
+    return problems
+
+
+def constant_net(effects: dict[str, dict], targeting: Targeting, arm: str) -> tuple[float, float]:
+    """Net value per customer of sending arm to everyone, and its 95% lower bound.
+
+    The sum over outcomes of value x average effect, minus the cost; the bound's half-width
+    combines the outcomes' as if they were independent.
+    """
+    net, variance = -targeting.cost_per_send[arm], 0.0
+    for outcome, value in targeting.values().items():
+        e = effects[key(arm, outcome)]
+        net += value * e["ate"]
+        variance += (value * (e["high"] - e["low"]) / 2) ** 2
+    return net, net - float(np.sqrt(variance))
+
+
 def best_constant(effects: dict[str, dict], targeting: Targeting) -> tuple[str, list[str]]:
     """The constant policy to publish without a model: the arm whose net value's lower bound is
-    highest if it is above zero (and whose effect reaches `min_uplift`), else none; and the
-    reasons, one line per arm."""
+    highest if it is above zero (and whose effect reaches `min_uplift`, and which keeps every
+    guardrail), else none; and the reasons, one line per arm.
+
+    effects: average_effects of every key(arm, outcome).
+    """
     reasons, best, best_low = [], NONE, 0.0
-    for arm, e in effects.items():
-        cost = targeting.cost_per_send[arm]
-        net, low = targeting.value_per_response * e["ate"] - cost, targeting.value_per_response * e["low"] - cost
+    for arm in [k for k in effects if "__" not in k]:
+        e = effects[arm]
+        net, low = constant_net(effects, targeting, arm)
+        problems = constant_guardrail_problems(effects, targeting, arm)
         reasons.append(
             f"{everyone(arm)}: net value per customer {net:.4f} (95% lower bound {low:.4f}) "
             f"from an average effect of {e['ate']:.4f} on {e['rows']:,} sends"
+            + (f"; refused: {'; '.join(problems)}" if problems else "")
         )
-        if low > best_low and e["ate"] >= targeting.min_uplift:
+        if low > best_low and e["ate"] >= targeting.min_uplift and not problems:
             best, best_low = arm, low
     reasons.append(
         f"chosen: constant:{best}"

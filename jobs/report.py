@@ -64,7 +64,8 @@ def run_report(settings: Settings, run_date: date) -> dict:
     audience_rows = sum(recommended.values())
     gate = records.get("gate", {})
     gate_file = report_dir(settings, run_date) / "gate.json"
-    gate_values = json.loads(gate_file.read_text())["policy_values"] if gate_file.exists() else {}
+    gate_json = json.loads(gate_file.read_text()) if gate_file.exists() else {}
+    gate_values = gate_json.get("policy_values", {})
     drift = records.get("drift", {})
     return {
         "run_date": run_date.isoformat(),
@@ -84,7 +85,10 @@ def run_report(settings: Settings, run_date: date) -> dict:
             "reasons": gate.get("reasons"),
             "deployed_policy": gate.get("deployed_policy"),
             "policy_values": gate_values,
+            "guardrails": gate_json.get("guardrails", {}),
         },
+        # What tonight's audience expects of each guardrail outcome (jobs.score), vs its limits.
+        "audience_guardrails": score.get("guardrails", {}),
         "policy": score.get("policy"),
         "promoted": records.get("promote", {}).get("promoted"),
         "drift": {"outcome": drift.get("outcome"), "drifted_share": drift.get("drifted_share")},
@@ -113,7 +117,22 @@ def format_report(report: dict) -> str:
             f"  policy value   {name:<28}{v['value']:>9.4f}  [{v['low']:.4f}, {v['high']:.4f}] per customer"
             for name, v in report["gate"]["policy_values"].items()
         ],
+        *[
+            f"  guardrail      {outcome} (limits {limits}): "
+            + ", ".join(
+                f"{name} {v['guardrails'][outcome]['increase_per_send']:.4f} "
+                f"[{v['guardrails'][outcome]['low']:.4f}, {v['guardrails'][outcome]['high']:.4f}]"
+                for name, v in report["gate"]["policy_values"].items()
+                if outcome in v.get("guardrails", {})
+            )
+            + " increase per send"
+            for outcome, limits in report["gate"].get("guardrails", {}).items()
+        ],
         f"audience policy  {report['policy']}",
+        *[
+            f"  expected       {outcome}: +{g['expected_increase']:.1f} in the audience, {g['per_send']:.4f} per send"
+            for outcome, g in report.get("audience_guardrails", {}).items()
+        ],
         f"models           trained v{report['trained_model_version']}, "
         f"scored with v{report['scored_with_model_version']}",
         f"drift            {report['drift']['outcome']} (drifted share {report['drift']['drifted_share']})",

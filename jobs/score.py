@@ -27,17 +27,21 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from jobs import policy
-from jobs.lake import partition_dir, publish_partition, read_partition, training_counts
+from jobs.lake import partition_dir, publish_partition, read_partition, training_effects
 from jobs.registry import CHAMPION, alias_version
 from jobs.settings import Settings
-from jobs.tlearner import FeatureMismatchError, PortableTLearner, serving_problem
+from jobs.tlearner import FeatureMismatchError, PortableTLearner, key, output_columns, serving_problem
+
+
+def prediction_columns(settings: Settings) -> list[str]:
+    """p_ of every arm and outcome, uplift_ of every treatment and outcome, uplift_high_ of the guardrails."""
+    exp, targeting = settings.experiment, settings.targeting
+    return output_columns(exp.control, exp.arms, list(targeting.outcomes), list(targeting.guardrails))
 
 
 def prediction_schema(settings: Settings) -> StructType:
-    """customer_id, then p_<arm> of every arm and uplift_<arm> of every treatment arm."""
-    exp = settings.experiment
-    fields = [StructField(f"p_{a}", DoubleType()) for a in exp.all_arms]
-    fields += [StructField(f"uplift_{a}", DoubleType()) for a in exp.arms]
+    """customer_id, then prediction_columns (doubles)."""
+    fields = [StructField(c, DoubleType()) for c in prediction_columns(settings)]
     return StructType([StructField("customer_id", StringType()), *fields])
 
 
@@ -46,7 +50,8 @@ log = logging.getLogger(__name__)
 
 def predict_arms(features: DataFrame, model: PortableTLearner, settings: Settings) -> DataFrame:
     """Per customer of features: every arm's response probability and every treatment's uplift."""
-    problem = serving_problem(features.columns, model, settings.experiment.control, settings.experiment.arms)
+    exp = settings.experiment
+    problem = serving_problem(features.columns, model, exp.control, exp.arms, settings.targeting.outcomes)
     if problem:
         raise FeatureMismatchError(problem)
     shipped = features.sparkSession.sparkContext.broadcast(model)
@@ -64,21 +69,50 @@ def predict_arms(features: DataFrame, model: PortableTLearner, settings: Setting
     return inputs.mapInPandas(predict_batches, prediction_schema(settings))
 
 
-def _choice_schema(scored: DataFrame) -> StructType:
-    """scored's columns and policy.CHOICE_COLUMNS (the arm a string, the rest doubles)."""
-    extra = [StructField(c, StringType() if c == "recommended_arm" else DoubleType()) for c in policy.CHOICE_COLUMNS]
+def _choice_schema(scored: DataFrame, settings: Settings) -> StructType:
+    """scored's columns and policy.choice_columns (the arm a string, the rest doubles)."""
+    extra = [
+        StructField(c, StringType() if c == "recommended_arm" else DoubleType())
+        for c in policy.choice_columns(settings.targeting)
+    ]
     return StructType([*scored.schema.fields, *extra])
+
+
+def guardrail_prices(scored: DataFrame, settings: Settings) -> dict[str, float]:
+    """policy.search_prices over the whole scored audience: one Spark pass per price search.
+
+    Each pass sums, per price on the grid, the excess of the sent over the campaign limit in
+    the workers (policy.price_excess on each batch); only the grid's sums reach the driver.
+    """
+    targeting, arms = settings.targeting, settings.experiment.arms
+
+    def total_excess(outcome: str, grid, prices: dict):
+        def excess(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for batch in batches:
+                values = policy.price_excess(batch, targeting, arms, outcome, grid, prices)
+                yield pd.DataFrame({"i": range(len(grid)), "excess": values})
+
+        sums = scored.mapInPandas(excess, "i long, excess double").groupBy("i").agg(F.sum("excess").alias("e"))
+        totals = dict(sums.collect())
+        return pd.Series([totals.get(i, 0.0) for i in range(len(grid))]).to_numpy()
+
+    return policy.search_prices(targeting, total_excess)
 
 
 def apply_policy(scored: DataFrame, settings: Settings, run_date: date) -> DataFrame:
     """Add recommended_arm, expected uplift and net value, rank, decile, selected and holdout."""
     targeting, arms = settings.targeting, settings.experiment.arms
+    prices = {}
+    if any(g.max_increase_per_send is not None for g in targeting.guardrails.values()):
+        scored = scored.persist()  # read by every price search and by the choice
+        prices = guardrail_prices(scored, settings)
+        log.info("guardrail prices: %s", prices)
 
     def choose(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            yield policy.choose(batch, targeting, arms, run_date)
+            yield policy.choose(batch, targeting, arms, run_date, prices)
 
-    return rank_and_select(scored.mapInPandas(choose, _choice_schema(scored)), settings)
+    return rank_and_select(scored.mapInPandas(choose, _choice_schema(scored, settings)), settings)
 
 
 def rank_and_select(chosen: DataFrame, settings: Settings) -> DataFrame:
@@ -94,6 +128,18 @@ def rank_and_select(chosen: DataFrame, settings: Settings) -> DataFrame:
     out = out.withColumn("selected", selected)
     holdout = policy.is_holdout(F.col("selected"), F.col("holdout_draw"), targeting)
     return out.withColumn("holdout", holdout).drop("holdout_draw")
+
+
+def _outcome_columns(settings: Settings) -> list:
+    """The audience's columns of the further outcomes: the chosen arm's uplift, then every arm's
+    probabilities, uplifts and (guardrails) upper bounds."""
+    exp, targeting = settings.experiment, settings.targeting
+    columns = [f"expected_uplift__{o}" for o in targeting.outcomes]
+    for o in targeting.outcomes:
+        columns += [f"p_{key(a, o)}" for a in exp.all_arms] + [f"uplift_{key(a, o)}" for a in exp.arms]
+        if o in targeting.guardrails:
+            columns += [f"uplift_high_{key(a, o)}" for a in exp.arms]
+    return [F.col(c) for c in columns]
 
 
 def _with_draw(frame: DataFrame, run_date: date) -> DataFrame:
@@ -114,20 +160,31 @@ def constant_audience(features: DataFrame, settings: Settings, run_date: date) -
     it for anyone); p_* are null: there is no model. A budget takes customers in customer_id order.
     """
     exp, targeting = settings.experiment, settings.targeting
-    effects = policy.average_effects(training_counts(settings, run_date), exp.control, exp.arms)
+    effects = training_effects(settings, run_date)
     arm, reasons = policy.best_constant(effects, targeting)
     send = arm != policy.NONE
     ate = effects[arm]["ate"] if send else 0.0
+    net = policy.constant_net(effects, targeting, arm)[0] if send else 0.0
     cost = targeting.cost_per_send[arm] if send else 0.0
+    every = [None, *targeting.outcomes]
     chosen = _with_draw(features.select("customer_id"), run_date).select(
         "customer_id",
         "holdout_draw",
         F.lit(arm).alias("recommended_arm"),
         F.lit(float(ate)).alias("expected_uplift"),
-        F.lit(float(targeting.value_per_response * ate - cost)).alias("expected_net_value"),
+        F.lit(float(net)).alias("expected_net_value"),
         F.lit(float(cost)).alias("send_cost"),
-        *[F.lit(float(effects[a]["ate"])).alias(f"uplift_{a}") for a in exp.arms],
-        *[F.lit(None).cast("double").alias(f"p_{a}") for a in exp.all_arms],
+        *[
+            F.lit(float(effects[key(arm, o)]["ate"]) if send else 0.0).alias(f"expected_uplift__{o}")
+            for o in targeting.outcomes
+        ],
+        *[F.lit(float(effects[key(a, o)]["ate"])).alias(f"uplift_{key(a, o)}") for o in every for a in exp.arms],
+        *[
+            F.lit(float(effects[key(a, o)]["high"])).alias(f"uplift_high_{key(a, o)}")
+            for o in targeting.guardrails
+            for a in exp.arms
+        ],
+        *[F.lit(None).cast("double").alias(f"p_{key(a, o)}") for o in every for a in exp.all_arms],
     )
     return rank_and_select(chosen, settings), arm, reasons
 
@@ -149,7 +206,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         reasons.append("no model has passed the gate yet")
     else:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}").unwrap_python_model().portable()
-        problem = serving_problem(features.columns, model, exp.control, exp.arms)
+        problem = serving_problem(features.columns, model, exp.control, exp.arms, settings.targeting.outcomes)
         if problem:
             reasons.append(f"champion v{champion.version} cannot serve tonight: {problem}")
             model = None
@@ -174,6 +231,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         F.col(f"p_{exp.control}").alias("p_control"),
         *[F.col(f"p_{a}") for a in exp.arms],
         *[F.col(f"uplift_{a}") for a in exp.arms],
+        *_outcome_columns(settings),
         F.lit(label).alias("policy"),
         F.lit(model_name).cast("string").alias("model_name"),
         F.lit(model_version).cast("string").alias("model_version"),
@@ -192,11 +250,32 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
             F.sum(F.when(sent, F.col("expected_uplift")).otherwise(0.0)).alias("expected_incremental_responses"),
             F.sum(F.when(sent, F.col("expected_net_value")).otherwise(0.0)).alias("expected_net_value"),
             F.sum(F.when(sent, F.col("send_cost")).otherwise(0.0)).alias("spend"),
+            *[
+                F.sum(F.when(sent, F.col(f"expected_uplift__{o}")).otherwise(0.0)).alias(f"expected_incremental_{o}")
+                for o in settings.targeting.outcomes
+            ],
         )
         .withColumn("policy", F.lit(label))
         .withColumn("model_version", F.lit(model_version).cast("string"))
     )
     publish_partition(summary.coalesce(1), settings, "audience_summary", run_date)
+    guardrails = {}
+    if settings.targeting.guardrails:
+        totals = (
+            published.where(sent)
+            .agg(
+                F.count("*").alias("sends"),
+                *[F.sum(f"expected_uplift__{o}").alias(o) for o in settings.targeting.guardrails],
+            )
+            .first()
+        )
+        guardrails = {
+            o: {
+                "expected_increase": float(totals[o] or 0.0),
+                "per_send": float(totals[o] or 0.0) / totals["sends"] if totals["sends"] else 0.0,
+            }
+            for o in settings.targeting.guardrails
+        }
     counts = {row["recommended_arm"]: row["count"] for row in published.groupBy("recommended_arm").count().collect()}
     return {
         "audience": str(path),
@@ -205,5 +284,6 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         "recommended": counts,
         "policy": label,
         "model_version": model_version,
+        **({"guardrails": guardrails} if guardrails else {}),
         **({"constant_policy_reasons": reasons} if reasons else {}),
     }

@@ -31,7 +31,10 @@ CONTRACT_TYPES = {
     "sends": dict(zip(SEND_COLUMNS, ("string", "string", "string", "timestamp", "string"), strict=True)),
     "responses": dict(zip(RESPONSE_COLUMNS, ("string", "string", "timestamp", "string"), strict=True)),
 }
-REPLACED_WHOLE = frozenset({"expected_split", "campaign_splits", "cost_per_send", "columns", "attributes", "history"})
+REPLACED_WHOLE = frozenset(
+    {"expected_split", "campaign_splits", "cost_per_send", "columns", "attributes", "history", "outcomes"}
+)
+OUTCOME_NAME = r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$"  # no "__": it separates arm and outcome in column names
 
 
 class _Strict(BaseModel):
@@ -134,13 +137,60 @@ class Mlflow(_Strict):
     registered_model: str
 
 
+class Guardrail(_Strict):
+    """Limits an outcome's increase must stay within (jobs.policy)."""
+
+    # Per customer: no customer gets an arm whose upper bound on this outcome's uplift exceeds this.
+    max_uplift: float | None = Field(default=None, ge=0)
+    # Campaign: the policy's expected total increase at most this share of its sends.
+    max_increase_per_send: float | None = Field(default=None, ge=0)
+    # The per-customer upper bound: the observed uplift's 95% upper limit among holdout rows in
+    # the same quantile bin of predicted uplift (this many bins; jobs.train.guardrail_bounds).
+    bound_bins: int = Field(default=5, ge=1, le=50)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Guardrail:
+        if self.max_uplift is None and self.max_increase_per_send is None:
+            raise ValueError("a guardrail needs max_uplift, max_increase_per_send or both")
+        return self
+
+
+class Outcome(_Strict):
+    """An outcome besides the primary response: its own label, value and, optionally, guardrail."""
+
+    response_types: list[str] = Field(min_length=1)
+    window_days: int = Field(gt=0)
+    value: float  # per response; negative for harm (an unsubscribe costs future revenue)
+    guardrail: Guardrail | None = None
+
+
 class Targeting(_Strict):
+    # The primary outcome (experiment.qualifying_response_types within attribution_window_days):
+    # the value of one incremental response. Qini, drivers and expected_uplift are about it.
     value_per_response: float = Field(gt=0)
+    # Further outcomes, by name (lower case, digits, single underscores): each one's labels, models
+    # and uplifts sit beside the primary's (label__<name>, p_<arm>__<name>, uplift_<arm>__<name>).
+    outcomes: dict[str, Outcome] = {}
     cost_per_send: dict[str, float]
     min_uplift: float
     max_sends: int | None = Field(default=None, gt=0)
     max_spend: float | None = Field(default=None, gt=0)
     holdout_share: float = Field(ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _outcome_names(self) -> Targeting:
+        for name in self.outcomes:
+            if not re.match(OUTCOME_NAME, name):
+                raise ValueError(f"outcome name '{name}': use lower case letters, digits and single underscores")
+        return self
+
+    @property
+    def guardrails(self) -> dict[str, Guardrail]:
+        return {name: o.guardrail for name, o in self.outcomes.items() if o.guardrail is not None}
+
+    def values(self) -> dict[str | None, float]:
+        """Value per response of every outcome: None is the primary one."""
+        return {None: self.value_per_response, **{name: o.value for name, o in self.outcomes.items()}}
 
 
 class Export(_Strict):
@@ -186,6 +236,19 @@ class Settings(_Strict):
     drift: Drift
     spark: Spark
     schedule: Schedule
+
+    @property
+    def window_days(self) -> int:
+        """The longest label window: a send is matured (a training row) once every label is."""
+        windows = [o.window_days for o in self.targeting.outcomes.values()]
+        return max([self.experiment.attribution_window_days, *windows])
+
+    def response_types(self) -> dict[str | None, list[str]]:
+        """The response types of every outcome's label (None: the primary one)."""
+        return {
+            None: self.experiment.qualifying_response_types,
+            **{name: o.response_types for name, o in self.targeting.outcomes.items()},
+        }
 
     def raw_types(self, source: str) -> dict[str, str]:
         """A raw source's columns (our names) and the Spark type each is read as."""

@@ -1,7 +1,10 @@
 """The T-learner's prediction arithmetic, without MLflow: design matrix, probabilities, uplifts.
 
 Uplift of arm a for customer x is ``p_a(x) - p_control(x)``, one LightGBM model per arm
-(control included). An arm whose ranking did not clear the gate's Qini diagnostic is a
+(control included) and outcome. The primary outcome's columns are `p_<arm>` and `uplift_<arm>`;
+a further outcome o's are `p_<arm>__o` and `uplift_<arm>__o` (`key`), and a guardrail
+outcome's also `uplift_high_<arm>__o`, the per-customer upper bound the policy checks.
+An arm whose ranking did not clear the gate's Qini diagnostic is a
 *constant* arm: its targeting uplift is its average effect for every customer (`constant`),
 while `p_<arm>` stays its outcome model's probability. The MLflow pyfunc (`jobs.model`) and Spark's scoring workers
 (`jobs.score`) both predict through this module, so a served prediction and a batch-scored
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
+import numpy as np
 import pandas as pd
 
 
@@ -29,25 +33,51 @@ def design_matrix(frame: pd.DataFrame, numeric: list[str], categories: dict[str,
     return x
 
 
-def output_columns(control: str, arms: list[str]) -> list[str]:
-    return [f"p_{a}" for a in [control, *arms]] + [f"uplift_{a}" for a in arms]
+def key(arm: str, outcome: str | None = None) -> str:
+    """The name of an (arm, outcome) model and of its columns' suffix: the arm for the primary outcome."""
+    return arm if outcome is None else f"{arm}__{outcome}"
+
+
+def label_column(outcome: str | None = None) -> str:
+    return "label" if outcome is None else f"label__{outcome}"
+
+
+def output_columns(control: str, arms: list[str], outcomes: list[str] = (), bounded: list[str] = ()) -> list[str]:
+    """p_ of every arm and outcome, uplift_ of every treatment and outcome, uplift_high_ of the bounded."""
+    every = [None, *outcomes]
+    return (
+        [f"p_{key(a, o)}" for o in every for a in [control, *arms]]
+        + [f"uplift_{key(a, o)}" for o in every for a in arms]
+        + [f"uplift_high_{key(a, o)}" for o in bounded for a in arms]
+    )
 
 
 def with_uplifts(
-    probabilities: pd.DataFrame, control: str, arms: list[str], constant: dict[str, float] | None = None
+    probabilities: pd.DataFrame,
+    control: str,
+    arms: list[str],
+    constant: dict[str, float] | None = None,
+    outcomes: list[str] = (),
+    bounds: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
-    """From `p_<arm>` of every arm: add the targeting `uplift_<arm>` of every treatment arm.
+    """From `p_<key>` of every arm and outcome: add the targeting uplifts of every treatment arm.
 
-    p_arm - p_control for a ranked arm; the arm's average effect for a constant one. Which arm
-    a customer gets is the targeting policy's decision (jobs.policy), not the model's.
+    p_arm - p_control for a ranked (arm, outcome); its average effect for a constant one. bounds:
+    key -> {"edges", "highs"} of a guardrail outcome: a row's upper bound is the high of the bin
+    its p_arm - p_control falls in (a constant one has a single bin). Which arm a customer gets is
+    the targeting policy's decision (jobs.policy), not the model's.
     """
-    out = probabilities
-    for arm in arms:
-        if constant and arm in constant:
-            out[f"uplift_{arm}"] = float(constant[arm])
-        else:
-            out[f"uplift_{arm}"] = out[f"p_{arm}"] - out[f"p_{control}"]
-    return out[output_columns(control, arms)]
+    out, bounds = probabilities, bounds or {}
+    for outcome in [None, *outcomes]:
+        for arm in arms:
+            k, c = key(arm, outcome), key(control, outcome)
+            raw = out[f"p_{k}"] - out[f"p_{c}"]
+            out[f"uplift_{k}"] = float(constant[k]) if constant and k in constant else raw
+            if k in bounds:
+                edges, highs = bounds[k]["edges"], np.asarray(bounds[k]["highs"], dtype=float)
+                out[f"uplift_high_{k}"] = highs[np.searchsorted(edges, raw.to_numpy(), side="right")]
+    bounded = sorted({k.split("__", 1)[1] for k in bounds}, key=list(outcomes).index)
+    return out[output_columns(control, arms, outcomes, bounded)]
 
 
 @dataclass(frozen=True)
@@ -58,8 +88,10 @@ class PortableTLearner:
     arms: list[str]
     numeric: list[str]
     categories: dict[str, list[str]]
-    boosters: dict[str, str]  # arm (control included) -> LightGBM model string, best iteration
-    constant: dict[str, float] = field(default_factory=dict)  # constant arm -> its average effect
+    boosters: dict[str, str]  # key(arm, outcome) (control included) -> LightGBM model string, best iteration
+    constant: dict[str, float] = field(default_factory=dict)  # constant key -> its average effect
+    outcomes: list[str] = field(default_factory=list)  # the outcomes besides the primary one
+    bounds: dict[str, dict] = field(default_factory=dict)  # guardrail key -> upper-bound bins
 
     def load(self) -> dict[str, lgb.Booster]:
         return {arm: lgb.Booster(model_str=text) for arm, text in self.boosters.items()}
@@ -71,7 +103,11 @@ class PortableTLearner:
             {f"p_{arm}": booster.predict(x, num_threads=num_threads) for arm, booster in boosters.items()},
             index=frame.index,
         )
-        return with_uplifts(probabilities, self.control, self.arms, self.constant)
+        return with_uplifts(probabilities, self.control, self.arms, self.constant, self.outcomes, self.bounds)
+
+    def columns(self) -> list[str]:
+        bounded = sorted({k.split("__", 1)[1] for k in self.bounds}, key=self.outcomes.index)
+        return output_columns(self.control, self.arms, self.outcomes, bounded)
 
 
 class FeatureMismatchError(RuntimeError):
@@ -99,10 +135,22 @@ def check_features(columns: list[str], model: PortableTLearner, keys: tuple[str,
         )
 
 
-def serving_problem(columns: list[str], model: PortableTLearner, control: str, arms: list[str]) -> str | None:
-    """Why the model cannot score a set with these columns for this experiment (None when it can)."""
+def serving_problem(
+    columns: list[str], model: PortableTLearner, control: str, arms: list[str], outcomes=None
+) -> str | None:
+    """Why the model cannot score a set with these columns for this experiment (None when it can).
+
+    outcomes: the targeting's outcomes (name -> Outcome); a model must know the same ones, and
+    hold the upper bounds of each guardrail outcome.
+    """
     if model.control != control or list(model.arms) != list(arms):
         return f"the model knows arms {[model.control, *model.arms]}, the experiment is {[control, *arms]}"
+    if outcomes is not None:
+        if list(model.outcomes) != list(outcomes):
+            return f"the model knows outcomes {list(model.outcomes)} besides the primary one, conf has {list(outcomes)}"
+        unbounded = [o for o, spec in outcomes.items() if spec.guardrail and key(arms[0], o) not in model.bounds]
+        if unbounded:
+            return f"the model has no upper bounds for the guardrail outcomes {unbounded}"
     try:
         check_features(columns, model)
     except FeatureMismatchError as err:

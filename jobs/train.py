@@ -10,6 +10,11 @@ is below `gate.qini_floor` or whose interval does not lie above zero is *constan
 targeting uplift is its average effect (stratified by campaign, on the training rows) for
 every customer, so a flat or weak arm is sent to everyone it pays for, or to no one, and
 never blocks the other arms.
+
+Every further outcome (`targeting.outcomes`) gets the same: a model per arm on its own label,
+its Qini diagnostic and constant fallback per arm. A guardrail outcome's per-customer upper
+bound (`guardrail_bounds`) is calibrated on the holdout: the observed uplift's 95% upper limit
+in each quantile bin of the predicted uplift (for a constant arm: its average effect's).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from jobs import drivers, metrics, policy
 from jobs.lake import MissingInputError, partition_dir, sample_parquet
 from jobs.model import TLearnerModel
 from jobs.settings import Settings
+from jobs.tlearner import key, label_column
 from jobs.tracking import HOLDOUT_ARTIFACT, use_tracking
 
 EARLY_STOPPING_ROUNDS = 30
@@ -44,56 +50,66 @@ def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
     path = partition_dir(settings, "features/training", run_date)
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
-    columns = ["customer_id", "campaign_id", "arm", "label", *settings.features.names]
+    labels = [label_column(o) for o in [None, *settings.targeting.outcomes]]
+    columns = ["customer_id", "campaign_id", "arm", *labels, *settings.features.names]
     if settings.training.max_rows is None:
         return pd.read_parquet(path, columns=columns)
     return sample_parquet(path, columns, settings.training.max_rows, settings.training.seed)
 
 
 def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
-    """One LightGBM classifier per arm, early-stopped on a stratified validation split of its rows.
+    """One LightGBM classifier per arm and outcome, early-stopped on a stratified validation split of its rows.
 
-    The arms are fitted side by side, one thread each: small trees gain little from threads
+    The models are fitted side by side, one thread each: small trees gain little from threads
     within one fit, and lose a lot when the cores are shared (Spark workers, other jobs).
     """
     exp, cfg, spec = settings.experiment, settings.training, settings.features
     categories = {c: sorted(train[c].dropna().astype(str).unique().tolist()) for c in spec.categorical}
-    model = TLearnerModel({}, exp.control, exp.arms, spec.numeric, categories)
+    outcomes = list(settings.targeting.outcomes)
+    model = TLearnerModel({}, exp.control, exp.arms, spec.numeric, categories, outcomes=outcomes)
+    pairs = [(arm, outcome) for outcome in [None, *outcomes] for arm in exp.all_arms]
 
-    def fit_arm(arm: str) -> lgb.LGBMClassifier:
-        rows = train[train["arm"] == arm]
-        if rows["label"].nunique() < 2:
-            raise ValueError(f"arm '{arm}' has {len(rows)} training rows and a single label value: cannot fit")
-        fit, valid = train_test_split(rows, test_size=0.15, stratify=rows["label"], random_state=cfg.seed)
+    def fit_arm(pair: tuple[str, str | None]) -> lgb.LGBMClassifier:
+        arm, outcome = pair
+        rows, label = train[train["arm"] == arm], label_column(outcome)
+        if rows[label].nunique() < 2:
+            raise ValueError(
+                f"arm '{arm}' has {len(rows)} training rows and a single value of {label}"
+                + (f" (outcome '{outcome}')" if outcome else "")
+                + ": cannot fit"
+            )
+        fit, valid = train_test_split(rows, test_size=0.15, stratify=rows[label], random_state=cfg.seed)
         classifier = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=1, verbose=-1)
         classifier.fit(
             model.design_matrix(fit),
-            fit["label"],
+            fit[label],
             eval_X=(model.design_matrix(valid),),
-            eval_y=(valid["label"],),
+            eval_y=(valid[label],),
             callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
         )
         return classifier
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        model.models.update(zip(exp.all_arms, pool.map(fit_arm, exp.all_arms), strict=True))
+        model.models.update(zip([key(*p) for p in pairs], pool.map(fit_arm, pairs), strict=True))
     return model
 
 
 def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) -> tuple[dict, pd.DataFrame]:
-    """Per-arm metrics of model on holdout, and the holdout with the model's predictions."""
+    """Metrics per arm and outcome (keyed by `key(arm, outcome)`) on holdout, and the holdout with
+    the model's predictions."""
     exp, gate = settings.experiment, settings.gate
     scored = pd.concat([holdout.reset_index(drop=True), model.predict(None, holdout).reset_index(drop=True)], axis=1)
     results = {}
-    for arm in exp.arms:
+    for arm, outcome in [(a, o) for o in [None, *model.outcomes] for a in exp.arms]:
+        k = key(arm, outcome)
         rows = scored[scored["arm"].isin([arm, exp.control])]
         y, t, u = (
-            rows["label"].to_numpy(),
+            rows[label_column(outcome)].to_numpy(),
             (rows["arm"] == arm).to_numpy().astype(int),
-            rows[f"uplift_{arm}"].to_numpy(),
+            rows[f"uplift_{k}"].to_numpy(),
         )
         low, high = metrics.qini_interval(y, u, t, rounds=gate.bootstrap_rounds, seed=settings.training.seed)
-        results[arm] = {
+        results[k] = {
             "qini": metrics.qini_auc_score(y, u, t),
             "uplift_auc": metrics.uplift_auc_score(y, u, t),
             "qini_ci_low": low,
@@ -106,19 +122,61 @@ def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) ->
     return results, scored
 
 
-def constant_arms(results: dict, train_rows: pd.DataFrame, settings: Settings) -> dict[str, float]:
-    """Arms whose ranking the Qini diagnostic does not trust, with the average effect each gets."""
-    floor = settings.gate.qini_floor
-    flat = [arm for arm, m in results.items() if not (m["qini"] >= floor and m["qini_ci_low"] > 0)]
-    if not flat:
-        return {}
+def _effects(rows: pd.DataFrame, outcome: str | None, arms: list[str], settings: Settings) -> dict[str, dict]:
+    """Each arm's average effect on outcome's label in rows (policy.average_effects, by campaign)."""
     counts = (
-        train_rows.groupby(["campaign_id", "arm"], observed=True)["label"]
+        rows.groupby(["campaign_id", "arm"], observed=True)[label_column(outcome)]
         .agg(rows="size", responses="sum")
         .reset_index()
     )
-    effects = policy.average_effects(counts, settings.experiment.control, flat)
-    return {arm: effects[arm]["ate"] for arm in flat}
+    return policy.average_effects(counts, settings.experiment.control, arms)
+
+
+def constant_arms(results: dict, train_rows: pd.DataFrame, settings: Settings) -> dict[str, dict]:
+    """(arm, outcome) keys whose ranking the Qini diagnostic does not trust, with the average effect
+    (ate, low, high) each gets instead."""
+    floor, out = settings.gate.qini_floor, {}
+    for outcome in [None, *settings.targeting.outcomes]:
+        flat = [
+            arm
+            for arm in settings.experiment.arms
+            if not (results[key(arm, outcome)]["qini"] >= floor and results[key(arm, outcome)]["qini_ci_low"] > 0)
+        ]
+        if flat:
+            out |= {key(arm, outcome): e for arm, e in _effects(train_rows, outcome, flat, settings).items()}
+    return out
+
+
+def guardrail_bounds(scored: pd.DataFrame, flat: dict[str, dict], settings: Settings) -> dict[str, dict]:
+    """Per guardrail outcome and arm: the bins of the per-customer upper bound on its uplift.
+
+    A ranked arm: the holdout rows (the arm's and control's) are cut into `bound_bins` quantile
+    bins of predicted uplift (p_arm - p_control); a bin's bound is the 95% upper limit of the
+    uplift observed in it (policy.average_effects: by campaign, Agresti-Caffo). So the bound is
+    what the data shows for customers the model ranks alike, whether the model is calibrated or
+    not. A constant arm: one bin, its average effect's upper limit. The bins come from the
+    holdout the gate values policies on (as the arm modes do), which favours the bounds a little.
+    """
+    exp, out = settings.experiment, {}
+    for outcome, outcome_spec in settings.targeting.outcomes.items():
+        if outcome_spec.guardrail is None:
+            continue
+        bins = outcome_spec.guardrail.bound_bins
+        for arm in exp.arms:
+            k = key(arm, outcome)
+            if k in flat:
+                out[k] = {"edges": [], "highs": [float(flat[k]["high"])]}
+                continue
+            rows = scored[scored["arm"].isin([arm, exp.control])]
+            raw = (rows[f"p_{k}"] - rows[f"p_{key(exp.control, outcome)}"]).to_numpy()
+            edges = np.unique(np.quantile(raw, np.arange(1, bins) / bins)).tolist()
+            where = np.searchsorted(edges, raw, side="right")
+            highs = [
+                _effects(rows[where == b], outcome, [arm], settings)[arm]["high"] if (where == b).any() else 1.0
+                for b in range(len(edges) + 1)
+            ]
+            out[k] = {"edges": edges, "highs": [float(h) for h in highs]}
+    return out
 
 
 def feature_importance(model: TLearnerModel) -> pd.DataFrame:
@@ -166,9 +224,13 @@ def train(settings: Settings, run_date: date) -> dict:
     train_rows, holdout = train_test_split(data, test_size=cfg.holdout_fraction, stratify=strata, random_state=cfg.seed)
     model = fit_t_learner(train_rows, settings)
     results, scored = evaluate(model, holdout, settings)  # the ranking diagnostics, on p_arm - p_control
-    model.constant = constant_arms(results, train_rows, settings)
-    # What the gate values: the targeting uplifts (constant arms at their average effect).
-    predictions = scored.assign(**{f"uplift_{arm}": value for arm, value in model.constant.items()})
+    flat = constant_arms(results, train_rows, settings)
+    model.constant = {k: e["ate"] for k, e in flat.items()}
+    model.bounds = guardrail_bounds(scored, flat, settings)
+    # What the gate values: the targeting uplifts (constant arms at their average effect) and the bounds.
+    predictions = pd.concat(
+        [holdout.reset_index(drop=True), model.predict(None, holdout).reset_index(drop=True)], axis=1
+    )
 
     use_tracking(settings)
     with mlflow.start_run(run_name=f"train {run_date}") as run, tempfile.TemporaryDirectory() as tmp:
@@ -188,17 +250,14 @@ def train(settings: Settings, run_date: date) -> dict:
         mlflow.log_dict(settings.features.model_dump(mode="json"), FEATURE_SPEC_ARTIFACT)
         for arm, m in results.items():
             mlflow.log_metrics({f"{k}.{arm}": v for k, v in m.items() if k != "deciles" and np.isfinite(v)})
-            mlflow.log_metric(f"best_iteration.{arm}", model.models[arm].best_iteration_ or 0)
-        mlflow.log_metric(
-            f"best_iteration.{settings.experiment.control}",
-            model.models[settings.experiment.control].best_iteration_ or 0,
-        )
+        for name, classifier in model.models.items():
+            mlflow.log_metric(f"best_iteration.{name}", classifier.best_iteration_ or 0)
         folder = Path(tmp)
         _plots(scored, results, settings, folder)
         (folder / "metrics.json").write_text(json.dumps(results, indent=2))
-        mlflow.log_params(
-            {f"arm_mode.{arm}": "constant" if arm in model.constant else "ranked" for arm in settings.experiment.arms}
-        )
+        mlflow.log_params({f"arm_mode.{k}": "constant" if k in model.constant else "ranked" for k in results})
+        if model.bounds:
+            (folder / "guardrail_bounds.json").write_text(json.dumps(model.bounds, indent=2))
         mlflow.log_metrics({f"constant_uplift.{arm}": value for arm, value in model.constant.items()})
         feature_importance(model).to_csv(folder / "feature_importance.csv")
         explained = explain_uplift(model, holdout, settings)
@@ -224,7 +283,7 @@ def train(settings: Settings, run_date: date) -> dict:
         "model_version": version,
         "train_rows": len(train_rows),
         "holdout_rows": len(holdout),
-        "qini": {arm: round(m["qini"], 4) for arm, m in results.items()},
+        "qini": {k: round(m["qini"], 4) for k, m in results.items()},
         "constant_arms": model.constant,
         "top_drivers": {arm: a["drivers"][0]["feature"] for arm, a in explained["arms"].items()},
     }

@@ -35,9 +35,10 @@ from pyspark.sql import functions as F
 from scipy import stats
 
 from jobs import features
-from jobs.etl import SCORING_KEYS, TRAINING_KEYS
+from jobs.etl import SCORING_KEYS, training_keys
 from jobs.lake import raw_partitions, read_partition, read_raw
 from jobs.settings import PROJECT_ROOT, SOURCES, Experiment, Settings, report_dir
+from jobs.tlearner import label_column
 
 log = logging.getLogger(__name__)
 SUITES_DIR = PROJECT_ROOT / "expectations"
@@ -261,7 +262,7 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
             min_rows, max_rows = volume_band(spark, settings, source, days[source])
             parameters = {
                 "arms": exp.all_arms,
-                "max_delivery_lag_days": exp.attribution_window_days,
+                "max_delivery_lag_days": settings.window_days,
                 "min_rows": min_rows,
                 "max_rows": max_rows,
             }
@@ -280,6 +281,7 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
             f"raw/sends dt={days['sends']}", _arm_counts_by_campaign(today["sends"]), exp
         )
         outcomes.append(randomization)
+        outcomes.append(response_types_delivered(spark, settings, run_date))
     finally:
         spark.catalog.clearCache()
     checked = {source: day.isoformat() for source, day in days.items()}
@@ -293,6 +295,46 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
         "deliveries_checked": checked,
         "report": str(summary),
     }
+
+
+def response_types_delivered(spark: SparkSession, settings: Settings, run_date: date) -> CheckOutcome:
+    """Every label's response types occur in the responses delivered up to run_date.
+
+    A type no delivery contains is a typo or a feed that never arrived: its label would be 0
+    for every send, and its model would learn nothing, silently.
+    """
+    seen = {
+        row["response_type"]
+        for row in read_raw(spark, settings, "responses", run_date).select("response_type").distinct().collect()
+    }
+    wanted = settings.response_types()
+    outcome = CheckOutcome(f"raw/responses up to {run_date}", "response_types", True, len(wanted))
+    for name, types in wanted.items():
+        missing = sorted(set(types) - seen)
+        if missing:
+            outcome.success = False
+            which = "experiment.qualifying_response_types" if name is None else f"targeting.outcomes.{name}"
+            outcome.failures.append(
+                f"{which} counts response types {missing} that no delivery up to {run_date} contains "
+                f"(delivered response types: {sorted(t for t in seen if t is not None)})"
+            )
+    return outcome
+
+
+def outcome_label_expectations(settings: Settings) -> list[dict]:
+    """Each further outcome's label: 0 or 1 on every row, and not 0 everywhere (nothing to learn from)."""
+    out = []
+    for name in settings.targeting.outcomes:
+        column = label_column(name)
+        out += [
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": column, "value_set": [0, 1]}},
+            {
+                "type": "expect_column_mean_to_be_between",
+                "kwargs": {"column": column, "min_value": 1e-6, "max_value": 0.9},
+                "notes": f"no send followed by a response of outcome '{name}' within its window: no label to learn",
+            },
+        ]
+    return out
 
 
 def _arm_counts_by_campaign(sends: DataFrame) -> dict[str, dict[str, int]]:
@@ -394,7 +436,7 @@ def leakage_in_data(training: DataFrame, settings: Settings, seed: int) -> tuple
     """
     exp, limit = settings.experiment, settings.validation.leakage_max_auc
     kinds = {c.name: c.kind for c in settings.features.columns()}
-    candidates = [c for c in training.columns if c not in TRAINING_KEYS]
+    candidates = [c for c in training.columns if c not in training_keys(settings)]
     total = training.count()
     fraction = min(1.0, LEAKAGE_SAMPLE_ROWS / total) if total else 1.0
     sample = training.select("label", "arm", *candidates).sample(fraction=fraction, seed=seed).toPandas()
@@ -445,8 +487,8 @@ def _validate_feature_tables(
             training,
             f"features/training run_date={run_date}",
             "features_training",
-            {"arms": exp.all_arms, "columns": [*TRAINING_KEYS, *spec.names]},
-            generated,
+            {"arms": exp.all_arms, "columns": [*training_keys(settings), *spec.names]},
+            generated + outcome_label_expectations(settings),
         ),
         run_suite(
             context,

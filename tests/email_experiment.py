@@ -12,6 +12,12 @@ control: 6% base, +4 when the last purchase is at most 3 months old.
 `effects="uniform"`: mens_email +8 for everyone (a flat arm), womens_email +20 for urban
 customers who spent more than 150. `effects="none"`: no message changes anything.
 
+Two more event kinds: `conversion`, a purchase after a fifth of the visits (so an arm's effect
+on conversions is a fifth of its effect on visits), and `unsubscribe`: 0.3% of every send
+(control included) and, with the default effects, **+6 points for new customers sent
+mens_email** (`true_unsubscribe_uplift`). Unsubscribes are drawn from their own random stream,
+so the other events are the same draw for draw as without them.
+
     python tests/email_experiment.py <lake>   # writes <lake>/raw/{users,sends,responses}/dt=*/
 """
 
@@ -67,6 +73,14 @@ def true_uplift(people: pd.DataFrame, effects: str = "default") -> dict[str, np.
     return {"mens_email": np.where(recent <= 4, 0.10, 0.01), "womens_email": np.where(segment, 0.15, 0.0)}
 
 
+def true_unsubscribe_uplift(people: pd.DataFrame, effects: str = "default") -> dict[str, np.ndarray]:
+    """Each arm's true effect on the unsubscribe probability, per customer."""
+    zero = np.zeros(len(people))
+    if effects != "default":
+        return {"mens_email": zero, "womens_email": zero}
+    return {"mens_email": np.where(people["is_new"].to_numpy() == 1, 0.06, 0.0), "womens_email": zero}
+
+
 def visit_probability(people: pd.DataFrame, arm: np.ndarray, effects: str = "default") -> np.ndarray:
     base = 0.06 + 0.04 * (people["recency_months"].to_numpy() <= 3)
     lift = true_uplift(people, effects)
@@ -111,7 +125,20 @@ def write(lake: Path, seed: int = 3, effects: str = "default", scale: float = 1.
     bought = visits.sample(frac=0.2, random_state=seed).assign(
         event_ts=lambda v: v["event_ts"] + pd.Timedelta(minutes=20), event_kind="conversion"
     )
-    events = pd.concat([visits, bought]).sort_values("event_ts", kind="stable").reset_index(drop=True)
+    harm_rng = np.random.default_rng([seed, 1])  # its own stream: the other events do not move
+    harm = true_unsubscribe_uplift(chosen, effects)
+    arm = sent["variant"].to_numpy()
+    p_unsubscribe = (
+        0.003
+        + np.where(arm == "mens_email", harm["mens_email"], 0)
+        + np.where(arm == "womens_email", harm["womens_email"], 0)
+    )
+    unsubscribed = harm_rng.random(len(sent)) < p_unsubscribe
+    later = pd.to_timedelta(harm_rng.exponential(3.0, len(sent)).clip(0.01, WINDOW_DAYS - 0.01), unit="D")
+    unsubscribes = pd.DataFrame(
+        {"cust": sent["cust"], "event_ts": sent["sent_ts"] + later, "event_kind": "unsubscribe"}
+    )[unsubscribed]
+    events = pd.concat([visits, bought, unsubscribes]).sort_values("event_ts", kind="stable").reset_index(drop=True)
     events.insert(0, "event_id", [f"e{i:07d}" for i in range(len(events))])
     for day, part in events.groupby(events["event_ts"].dt.date):
         _write(part, lake, "responses", day)

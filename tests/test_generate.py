@@ -44,6 +44,6 @@ def test_effects_are_heterogeneous_as_documented(settings, generated):
 
 def test_only_qualifying_responses_and_no_future(settings, generated):
     responses = _raw(settings, "responses")
-    assert set(responses["response_type"]) == {"click", "purchase", "open"}
+    assert set(responses["response_type"]) == {"click", "purchase", "open", "unsubscribe"}
     assert responses["responded_at"].max() < pd.Timestamp(RUN_DATE) + pd.Timedelta(days=1)
     assert responses["response_id"].is_unique
