@@ -166,7 +166,11 @@ def what_if(spark, settings: Settings, run_date: date, where: str, arm: str) -> 
 
 
 def to_postgres(settings: Settings, run_date: date) -> int | None:
-    """Replace run_date's rows of the PostgreSQL audience table; None when not configured."""
+    """Replace run_date's rows of the PostgreSQL audience table; None when not configured.
+
+    The table is created on first use; columns the audience has and the table lacks (a new
+    outcome, a column added by a later version) are added, so an upgrade never fails the export.
+    """
     cfg = settings.export
     dsn = os.environ.get(cfg.postgres_dsn_env) if cfg.postgres_dsn_env else None
     if not dsn:
@@ -188,6 +192,8 @@ def to_postgres(settings: Settings, run_date: date) -> int | None:
                 "CREATE TABLE IF NOT EXISTS {} (run_date date NOT NULL, {}, PRIMARY KEY (run_date, customer_id))"
             ).format(table, sql.SQL(", ").join(columns))
         )
+        for column in columns:  # a table made by an earlier version gains the columns it lacks (outcomes...)
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {}").format(table, column))
         conn.execute(sql.SQL("DELETE FROM {} WHERE run_date = %s").format(table), [run_date])
         with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table, names)) as copy:
             for batch in dataset.to_batches():

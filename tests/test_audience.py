@@ -71,6 +71,19 @@ def test_postgres_copy_replaces_the_run_date_in_one_transaction(settings, publis
     assert uplift == pytest.approx(published.iloc[0]["uplift_subject_1"])
 
 
+def test_a_table_from_before_the_outcomes_gains_their_columns(settings, published, postgres_dsn):
+    """An upgrade: the table an earlier version created (no outcome columns) takes the new audience."""
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute(
+            "CREATE TABLE audience (run_date date NOT NULL, customer_id text, recommended_arm text, "
+            "PRIMARY KEY (run_date, customer_id))"
+        )
+    assert aud.to_postgres(settings, RUN_DATE) == len(published)
+    with psycopg.connect(postgres_dsn) as conn:
+        harmed = conn.execute("SELECT max(uplift_high_subject_3__unsubscribe) FROM audience").fetchone()[0]
+    assert harmed == pytest.approx(published["uplift_high_subject_3__unsubscribe"].max())
+
+
 def test_no_export_without_a_connection_string(settings, published, monkeypatch):
     monkeypatch.delenv(settings.export.postgres_dsn_env, raising=False)
     assert aud.to_postgres(settings, RUN_DATE) is None
