@@ -277,6 +277,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
             for o in settings.targeting.guardrails
         }
     counts = {row["recommended_arm"]: row["count"] for row in published.groupBy("recommended_arm").count().collect()}
+    spark.catalog.clearCache()  # the scored audience the guardrail price search persisted
     return {
         "audience": str(path),
         "summary": str(partition_dir(settings, "audience_summary", run_date)),
