@@ -126,7 +126,9 @@ def run(settings: Settings, run_date: date, top: int = 10) -> dict:
         "peak": max(curve, key=lambda p: p["net_value"]) if curve else None,
         "max_sends": settings.targeting.max_sends,
         "holdout_share": settings.targeting.holdout_share,
-        "gate": {k: gate.get(k) for k in ("decision", "reasons", "deployed_policy", "policy_values", "run_id")},
+        "gate": {
+            k: gate.get(k) for k in ("decision", "reasons", "deployed_policy", "policy_values", "run_id", "guardrails")
+        },
         "drift": {
             "outcome": drift.get("outcome"),
             "drifted_share": drift.get("drifted_share"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from conftest import RUN_DATE
 from jobs import campaigns, policy
 from jobs.lake import partition_dir
+from jobs.settings import report_dir
 
 DAY = RUN_DATE.isoformat()
 PAGES = [
@@ -130,6 +132,19 @@ def test_runs_and_run_pages_show_the_published_summary(airflow, settings):
     # the gate's per-arm holdout estimate with its interval is on the page
     assert re.search(r"\d[\d,]*\.\d\d \[-?[\d,]+\.\d\d, -?[\d,]+\.\d\d\]", page)
     assert "drift.html" in page and "Evidently report" in page
+
+
+def test_the_run_page_shows_every_policys_guardrail_estimate_and_the_ones_above_a_limit(airflow, settings):
+    gate = json.loads((report_dir(settings, RUN_DATE) / "gate.json").read_text())
+    page = _get(airflow, f"/campaigns/runs/{DAY}").text
+    table = page.split('id="policy-values"')[1].split("</table>")[0]
+    assert "unsubscribe increase per send" in table and "max_increase_per_send 0.005" in table
+    for name, v in gate["policy_values"].items():
+        row = table.split(f'<td class="l">{name}</td>')[1].split("</tr>")[0]
+        g = v["guardrails"]["unsubscribe"]
+        assert f"{g['increase_per_send']:.4f} [{g['low']:.4f}, {g['high']:.4f}]" in row
+        assert ("above" in row) == bool(g["above"]), name
+    assert gate["policy_values"]["everyone gets subject_3"]["guardrails"]["unsubscribe"]["above"]
 
 
 def test_the_budget_control_selects_what_the_policy_would_with_that_budget(airflow, settings):
