@@ -1,10 +1,11 @@
 """Point-in-time ETL: raw sends, responses and users into the training and scoring sets.
 
 Every feature of a row is computed as of an anchor time from data strictly before it:
-- a training row is a matured send (`date(sent_at) <= run_date - window`, the longest label
-  window), anchored at `sent_at`, labelled 1 when a qualifying response follows within the
-  attribution window; each further outcome (`targeting.outcomes`) has its own label column,
-  `label__<outcome>`, from its response types within its own window;
+- a training row is a matured send (`date(sent_at) <= run_date - attribution_window_days`),
+  anchored at `sent_at`, labelled 1 when a qualifying response follows within the window;
+  each further outcome (`targeting.outcomes`) has its own label column, `label__<outcome>`,
+  from its response types within its own window, and null on the sends that window has not
+  yet matured for (`outcome_labels`);
 - a scoring row is an eligible customer of the run date's users snapshot, anchored at the
   end of the run date.
 User attributes come from the latest snapshot dated before the anchor's day. Which attributes
@@ -159,6 +160,20 @@ def label_sends(sends: DataFrame, qualifying: DataFrame, window_days: int, name:
     return sends.join(hits, "send_id", "left").fillna(0, subset=[name])
 
 
+def outcome_labels(sends: DataFrame, responses: DataFrame, settings: Settings, run_date: date) -> DataFrame:
+    """sends with `label__<outcome>` for every further outcome: 1 / 0 within the outcome's own
+    window, null where that window has not matured by run_date (the send is too recent to know)."""
+    for outcome, spec in settings.targeting.outcomes.items():
+        column = label_column(outcome)
+        responded = responses.where(F.col("response_type").isin(spec.response_types)).select(
+            "customer_id", "responded_at"
+        )
+        sends = label_sends(sends, responded, spec.window_days, column)
+        known = F.to_date("sent_at") <= F.lit(run_date - timedelta(days=spec.window_days))
+        sends = sends.withColumn(column, F.when(known, F.col(column)))
+    return sends
+
+
 def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple[DataFrame, DataFrame]:
     """The training set (matured, labelled sends) and the scoring set of run_date."""
     exp, spec = settings.experiment, settings.features
@@ -179,15 +194,11 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
     )
     snapshot_days = [date.fromisoformat(p.name[3:]) for p in raw_partitions(settings, "users", run_date)]
 
-    last_matured = run_date - timedelta(days=settings.window_days)
+    last_matured = run_date - timedelta(days=exp.attribution_window_days)
     matured = label_sends(
         sends.where(F.to_date("sent_at") <= F.lit(last_matured)), qualifying, exp.attribution_window_days
     )
-    for outcome, spec_o in settings.targeting.outcomes.items():
-        responded = responses.where(
-            F.col("response_type").isin(spec_o.response_types) & (F.col("responded_at") < end_of_day)
-        ).select("customer_id", "responded_at")
-        matured = label_sends(matured, responded, spec_o.window_days, label_column(outcome))
+    matured = outcome_labels(matured, responses.where(F.col("responded_at") < end_of_day), settings, run_date)
     matured = matured.persist()  # read three times: its days, the anchors, the labels
     send_days = [row.d for row in matured.select(F.to_date("sent_at").alias("d")).distinct().collect()]
     training_anchors = matured.select(

@@ -21,6 +21,9 @@ outcome models p_<arm>__o) and a row's contribution sums ``value_o * (G_i^o(pi_i
 over the outcomes. A guardrail outcome's effect of a policy is its increase per send:
 ``mean(G^o(pi) - G^o(control)) / share of rows sent``, with the same paired bootstrap.
 
+A row whose outcome label has not matured (null) has no observation either: AIPW counts its
+outcome model's prediction there, IPW nothing.
+
 Where a row's campaign never randomized arm a (e_i(a) = 0, a campaign with its own split),
 IPW has no observation to weight and counts nothing for a, so it understates a policy that
 sends a there; AIPW falls back on the outcome model mu_a for those rows.
@@ -46,9 +49,11 @@ def propensities(holdout: pd.DataFrame, exp: Experiment) -> dict[str, np.ndarray
 def scores(holdout: pd.DataFrame, exp: Experiment, estimator: str, outcome: str | None = None) -> dict[str, np.ndarray]:
     """G_i(a) of outcome (None: the primary one) for every arm a (control included), AIPW or IPW."""
     y, received = holdout[label_column(outcome)].to_numpy(float), holdout["arm"].to_numpy()
+    known = ~np.isnan(y)  # a further outcome's label is null where its window has not matured
+    y = np.nan_to_num(y)
     out = {}
     for arm, e in propensities(holdout, exp).items():
-        got = (received == arm) & (e > 0)
+        got = (received == arm) & (e > 0) & known
         weighted = np.divide(got, e, out=np.zeros_like(e), where=e > 0)
         if estimator == "ipw":
             out[arm] = weighted * y

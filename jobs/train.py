@@ -71,7 +71,8 @@ def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
 
     def fit_arm(pair: tuple[str, str | None]) -> lgb.LGBMClassifier:
         arm, outcome = pair
-        rows, label = train[train["arm"] == arm], label_column(outcome)
+        label = label_column(outcome)
+        rows = train[(train["arm"] == arm) & train[label].notna()]  # a label not matured yet is null
         if rows[label].nunique() < 2:
             raise ValueError(
                 f"arm '{arm}' has {len(rows)} training rows and a single value of {label}"
@@ -102,9 +103,9 @@ def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) ->
     results = {}
     for arm, outcome in [(a, o) for o in [None, *model.outcomes] for a in exp.arms]:
         k = key(arm, outcome)
-        rows = scored[scored["arm"].isin([arm, exp.control])]
+        rows = scored[scored["arm"].isin([arm, exp.control]) & scored[label_column(outcome)].notna()]
         y, t, u = (
-            rows[label_column(outcome)].to_numpy(),
+            rows[label_column(outcome)].to_numpy().astype(int),
             (rows["arm"] == arm).to_numpy().astype(int),
             rows[f"uplift_{k}"].to_numpy(),
         )
@@ -126,7 +127,7 @@ def _effects(rows: pd.DataFrame, outcome: str | None, arms: list[str], settings:
     """Each arm's average effect on outcome's label in rows (policy.average_effects, by campaign)."""
     counts = (
         rows.groupby(["campaign_id", "arm"], observed=True)[label_column(outcome)]
-        .agg(rows="size", responses="sum")
+        .agg(rows="count", responses="sum")  # count: the rows whose label has matured
         .reset_index()
     )
     return policy.average_effects(counts, settings.experiment.control, arms)
@@ -167,7 +168,7 @@ def guardrail_bounds(scored: pd.DataFrame, flat: dict[str, dict], settings: Sett
             if k in flat:
                 out[k] = {"edges": [], "highs": [float(flat[k]["high"])]}
                 continue
-            rows = scored[scored["arm"].isin([arm, exp.control])]
+            rows = scored[scored["arm"].isin([arm, exp.control]) & scored[label_column(outcome)].notna()]
             raw = (rows[f"p_{k}"] - rows[f"p_{key(exp.control, outcome)}"]).to_numpy()
             edges = np.unique(np.quantile(raw, np.arange(1, bins) / bins)).tolist()
             where = np.searchsorted(edges, raw, side="right")

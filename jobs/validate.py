@@ -331,7 +331,8 @@ def outcome_label_expectations(settings: Settings) -> list[dict]:
             {
                 "type": "expect_column_mean_to_be_between",
                 "kwargs": {"column": column, "min_value": 1e-6, "max_value": 0.9},
-                "notes": f"no send followed by a response of outcome '{name}' within its window: no label to learn",
+                "notes": f"no matured send was followed by a response of outcome '{name}' within its window "
+                "(or no send has matured for it yet): no label to learn",
             },
         ]
     return out

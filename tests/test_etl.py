@@ -9,6 +9,7 @@ from helpers import settings_in
 from jobs.etl import dedupe, run_etl
 from jobs.generate import deliver
 from jobs.lake import MissingInputError, partition_dir
+from jobs.settings import Outcome
 
 RUN = date(2026, 10, 30)
 USERS = pd.DataFrame(
@@ -64,6 +65,25 @@ def test_training_rows_are_matured_deduplicated_labelled_sends(spark, history):
     assert counts["duplicate_sends_removed"] == 1 and counts["duplicate_responses_removed"] == 0
     assert sorted(training.index) == ["s1", "s2", "s3"]
     assert training["label"].to_dict() == {"s1": 1, "s2": 0, "s3": 0}
+
+
+def test_each_outcome_label_matures_on_its_own_window(spark, history):
+    """A further outcome's label is 0/1 once its window has passed, null before; the rows stay
+    the primary outcome's matured sends."""
+    outcomes = {
+        "late": Outcome(response_types=["click"], window_days=21, value=1.0),
+        "quick": Outcome(response_types=["click", "open"], window_days=2, value=1.0),
+    }
+    local = history.model_copy(update={"targeting": history.targeting.model_copy(update={"outcomes": outcomes})})
+    run_etl(spark, local, RUN)
+    training = pd.read_parquet(partition_dir(local, "features/training", RUN)).set_index("send_id")
+    assert sorted(training.index) == ["s1", "s2", "s3"], "the primary window (7 days) decides the rows"
+    assert training["label"].to_dict() == {"s1": 1, "s2": 0, "s3": 0}
+    # 21 days: only the sends of Oct 9 or before have matured (s1, s2); r3 is 15 days after s2.
+    late = training["label__late"]
+    assert late[["s1", "s2"]].to_dict() == {"s1": 1, "s2": 1} and pd.isna(late["s3"])
+    # 2 days: r1 came 2 days 2 hours after s1 (too late); B's open came 1 day after s2.
+    assert training["label__quick"].to_dict() == {"s1": 0, "s2": 1, "s3": 0}
 
 
 def test_dedupe_picks_the_same_copy_whatever_the_delivery_order(spark):

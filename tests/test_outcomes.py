@@ -52,7 +52,7 @@ def _trading(n: int = 60_000, seed: int = 4) -> pd.DataFrame:
     seg = rng.choice(["s0", "s1"], n)
     click = 0.05 + 0.08 * (arm == "a") + 0.02 * (arm == "b")
     purchase = 0.01 + 0.03 * ((arm == "b") & (seg == "s1"))
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "customer_id": [f"u{i}" for i in range(n)],
             "campaign_id": "k",
@@ -60,9 +60,11 @@ def _trading(n: int = 60_000, seed: int = 4) -> pd.DataFrame:
             "seg": seg,
             "x": rng.normal(size=n),
             "label": (rng.random(n) < click).astype(int),
-            "label__purchase": (rng.random(n) < purchase).astype(int),
+            "label__purchase": (rng.random(n) < purchase).astype(float),
         }
     )
+    frame.loc[frame.index[-n // 5 :], "label__purchase"] = np.nan  # the latest sends: not matured for purchases
+    return frame
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +193,8 @@ def test_the_gate_estimates_each_policys_guardrail_increase_and_flags_the_ones_a
             "label__unsubscribe": (rng.random(n) < 0.004 + 0.04 * ((arm == "a") & harmed)).astype(int),
         }
     )
+    holdout["label__unsubscribe"] = holdout["label__unsubscribe"].astype(float)
+    holdout.loc[holdout.index[: n // 10], "label__unsubscribe"] = np.nan  # not matured: the model's estimate counts
     for a in ["c", *ARMS]:
         holdout[f"p_{a}"] = 0.05 + 0.05 * (a != "c")
         holdout[f"p_{a}__unsubscribe"] = 0.004 + (0.04 * harmed if a == "a" else 0.0)
