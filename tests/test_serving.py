@@ -78,6 +78,13 @@ def test_two_customers_get_per_arm_uplift(served, settings):
         expected = predictions[f"p_{arm}"] - predictions["p_control"]
         assert (predictions[f"uplift_{arm}"] - expected).abs().max() < 1e-9
     assert "best_arm" not in predictions, "which arm to send is the targeting policy's decision"
+    # every further outcome's probabilities and uplifts, and the guardrail's upper bounds, served too
+    for arm in settings.experiment.arms:
+        for outcome in settings.targeting.outcomes:
+            assert {f"p_{arm}__{outcome}", f"uplift_{arm}__{outcome}"} <= set(predictions.columns)
+        for outcome in settings.targeting.guardrails:
+            assert (predictions[f"uplift_high_{arm}__{outcome}"] >= 0).all()
+    assert "p_control__unsubscribe" in predictions
 
 
 def test_a_request_without_features_is_a_readable_4xx(served):
