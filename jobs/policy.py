@@ -16,6 +16,13 @@ plumbing (ranking windows over the whole audience) around the same column rules.
   ever sent at a loss to make room. When no price on the grid suffices, only arms whose own
   uplift is within the limit are used. The price is set on the unbudgeted choice: `max_sends`
   and `max_spend` then take the top of the ranking, as without guardrails.
+- Customers are ranked by expected net value (then customer_id); with `max_sends` / `max_spend`
+  only the recommended customers whose running count / spend stays within budget are selected.
+- A stable pseudo-random `holdout_share` of the selected is flagged `holdout`: not sent, kept
+  as a fresh randomized control. The draw depends on (customer_id, run_date) only.
+- Until a model passes the gate, the night's policy is a constant one (`best_constant`): every
+  eligible customer gets the arm whose net value's lower 95% bound is highest if that bound is
+  above zero (and which keeps every guardrail), otherwise no one.
 """
 
 from __future__ import annotations
@@ -58,41 +65,51 @@ def net_values(uplifts: pd.DataFrame, targeting: Targeting, arms: list[str]) -> 
     return net
 
 
-def _decide(
-    frame: pd.DataFrame, targeting: Targeting, arms: list[str], prices: dict[str, float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: the index of the best arm, whether it is worth sending, and the net values (rows x arms)."""
-    net = net_values(frame, targeting, arms)
-    choice = net.copy()
-    allowed = np.ones(net.shape, dtype=bool)
+def _parts(frame: pd.DataFrame, targeting: Targeting, arms: list[str]) -> dict:
+    """What the choice reads, rows x arms: net values, primary uplifts, the arms the per-customer
+    guardrails allow, and each campaign-limited outcome's uplift above its limit."""
+    allowed = np.ones((len(frame), len(arms)), dtype=bool)
+    above = {}
     for outcome, guardrail in targeting.guardrails.items():
         if guardrail.max_uplift is not None:
             allowed &= _uplifts(frame, arms, outcome, "uplift_high_") <= guardrail.max_uplift
+        if guardrail.max_increase_per_send is not None:
+            above[outcome] = _uplifts(frame, arms, outcome) - guardrail.max_increase_per_send
+    return {
+        "net": net_values(frame, targeting, arms),
+        "uplift": _uplifts(frame, arms),
+        "allowed": allowed,
+        "above": above,
+    }
+
+
+def _pick(parts: dict, targeting: Targeting, prices: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the index of the best arm under the prices, and whether it is worth sending."""
+    net, allowed = parts["net"], parts["allowed"]
+    choice = net.copy()
+    for outcome, above in parts["above"].items():
         price = prices.get(outcome, 0.0)
-        if price:
-            above = _uplifts(frame, arms, outcome) - guardrail.max_increase_per_send
-            if np.isinf(price):
-                allowed &= above <= 0
-            else:
-                choice -= price * above
+        if np.isinf(price):
+            allowed = allowed & (above <= 0)
+        elif price:
+            choice -= price * above
     choice[~allowed] = -np.inf
     best = choice.argmax(axis=1)
-    rows = np.arange(len(frame))
-    worth_it = (choice[rows, best] > 0) & (net[rows, best] > 0)
-    worth_it &= _uplifts(frame, arms)[rows, best] >= targeting.min_uplift
-    return best, worth_it, net
+    rows = np.arange(len(net))
+    worth_it = (choice[rows, best] > 0) & (net[rows, best] > 0) & (parts["uplift"][rows, best] >= targeting.min_uplift)
+    return best, worth_it
 
 
 def price_excess(
     frame: pd.DataFrame, targeting: Targeting, arms: list[str], outcome: str, grid: np.ndarray, prices: dict
 ) -> np.ndarray:
     """For each price on grid (the others as in prices): the sum over the sent of (uplift of outcome - limit)."""
-    limit = targeting.guardrails[outcome].max_increase_per_send
-    uplift = _uplifts(frame, arms, outcome)
+    parts = _parts(frame, targeting, arms)
+    above, rows = parts["above"][outcome], np.arange(len(frame))
     out = np.zeros(len(grid))
     for i, price in enumerate(grid):
-        best, worth_it, _ = _decide(frame, targeting, arms, {**prices, outcome: price})
-        out[i] = (uplift[np.arange(len(frame)), best] - limit)[worth_it].sum()
+        best, worth_it = _pick(parts, targeting, {**prices, outcome: price})
+        out[i] = above[rows, best][worth_it].sum()
     return out
 
 
@@ -136,8 +153,9 @@ def choose(
 
     prices: the campaign guardrails' prices (`guardrail_prices` over the whole audience).
     """
-    best, worth_it, net = _decide(frame, targeting, arms, prices or {})
-    rows = np.arange(len(frame))
+    parts = _parts(frame, targeting, arms)
+    best, worth_it = _pick(parts, targeting, prices or {})
+    net, rows = parts["net"], np.arange(len(frame))
     costs = np.array([targeting.cost_per_send[a] for a in arms])
     out = frame.copy()
     out["recommended_arm"] = np.where(worth_it, np.array(arms, dtype=object)[best], NONE)

@@ -11,31 +11,55 @@ ARMS = ["subject_1", "subject_2", "subject_3"]
 
 
 def _uplifts(n: int, seed: int) -> pd.DataFrame:
+    """Primary uplifts, and the demo's unsubscribe outcome: its uplifts and upper bounds (guardrail)."""
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({"customer_id": [f"c{i:05d}" for i in range(n)]})
     for arm in ARMS:
         frame[f"uplift_{arm}"] = np.round(rng.normal(0.01, 0.02, n), 3)  # rounded: many ties
+        frame[f"uplift_{arm}__unsubscribe"] = np.round(rng.normal(0.008, 0.006, n), 3)
+        frame[f"uplift_high_{arm}__unsubscribe"] = frame[f"uplift_{arm}__unsubscribe"] + 0.001
     return frame
+
+
+@pytest.fixture
+def primary(settings):
+    """The settings with the primary outcome only (the demo's unsubscribe outcome left out)."""
+    return settings.model_copy(update={"targeting": settings.targeting.model_copy(update={"outcomes": {}})})
 
 
 @pytest.mark.parametrize("budget", [{}, {"max_sends": 400}, {"max_spend": 12.5}, {"max_sends": 300, "max_spend": 40.0}])
 def test_spark_scoring_and_pandas_evaluation_choose_the_same_rows(spark, settings, budget):
     from jobs.score import apply_policy
 
-    targeting = settings.targeting.model_copy(update={"holdout_share": 0.1, **budget})
+    unsubscribe = settings.targeting.outcomes["unsubscribe"]
+    tight = unsubscribe.model_copy(  # tighter than the demo's, so that the campaign limit binds
+        update={"guardrail": unsubscribe.guardrail.model_copy(update={"max_increase_per_send": 0.002})}
+    )
+    targeting = settings.targeting.model_copy(
+        update={"holdout_share": 0.1, "outcomes": {"unsubscribe": tight}, **budget}
+    )
     s = settings.model_copy(update={"targeting": targeting})
     frame = _uplifts(3000, seed=len(budget))
     in_spark = apply_policy(spark.createDataFrame(frame), s, RUN_DATE).toPandas().set_index("customer_id")
     in_pandas = policy.apply(frame, targeting, ARMS, RUN_DATE).set_index("customer_id")
     columns = ["recommended_arm", "selected", "holdout", "rank", "expected_net_value", "send_cost"]
+    columns.append("expected_uplift__unsubscribe")
     pd.testing.assert_frame_equal(in_spark.loc[in_pandas.index, columns], in_pandas[columns], check_dtype=False)
     assert 0 < in_pandas["holdout"].sum() < in_pandas["selected"].sum()
+    # Both guardrails bind here, and Spark's price search over the audience finds pandas' price.
+    guardrail = targeting.guardrails["unsubscribe"]
+    chosen = in_pandas[in_pandas["recommended_arm"] != "none"]
+    assert chosen["expected_uplift__unsubscribe"].sum() <= guardrail.max_increase_per_send * len(chosen) + 1e-9
+    assert policy.guardrail_prices(frame, targeting, ARMS)["unsubscribe"] > 0, "the campaign limit binds"
+    bounds = chosen.apply(lambda r: r[f"uplift_high_{r['recommended_arm']}__unsubscribe"], axis=1)
+    assert (bounds <= guardrail.max_uplift).all()
+    assert (frame[[f"uplift_high_{a}__unsubscribe" for a in ARMS]] > guardrail.max_uplift).any(axis=None)
     if budget:
         assert in_pandas["selected"].sum() < (in_pandas["recommended_arm"] != "none").sum(), "the budget binds"
 
 
-def test_the_policy_takes_the_best_net_value_and_respects_min_uplift(settings):
-    targeting = settings.targeting.model_copy(
+def test_the_policy_takes_the_best_net_value_and_respects_min_uplift(primary):
+    targeting = primary.targeting.model_copy(
         update={
             "value_per_response": 10.0,
             "cost_per_send": {"subject_1": 0.05, "subject_2": 0.3, "subject_3": 0.05},
@@ -75,8 +99,8 @@ def test_average_effects_are_stratified_by_campaign():
     assert effects["subject_1"]["low"] < 0.10 < effects["subject_1"]["high"]
 
 
-def test_the_constant_policy_needs_a_lower_bound_above_zero(settings):
-    targeting = settings.targeting  # value 10, cost 0.05: an arm pays from an effect of 0.005
+def test_the_constant_policy_needs_a_lower_bound_above_zero(primary):
+    targeting = primary.targeting  # value 10, cost 0.05: an arm pays from an effect of 0.005
     effects = {
         "subject_1": {"ate": 0.02, "low": 0.012, "high": 0.028, "rows": 9000},
         "subject_2": {"ate": 0.03, "low": -0.001, "high": 0.061, "rows": 900},  # bigger, unsure
@@ -103,7 +127,7 @@ def _randomized(n: int, seed: int):
     return frame, truth, x
 
 
-def test_aipw_and_ipw_recover_a_known_policy_value(settings):
+def test_aipw_and_ipw_recover_a_known_policy_value(primary):
     from jobs.settings import Experiment
 
     exp = Experiment(
@@ -114,9 +138,7 @@ def test_aipw_and_ipw_recover_a_known_policy_value(settings):
         qualifying_response_types=["click"],
         srm_p_value_min=0.001,
     )
-    targeting = settings.targeting.model_copy(
-        update={"value_per_response": 10.0, "cost_per_send": {"a": 0.1, "b": 0.1}}
-    )
+    targeting = primary.targeting.model_copy(update={"value_per_response": 10.0, "cost_per_send": {"a": 0.1, "b": 0.1}})
     frame, truth, x = _randomized(40_000, seed=5)
     target = np.where(x > 0.5, "a", "b")  # the best arm for everyone
     assignments = {"model": target, "everyone gets b": np.full(len(x), "b"), "no one": np.full(len(x), "control")}
