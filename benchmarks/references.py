@@ -32,6 +32,7 @@ import pandas as pd
 from jobs.features import FeatureSpec
 from jobs.lake import MissingInputError, raw_dir, raw_partitions
 from jobs.settings import Settings, Source, load_settings
+from jobs.tlearner import label_column
 
 # DuckDB spelling of the Spark types raw columns are read as (Settings.raw_types).
 DUCKDB_TYPES = {"string": "VARCHAR", "double": "DOUBLE", "date": "DATE", "timestamp": "TIMESTAMP"}
@@ -208,18 +209,31 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
             AND sent_at < {end_of_day}
         """)
         con.execute(f"""
-            CREATE TEMP TABLE qualifying AS
-            SELECT customer_id, responded_at FROM ({_raw_sql(settings, "responses", run_date)})
+            CREATE TEMP TABLE responses AS
+            SELECT customer_id, responded_at, response_type FROM ({_raw_sql(settings, "responses", run_date)})
             QUALIFY row_number() OVER (PARTITION BY response_id
                 ORDER BY dt ASC NULLS LAST, responded_at ASC NULLS LAST, customer_id ASC NULLS LAST,
                     response_type ASC NULLS LAST) = 1
-            AND response_type IN ({qualifying_types}) AND responded_at < {end_of_day}
+            AND responded_at < {end_of_day}
         """)
+        con.execute(
+            f"CREATE TEMP TABLE qualifying AS SELECT * FROM responses WHERE response_type IN ({qualifying_types})"
+        )
+        # Each further outcome's label: its types within its window, null before the window has matured.
+        outcome_labels = "".join(
+            f""", CASE WHEN CAST(s.sent_at AS DATE) <= DATE '{run_date - timedelta(days=o.window_days)}'
+                THEN CAST(EXISTS (SELECT 1 FROM responses r WHERE r.customer_id = s.customer_id
+                    AND r.response_type IN ({", ".join(_quote(t) for t in o.response_types)})
+                    AND r.responded_at > s.sent_at AND r.responded_at <= s.sent_at + INTERVAL {o.window_days} DAYS)
+                AS INTEGER) END AS {_ident(label_column(name))}"""
+            for name, o in settings.targeting.outcomes.items()
+        )
         con.execute(f"""
             CREATE TEMP TABLE matured AS
             SELECT s.*, CAST(EXISTS (
                 SELECT 1 FROM qualifying r WHERE r.customer_id = s.customer_id
                 AND r.responded_at > s.sent_at AND r.responded_at <= s.sent_at + {window}) AS INTEGER) AS label
+                {outcome_labels}
             FROM sends s WHERE CAST(s.sent_at AS DATE) <= {last_matured}
         """)
         con.execute("""
@@ -237,7 +251,7 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
         training_rows = con.execute(f"""
             COPY (
                 SELECT f.anchor_id AS send_id, f.customer_id, m.campaign_id, f.as_of AS sent_at, m.arm, m.label,
-                       {features}
+                       {"".join(f"m.{_ident(label_column(o))}, " for o in settings.targeting.outcomes)}{features}
                 FROM ({_point_in_time_sql(spec, "training_anchors")}) f JOIN matured m ON m.send_id = f.anchor_id
             ) TO {_quote(str(training_file))} (FORMAT parquet)
         """).fetchone()[0]

@@ -317,6 +317,12 @@ def response_types_delivered(spark: SparkSession, settings: Settings, run_date: 
             outcome.failures.append(
                 f"{which} counts response types {missing} that no delivery up to {run_date} contains "
                 f"(delivered response types: {sorted(t for t in seen if t is not None)})"
+                + (
+                    ""
+                    if name is None
+                    else ": name the types as delivered, or set targeting.outcomes in your overlay "
+                    "({} for the primary outcome only)"
+                )
             )
     return outcome
 

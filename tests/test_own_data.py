@@ -191,6 +191,21 @@ def test_a_declared_column_missing_from_the_delivery_is_named_with_its_file(spar
     _nothing_written(settings)
 
 
+def test_an_outcome_counting_a_response_type_never_delivered_is_refused_by_name(spark, own_settings):
+    from jobs.validate import ValidationFailed, validate_raw
+
+    outcomes = dict(readme_overlay()["targeting"]["outcomes"])
+    outcomes["unsubscribe"] = {**outcomes["unsubscribe"], "response_types": ["unsubscibe"]}  # a typo
+    settings = own_settings({"targeting": {"outcomes": outcomes}})
+    with pytest.raises(ValidationFailed) as err:
+        validate_raw(spark, settings, RUN)
+    message = str(err.value)
+    assert "suite 'response_types'" in message
+    assert "targeting.outcomes.unsubscribe counts response types ['unsubscibe'] that no delivery" in message
+    assert "delivered response types: ['conversion', 'unsubscribe', 'visit']" in message
+    _nothing_written(settings)
+
+
 def test_text_in_a_numeric_column_is_named_with_values_and_file(spark, own_settings):
     from jobs.validate import ValidationFailed, validate_raw
 

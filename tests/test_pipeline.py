@@ -7,6 +7,7 @@ every eligible customer whose uplift tracks the true uplift, and a drift report.
 import json
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -47,7 +48,8 @@ def test_validation_reports_are_written(settings, nightly):
     raw = json.loads((folder / "raw.json").read_text())
     features = json.loads((folder / "features.json").read_text())
     assert raw["success"] and features["success"]
-    assert {c["suite"] for c in raw["checks"]} == {"raw_users", "raw_sends", "raw_responses", "randomization"}
+    suites = {c["suite"] for c in raw["checks"]}
+    assert suites == {"raw_users", "raw_sends", "raw_responses", "randomization", "response_types"}
     srm = features["sample_ratio_mismatch"]
     campaigns = pd.read_parquet(partition_dir(settings, "features/training", RUN_DATE), columns=["campaign_id"])
     assert set(srm["campaigns"]) == set(campaigns["campaign_id"]), "one test per campaign (the demo: one a day)"
@@ -99,10 +101,19 @@ def test_targeting_follows_the_policy(settings, audience):
     policy = settings.targeting
     chosen = audience[audience["recommended_arm"] != "none"]
     assert (chosen["expected_net_value"] > 0).all()
+    guardrail = policy.guardrails["unsubscribe"]
     for arm in ARMS:
         rows = chosen[chosen["recommended_arm"] == arm]
-        net = {a: rows[f"uplift_{a}"] * policy.value_per_response - policy.cost_per_send[a] for a in ARMS}
+        # value of clicks and purchases + value of unsubscribes (negative) - cost, among the arms whose
+        # upper bound on the unsubscribe uplift is within the per-customer limit
+        net = {
+            a: (rows[f"uplift_{a}"] * policy.value_per_response - policy.cost_per_send[a])
+            .add(rows[f"uplift_{a}__unsubscribe"] * policy.outcomes["unsubscribe"].value)
+            .where(rows[f"uplift_high_{a}__unsubscribe"] <= guardrail.max_uplift, -np.inf)
+            for a in ARMS
+        }
         assert (pd.DataFrame(net).idxmax(axis=1) == arm).all()
+        assert (rows[f"uplift_high_{arm}__unsubscribe"] <= guardrail.max_uplift).all()
     assert not audience.loc[audience["recommended_arm"] == "none", "selected"].any()
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE)).set_index("recommended_arm")
     assert summary["customers"].sum() == audience["selected"].sum()

@@ -9,7 +9,7 @@ import pytest
 from benchmarks.references import duckdb_etl, pandas_tlearner
 from conftest import RUN_DATE
 from helpers import copy_raw, settings_in
-from jobs.etl import SCORING_KEYS, TRAINING_KEYS, build_sets
+from jobs.etl import SCORING_KEYS, build_sets, training_keys
 from jobs.features import Attribute, FeatureSpec, History
 from jobs.generate import deliver
 from jobs.lake import partition_dir
@@ -43,7 +43,8 @@ def test_duckdb_training_set_equals_the_spark_one(settings, duckdb_sets):
     result, training, _ = duckdb_sets
     spark_training = pd.read_parquet(partition_dir(settings, "features/training", RUN_DATE))
     assert result["training_rows"] == len(training) == len(spark_training)
-    assert list(training.columns) == TRAINING_KEYS + settings.features.names
+    assert list(training.columns) == training_keys(settings) + settings.features.names
+    assert training["label__unsubscribe"].sum() > 0, "the demo's further outcome is labelled by both"
     assert training["label"].nunique() == 2 and training["previous_arm"].nunique() > 2
     assert_same_rows(spark_training, training, "send_id")
 
@@ -162,7 +163,7 @@ def test_duckdb_matches_spark_on_another_feature_spec(spark, settings, generated
     training, scoring = read_sets(tmp_path / "duckdb")
     features = ["age_years", "domain", "n_sends_7d", "response_rate_14d"]  # only what the spec declares
     assert OTHER_SPEC.names == features
-    assert list(training.columns) == TRAINING_KEYS + features and list(scoring.columns) == SCORING_KEYS + features
+    assert list(training.columns) == training_keys(s) + features and list(scoring.columns) == SCORING_KEYS + features
     assert_same_rows(spark_training, training, "send_id")
     assert_same_rows(spark_scoring, scoring, "customer_id")
     # Not vacuous: the windows differ from the demo's, the eligibility too.

@@ -7,7 +7,8 @@ from jobs.score import apply_policy
 
 
 def _policy(settings, **changes):
-    targeting = settings.targeting.model_copy(update={"holdout_share": 0.0, **changes})
+    """The demo's targeting on primary-only uplifts (no further outcome: tests/test_policy.py has them)."""
+    targeting = settings.targeting.model_copy(update={"holdout_share": 0.0, "outcomes": {}, **changes})
     return settings.model_copy(update={"targeting": targeting})
 
 
