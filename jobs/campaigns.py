@@ -122,6 +122,8 @@ def run(settings: Settings, run_date: date, top: int = 10) -> dict:
             k: float(summary[k].sum())
             for k in ("customers", "sends", "holdout", "expected_incremental_responses", "expected_net_value", "spend")
         },
+        # the further outcomes' expected increments per arm (the audience summary's columns)
+        "outcome_totals": {o: f"expected_incremental_{o}" for o in settings.targeting.outcomes},
         "curve": curve,
         "peak": max(curve, key=lambda p: p["net_value"]) if curve else None,
         "max_sends": settings.targeting.max_sends,

@@ -177,7 +177,8 @@ def test_pandas_tlearner_trains_on_the_same_rows_and_finds_the_uplift(settings, 
     spark_rows = len(pd.read_parquet(partition_dir(settings, "features/training", RUN_DATE), columns=["send_id"]))
     assert result["training_rows"] == spark_rows
     pipeline_qini = nightly["train"]["qini"]
-    assert set(result["qini"]) == set(pipeline_qini) == set(settings.experiment.arms)
+    assert set(result["qini"]) == set(settings.experiment.arms)  # the script learns the primary outcome only
+    assert set(settings.experiment.arms) <= set(pipeline_qini)
     for arm, qini in result["qini"].items():
         # A random ranking scores 0 (sd 0.008) on this holdout; the pipeline's is 0.03-0.05.
         assert qini > 0.02, (arm, qini, pipeline_qini)
