@@ -160,7 +160,8 @@ def choose(
     out = frame.copy()
     out["recommended_arm"] = np.where(worth_it, np.array(arms, dtype=object)[best], NONE)
     out["expected_uplift"] = np.where(worth_it, _uplifts(frame, arms)[rows, best], 0.0)
-    out["expected_net_value"] = net[rows, best]
+    # A customer every arm of whom a guardrail forbids has nothing to gain: 0, not a forbidden arm's value.
+    out["expected_net_value"] = np.where(parts["allowed"].any(axis=1), net[rows, best], 0.0)
     out["send_cost"] = np.where(worth_it, costs[best], 0.0)
     out["holdout_draw"] = holdout_draw(frame["customer_id"], run_date)
     for outcome in targeting.outcomes:

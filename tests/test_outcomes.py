@@ -122,6 +122,9 @@ def test_the_per_customer_guardrail_keeps_the_harmed_from_the_arm_that_harms_the
     assert (guarded.loc[harmed, "recommended_arm"] == "b").all(), "their bound 0.045 is above 0.01: b instead"
     assert (guarded.loc[~harmed, "recommended_arm"] == "a").all()
     assert guarded.loc[harmed, "expected_uplift__unsubscribe"].eq(0.0).all()
+    frame.loc[0, "uplift_high_b__unsubscribe"] = 0.5  # customer 0: both arms forbidden
+    alone = policy.apply(frame, _guarded(max_uplift=0.01), ARMS, DAY).iloc[0]
+    assert alone["recommended_arm"] == "none" and alone["expected_net_value"] == 0.0, "ranked by nothing to gain"
 
 
 def test_the_campaign_guardrail_is_met_at_the_smallest_price_on_the_grid():
