@@ -52,6 +52,11 @@ def output_columns(control: str, arms: list[str], outcomes: list[str] = (), boun
     )
 
 
+def bounded_outcomes(bounds: dict[str, dict], outcomes: list[str]) -> list[str]:
+    """The outcomes that have upper bounds (the guardrails), in declaration order."""
+    return [o for o in outcomes if any(k.endswith(f"__{o}") for k in bounds)]
+
+
 def with_uplifts(
     probabilities: pd.DataFrame,
     control: str,
@@ -76,8 +81,7 @@ def with_uplifts(
             if k in bounds:
                 edges, highs = bounds[k]["edges"], np.asarray(bounds[k]["highs"], dtype=float)
                 out[f"uplift_high_{k}"] = highs[np.searchsorted(edges, raw.to_numpy(), side="right")]
-    bounded = sorted({k.split("__", 1)[1] for k in bounds}, key=list(outcomes).index)
-    return out[output_columns(control, arms, outcomes, bounded)]
+    return out[output_columns(control, arms, outcomes, bounded_outcomes(bounds, outcomes))]
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,7 @@ class PortableTLearner:
         return with_uplifts(probabilities, self.control, self.arms, self.constant, self.outcomes, self.bounds)
 
     def columns(self) -> list[str]:
-        bounded = sorted({k.split("__", 1)[1] for k in self.bounds}, key=self.outcomes.index)
-        return output_columns(self.control, self.arms, self.outcomes, bounded)
+        return output_columns(self.control, self.arms, self.outcomes, bounded_outcomes(self.bounds, self.outcomes))
 
 
 class FeatureMismatchError(RuntimeError):
