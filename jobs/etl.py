@@ -53,39 +53,91 @@ def _days_between(later: Column, earlier: Column) -> Column:
     return (later.cast("long") - earlier.cast("long")) / 86400.0
 
 
-def _snapshot_for(spark: SparkSession, snapshot_days: list[date], anchor_days: list[date]) -> DataFrame:
+def _snapshot_pairs(snapshot_days: list[date], anchor_days: list[date]) -> list[tuple[date, date]]:
     """(anchor_day, snapshot_dt): the latest users snapshot dated strictly before anchor_day."""
     pairs = []
     for day in anchor_days:
         earlier = [d for d in snapshot_days if d < day]
         if earlier:
             pairs.append((day, earlier[-1]))
+    return pairs
+
+
+def _snapshot_for(spark: SparkSession, pairs: list[tuple[date, date]]) -> DataFrame:
     return spark.createDataFrame(pairs, "anchor_day date, snapshot_dt date")
 
 
-def _attribute(spec: FeatureSpec, name: str) -> Column:
-    """A feature from the users snapshot joined to the anchor (with `as_of`)."""
-    a, column = spec.attributes[name], F.col(f"u.`{spec.source_column(name)}`")
-    if a.derive == "days_since":
-        return F.datediff(F.to_date("as_of"), column).alias(name)
+def _on_snapshot(spec: FeatureSpec, name: str) -> Column:
+    """What the users snapshot row alone gives of an attribute: the value, its derivation (but
+    days_since, which needs the anchor's as_of), computed before the join so it carries less."""
+    a, column = spec.attributes[name], F.col(f"`{spec.source_column(name)}`")
     if a.derive == "email_domain":  # without an '@' there is no domain: null, never the value itself
-        return F.when(F.instr(column, "@") > 0, F.lower(F.substring_index(column, "@", -1))).alias(name)
+        return F.when(F.instr(column, "@") > 0, F.lower(F.substring_index(column, "@", -1)))
+    return column
+
+
+def _attribute(spec: FeatureSpec, name: str, column: Column) -> Column:
+    """A feature from its snapshot value (_on_snapshot), joined to the anchor (with `as_of`)."""
+    if spec.attributes[name].derive == "days_since":
+        return F.datediff(F.to_date("as_of"), column).alias(name)
     return column.alias(name)
 
 
-def _windowed(at: str, days: int) -> Column:
-    return F.col(at) >= F.col("a.as_of") - F.expr(f"INTERVAL {days} DAYS")
+def _history(anchors: DataFrame, sends: DataFrame, qualifying: DataFrame, spec: FeatureSpec) -> DataFrame | None:
+    """Per anchor_id, the aggregates of its customer's sends and qualifying responses strictly
+    before as_of, each over its own window: `_sends_<w>d`, `previous_arm`, `_responses_<w>d`,
+    `_last_response` (those the spec's history features need; None when it needs none).
 
-
-def _history(anchors: DataFrame, events: DataFrame, at: str, aggs: list[Column], lookback: int) -> DataFrame:
-    """Aggregates per anchor of a customer's events strictly before as_of, at most lookback days back."""
-    return (
-        anchors.alias("a")
-        .join(events.alias("e"), "customer_id")
-        .where((F.col(f"e.{at}") < F.col("a.as_of")) & _windowed(f"e.{at}", lookback))
-        .groupBy("a.anchor_id")
-        .agg(*aggs)
+    One pass: anchors and events, unioned, are sorted once per customer by time, and every
+    aggregate is a range window ending 1 microsecond before the row (strictly before) and
+    starting `w` days earlier (inclusive), read off at the anchor rows. A join of anchors to
+    events would pair every anchor with every event of its customer, then group them again.
+    """
+    h = spec.history
+    send_windows = sorted({*h.n_sends, *h.response_rate})
+    response_windows = sorted({*h.n_responses, *h.response_rate})
+    wants_sends, wants_responses = (
+        bool(send_windows or h.previous_arm),
+        bool(response_windows or h.days_since_last_response),
     )
+    if not (wants_sends or wants_responses):
+        return None
+    none = F.lit(None).cast("string")
+    rows = anchors.select(
+        "customer_id", F.col("as_of").alias("at"), none.alias("arm"), F.lit(0).alias("_kind"), "anchor_id"
+    )
+    if wants_sends:
+        rows = rows.unionByName(
+            sends.select(
+                "customer_id", F.col("sent_at").alias("at"), "arm", F.lit(1).alias("_kind"), none.alias("anchor_id")
+            )
+        )
+    if wants_responses:
+        rows = rows.unionByName(
+            qualifying.select(
+                "customer_id",
+                F.col("responded_at").alias("at"),
+                none.alias("arm"),
+                F.lit(2).alias("_kind"),
+                none.alias("anchor_id"),
+            )
+        )
+    rows = rows.where(F.col("customer_id").isNotNull() & F.col("at").isNotNull())
+    by_time = Window.partitionBy("customer_id").orderBy(F.unix_micros("at"))
+
+    def before(days: int) -> Window:
+        return by_time.rangeBetween(-days * 86_400_000_000, -1)
+
+    is_send, is_response = F.col("_kind") == 1, F.col("_kind") == 2
+    aggs = [F.sum(is_send.cast("long")).over(before(w)).alias(f"_sends_{w}d") for w in send_windows]
+    if h.previous_arm:
+        latest = F.max(F.when(is_send, F.struct(F.col("at").alias("sent_at"), "arm"))).over(before(h.previous_arm))
+        aggs.append(latest["arm"].alias("previous_arm"))
+    aggs += [F.sum(is_response.cast("long")).over(before(w)).alias(f"_responses_{w}d") for w in response_windows]
+    if h.days_since_last_response:
+        last = F.max(F.when(is_response, F.col("at"))).over(before(h.days_since_last_response))
+        aggs.append(last.alias("_last_response"))
+    return rows.select("anchor_id", "_kind", *aggs).where(F.col("_kind") == 0).drop("_kind")
 
 
 def point_in_time_features(
@@ -95,37 +147,36 @@ def point_in_time_features(
     qualifying: DataFrame,
     snapshots: DataFrame,
     spec: FeatureSpec,
+    carry: list[str] = (),
 ) -> DataFrame:
-    """Add the spec's features to anchors (`anchor_id`, `customer_id`, `as_of`, `anchor_day`).
+    """Add the spec's features to anchors (`anchor_id`, `customer_id`, `as_of`, `anchor_day`, and
+    the `carry` columns, kept as they are).
 
-    users: all snapshots (with `dt`); sends and qualifying responses: deduplicated history.
-    Anchors without a users snapshot before their day are dropped.
+    users: the snapshots (with `dt`) the anchors use (`snapshots`: anchor_day -> snapshot_dt);
+    sends and qualifying responses: deduplicated history. Anchors without a users snapshot
+    before their day are dropped.
     """
     a = anchors.join(F.broadcast(snapshots), "anchor_day")
-    # Only the snapshots some anchor uses (scoring: one of them) go into the shuffle.
-    used = F.broadcast(snapshots.select(F.col("snapshot_dt").alias("dt")).distinct())
-    attrs = users.join(used, "dt", "left_semi").withColumnRenamed("dt", "snapshot_dt")
+    attrs = users.select(
+        "customer_id",
+        F.col("dt").alias("snapshot_dt"),
+        *[_on_snapshot(spec, name).alias(f"_attr_{name}") for name in spec.attributes],
+    )
     a = a.alias("a").join(attrs.alias("u"), ["customer_id", "snapshot_dt"])
-    a = a.select("anchor_id", "customer_id", "as_of", *[_attribute(spec, name) for name in spec.attributes])
+    a = a.select(
+        "anchor_id",
+        "customer_id",
+        "as_of",
+        *carry,
+        *[_attribute(spec, name, F.col(f"u._attr_{name}")) for name in spec.attributes],
+    )
 
     h = spec.history
     send_windows = sorted({*h.n_sends, *h.response_rate})
     response_windows = sorted({*h.n_responses, *h.response_rate})
-    send_aggs = [F.sum(_windowed("e.sent_at", w).cast("long")).alias(f"_sends_{w}d") for w in send_windows]
-    if h.previous_arm:
-        recent = F.when(_windowed("e.sent_at", h.previous_arm), F.struct("e.sent_at", "e.arm"))
-        send_aggs.append(F.max(recent)["arm"].alias("previous_arm"))
-    response_aggs = [
-        F.sum(_windowed("e.responded_at", w).cast("long")).alias(f"_responses_{w}d") for w in response_windows
-    ]
-    if h.days_since_last_response:
-        recent = F.when(_windowed("e.responded_at", h.days_since_last_response), F.col("e.responded_at"))
-        response_aggs.append(F.max(recent).alias("_last_response"))
-    lookback = spec.lookback_days
-    if send_aggs:
-        a = a.join(_history(anchors, sends, "sent_at", send_aggs, lookback), "anchor_id", "left")
-    if response_aggs:
-        a = a.join(_history(anchors, qualifying, "responded_at", response_aggs, lookback), "anchor_id", "left")
+    history = _history(anchors.select("anchor_id", "customer_id", "as_of"), sends, qualifying, spec)
+    if history is not None:
+        a = a.join(history, "anchor_id", "left")
     zeros = [f"_sends_{w}d" for w in send_windows] + [f"_responses_{w}d" for w in response_windows]
     a = a.fillna(0, subset=zeros)
     derived = {f"n_sends_{w}d": F.col(f"_sends_{w}d") for w in h.n_sends}
@@ -142,6 +193,7 @@ def point_in_time_features(
         "anchor_id",
         "customer_id",
         "as_of",
+        *carry,
         *[derived[name].alias(name) if name in derived else F.col(name) for name in spec.names],
     )
 
@@ -177,7 +229,9 @@ def outcome_labels(sends: DataFrame, responses: DataFrame, settings: Settings, r
 def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple[DataFrame, DataFrame]:
     """The training set (matured, labelled sends) and the scoring set of run_date."""
     exp, spec = settings.experiment, settings.features
-    users = read_raw(spark, settings, "users", run_date)
+    snapshot_days = [date.fromisoformat(p.name[3:]) for p in raw_partitions(settings, "users", run_date)]
+    if not snapshot_days:
+        read_raw(spark, settings, "users", run_date)  # raises MissingInputError, naming the source
     sends = dedupe(read_raw(spark, settings, "sends", run_date), "send_id", ["dt", "sent_at", "customer_id", "arm"])
     responses = dedupe(
         read_raw(spark, settings, "responses", run_date), "response_id", ["dt", "responded_at", "customer_id"]
@@ -192,41 +246,50 @@ def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple
         .select("customer_id", "responded_at")
         .persist()
     )
-    snapshot_days = [date.fromisoformat(p.name[3:]) for p in raw_partitions(settings, "users", run_date)]
-
     last_matured = run_date - timedelta(days=exp.attribution_window_days)
     matured = label_sends(
         sends.where(F.to_date("sent_at") <= F.lit(last_matured)), qualifying, exp.attribution_window_days
     )
     matured = outcome_labels(matured, responses.where(F.col("responded_at") < end_of_day), settings, run_date)
-    matured = matured.persist()  # read three times: its days, the anchors, the labels
+    matured = matured.persist()  # read twice: its days, the anchors
     send_days = [row.d for row in matured.select(F.to_date("sent_at").alias("d")).distinct().collect()]
+    keys = training_keys(settings)
+    carry = ["campaign_id", "arm", *keys[5:]]  # the send's own columns: never features
     training_anchors = matured.select(
         F.col("send_id").alias("anchor_id"),
         "customer_id",
         F.col("sent_at").alias("as_of"),
         F.to_date("sent_at").alias("anchor_day"),
+        *carry,
     )
-    snapshot_for = _snapshot_for(spark, snapshot_days, send_days)
+    training_pairs = _snapshot_pairs(snapshot_days, send_days)
     _require_snapshots(settings, snapshot_days, send_days)
-    training = point_in_time_features(training_anchors, users, sends, qualifying, snapshot_for, spec)
-    training = training.withColumnRenamed("anchor_id", "send_id").withColumnRenamed("as_of", "sent_at")
-    keys = training_keys(settings)
-    training = training.join(matured.select("send_id", "campaign_id", "arm", *keys[5:]), "send_id").select(
-        *keys, *spec.names
+    # Only the snapshots some anchor uses are read (the scoring set: the latest alone).
+    training_users = read_raw(
+        spark, settings, "users", run_date, days={dt for _, dt in training_pairs} or {max(snapshot_days)}
     )
+    training = point_in_time_features(
+        training_anchors, training_users, sends, qualifying, _snapshot_for(spark, training_pairs), spec, carry
+    )
+    training = training.withColumnRenamed("anchor_id", "send_id").withColumnRenamed("as_of", "sent_at")
+    training = training.select(*keys, *spec.names)
 
     scoring_day = run_date + timedelta(days=1)
-    _check_eligibility(spark, users, spec.eligibility)
-    today = users.where(F.col("dt") == F.lit(max(snapshot_days))).where(spec.eligibility)
-    scoring_anchors = today.select(
+    latest = read_raw(spark, settings, "users", run_date, days={max(snapshot_days)})
+    _check_eligibility(spark, latest, spec.eligibility)
+    scoring_anchors = latest.where(spec.eligibility).select(
         F.col("customer_id").alias("anchor_id"),
         "customer_id",
         F.lit(scoring_day).cast("timestamp").alias("as_of"),
         F.lit(scoring_day).alias("anchor_day"),
     )
     scoring = point_in_time_features(
-        scoring_anchors, users, sends, qualifying, _snapshot_for(spark, snapshot_days, [scoring_day]), spec
+        scoring_anchors,
+        latest,
+        sends,
+        qualifying,
+        _snapshot_for(spark, _snapshot_pairs(snapshot_days, [scoring_day])),
+        spec,
     ).select(*SCORING_KEYS, *spec.names)
     return training, scoring
 

@@ -65,6 +65,7 @@ def read_raw(
     run_date: date,
     *,
     only_run_date: bool = False,
+    days: set[date] | None = None,
     check_types: bool = False,
 ) -> DataFrame:
     """A source's deliveries up to run_date (or of run_date alone), in canonical names and types.
@@ -73,11 +74,14 @@ def read_raw(
     columns the feature spec reads) are kept, so nothing undeclared travels further. A value
     that does not parse as its type becomes null; with check_types, `unparsable` lists such
     columns per row, `raw_<column>` keeps what was delivered and `source_file` the file (its
-    dt= folder and name), for validation to report.
+    dt= folder and name), for validation to report. `days` reads only the deliveries of those
+    dates (the users snapshots some anchor uses): the others are not even listed.
     """
     folders = raw_partitions(settings, source, run_date)
     if only_run_date:
         folders = [f for f in folders if f.name == f"dt={run_date.isoformat()}"]
+    if days is not None:
+        folders = [f for f in folders if date.fromisoformat(f.name[3:]) in days]
     if not folders:
         which = f"dt={run_date}" if only_run_date else f"dt<={run_date}"
         raise MissingInputError(f"raw source '{source}': no delivery {which} under {raw_dir(settings, source)}")

@@ -27,6 +27,9 @@ def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
         # Scoring's Arrow batches: LightGBM's per-call cost spread over 50k rows, not 10k (-10%).
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", 50_000)
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        # Splits of at most 16 MB: a day's delivery is a few files, and Spark's default (the input
+        # over the cores, up to 128 MB) gives 2 or 3 tasks on 2 cores, one of which runs alone.
+        .config("spark.sql.files.maxPartitionBytes", "16m")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )
