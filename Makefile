@@ -73,11 +73,13 @@ lint: setup
 	ruff format --check jobs dags tests benchmarks
 
 # The nightly run per size (S 250k, M 2.5M, L 10M sends), with references: benchmarks/results/<date>.{json,md};
-# then the Campaigns pages over a 500k-customer audience: benchmarks/results/ui-pages-<date>.json.
+# then the Campaigns pages over a 500k-customer audience: benchmarks/results/ui-pages-<date>.json;
+# then the demo-size night through Airflow (task time): benchmarks/results/demo-night-<date>.json.
 SIZE ?= S M L
 bench: setup
 	python -m benchmarks.nightly --size $(SIZE)
 	python -m benchmarks.ui_pages --customers 500000
+	python -m benchmarks.demo_night
 
 clean:
 	rm -rf var

@@ -390,6 +390,17 @@ def pandas_tlearner(settings: Settings, run_date: date) -> dict:
     pairs = data[["send_id", "customer_id", "sent_at"]].merge(qualifying, on="customer_id")
     hit = (pairs["responded_at"] > pairs["sent_at"]) & (pairs["responded_at"] <= pairs["sent_at"] + window)
     data["label"] = data["send_id"].isin(pairs.loc[hit, "send_id"]).astype(int)
+    # Each further outcome (targeting.outcomes): its types within its window, null before it matured.
+    for name, outcome in settings.targeting.outcomes.items():
+        events = responses.loc[
+            responses["response_type"].isin(outcome.response_types) & (responses["responded_at"] < end_of_day),
+            ["customer_id", "responded_at"],
+        ]
+        pairs = data[["send_id", "customer_id", "sent_at"]].merge(events, on="customer_id")
+        within = pd.Timedelta(days=outcome.window_days)
+        hit = (pairs["responded_at"] > pairs["sent_at"]) & (pairs["responded_at"] <= pairs["sent_at"] + within)
+        known = data["sent_at"].dt.normalize() <= pd.Timestamp(run_date - timedelta(days=outcome.window_days))
+        data[label_column(name)] = data["send_id"].isin(pairs.loc[hit, "send_id"]).astype(float).where(known)
 
     # User attributes from the latest snapshot dated strictly before the send's day.
     snapshots = np.sort(users["dt"].unique())
@@ -401,7 +412,8 @@ def pandas_tlearner(settings: Settings, run_date: date) -> dict:
     # History strictly before the send, over the spec's windows.
     anchors = data[["send_id", "customer_id", "sent_at"]].set_axis(["anchor_id", "customer_id", "as_of"], axis=1)
     history = _pandas_history(anchors, sends[["customer_id", "sent_at", "arm"]], qualifying, spec)
-    data = data[["send_id", "arm", "label"]].join(attributes).join(history, on="send_id")
+    labels = ["label", *(label_column(name) for name in settings.targeting.outcomes)]
+    data = data[["send_id", "arm", *labels]].join(attributes).join(history, on="send_id")
     for name in spec.categorical:
         data[name] = data[name].astype("category")
 
@@ -409,11 +421,15 @@ def pandas_tlearner(settings: Settings, run_date: date) -> dict:
     strata = data["arm"] + "/" + data["label"].astype(str)
     train, holdout = train_test_split(data, test_size=cfg.holdout_fraction, stratify=strata, random_state=cfg.seed)
     p = {}
-    for arm in exp.all_arms:
-        rows = train[train["arm"] == arm]
-        model = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=LIGHTGBM_THREADS, verbose=-1)
-        model.fit(rows[spec.names], rows["label"])
-        p[arm] = model.predict_proba(holdout[spec.names])[:, 1]
+    for label in labels:  # as the pipeline: a model per arm for every outcome (on its matured rows)
+        for arm in exp.all_arms:
+            rows = train[(train["arm"] == arm) & train[label].notna()]
+            model = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=LIGHTGBM_THREADS, verbose=-1)
+            model.fit(rows[spec.names], rows[label].astype(int))
+            if label == "label":
+                p[arm] = model.predict_proba(holdout[spec.names])[:, 1]
+            else:
+                model.predict_proba(holdout[spec.names])
     qini = {}
     for arm in exp.arms:
         rows = holdout["arm"].isin([arm, exp.control]).to_numpy()
