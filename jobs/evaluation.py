@@ -42,8 +42,9 @@ LEVEL = 0.95
 
 def propensities(holdout: pd.DataFrame, exp: Experiment) -> dict[str, np.ndarray]:
     """P(arm | campaign) per row and arm, from the experiment's split of each row's campaign."""
-    splits = {c: exp.split_of(c) for c in holdout["campaign_id"].unique()}
-    return {a: holdout["campaign_id"].map(lambda c, a=a: splits[c].get(a, 0.0)).to_numpy(float) for a in exp.all_arms}
+    row_campaign, campaigns = pd.factorize(holdout["campaign_id"], use_na_sentinel=False)
+    splits = [exp.split_of(c) for c in campaigns]
+    return {a: np.array([split.get(a, 0.0) for split in splits], dtype=float)[row_campaign] for a in exp.all_arms}
 
 
 def scores(holdout: pd.DataFrame, exp: Experiment, estimator: str, outcome: str | None = None) -> dict[str, np.ndarray]:

@@ -262,9 +262,10 @@ def _arm_diagnostics(run, arms: list[str]) -> list[str]:
 def _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows) -> pd.DataFrame:
     """The budget curve (no budget applied) of the policy the night deploys."""
     exp, unbudgeted = settings.experiment, settings.targeting.model_copy(update={"max_sends": None, "max_spend": None})
+    budgeted = settings.targeting.max_sends is not None or settings.targeting.max_spend is not None
     if deployed is not None:
-        frame = chosen[deployed]
-        free = policy.apply(frame[uplift_columns(frame)], unbudgeted, exp.arms, run_date)
+        frame = chosen[deployed]  # without a budget, its choice is already the unbudgeted one
+        free = policy.apply(frame[uplift_columns(frame)], unbudgeted, exp.arms, run_date) if budgeted else frame
         priority = free["expected_net_value"].to_numpy()
     elif constant_arm != policy.NONE:
         constant = _constant_uplifts(holdout, constant_arm, exp.arms, settings.targeting)

@@ -11,6 +11,9 @@ scoring runs in Spark's workers without MLflow.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import lightgbm as lgb
 import mlflow.pyfunc
 import pandas as pd
@@ -51,15 +54,20 @@ class TLearnerModel(mlflow.pyfunc.PythonModel):
         return tlearner.design_matrix(frame, self.numeric, self.categories)
 
     def predict_proba(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """p_<key> of every model; the models predict side by side, one thread each (LightGBM
+        releases the GIL), as they were fitted."""
         x = self.design_matrix(frame)
-        return pd.DataFrame(
-            {f"p_{arm}": model.predict_proba(x)[:, 1] for arm, model in self.models.items()},
-            index=frame.index,
-        )
+        with ThreadPoolExecutor(max_workers=min(len(self.models), os.cpu_count() or 1) or 1) as pool:
+            p = pool.map(lambda model: model.predict_proba(x, num_threads=1)[:, 1], self.models.values())
+            return pd.DataFrame({f"p_{k}": v for k, v in zip(self.models, p, strict=True)}, index=frame.index)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self.with_uplifts(self.predict_proba(model_input))
+
+    def with_uplifts(self, probabilities: pd.DataFrame) -> pd.DataFrame:
+        """predict's output from predict_proba's (the targeting uplifts, with the constant arms and bounds)."""
         return tlearner.with_uplifts(
-            self.predict_proba(model_input),
+            probabilities,
             self.control,
             self.arms,
             self.constant,

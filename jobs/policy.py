@@ -104,9 +104,12 @@ def price_excess(
     frame: pd.DataFrame, targeting: Targeting, arms: list[str], outcome: str, grid: np.ndarray, prices: dict
 ) -> np.ndarray:
     """For each price on grid (the others as in prices): the sum over the sent of (uplift of outcome - limit)."""
-    parts = _parts(frame, targeting, arms)
-    above, rows = parts["above"][outcome], np.arange(len(frame))
-    out = np.zeros(len(grid))
+    return _excess(_parts(frame, targeting, arms), targeting, outcome, grid, prices)
+
+
+def _excess(parts: dict, targeting: Targeting, outcome: str, grid: np.ndarray, prices: dict) -> np.ndarray:
+    above = parts["above"][outcome]
+    rows, out = np.arange(len(above)), np.zeros(len(grid))
     for i, price in enumerate(grid):
         best, worth_it = _pick(parts, targeting, {**prices, outcome: price})
         out[i] = above[rows, best][worth_it].sum()
@@ -118,25 +121,37 @@ def price_grid(targeting: Targeting) -> np.ndarray:
     return PRICE_GRID * scale
 
 
-def search_prices(targeting: Targeting, total_excess: Callable[[str, np.ndarray, dict], np.ndarray]) -> dict:
-    """The guardrail prices that bring every campaign limit within bounds (two rounds over the outcomes).
+def search_prices(
+    targeting: Targeting, total_excess: Callable[[str, np.ndarray, dict], np.ndarray], chunk: int | None = None
+) -> dict:
+    """The guardrail prices that bring every campaign limit within bounds (two rounds over the outcomes):
+    for each limited outcome, the smallest price on the grid whose excess is within the limit.
 
     total_excess(outcome, grid, prices): price_excess summed over the whole audience (pandas or Spark).
+    chunk: ask for that many grid prices at a time, in order, and stop at the first chunk that
+    holds a price within the limit (the same price as asking for the whole grid; in memory each
+    price costs a pass over the rows). None: the whole grid at once (one Spark pass).
     """
     limited = [o for o, g in targeting.guardrails.items() if g.max_increase_per_send is not None]
     prices = dict.fromkeys(limited, 0.0)
     grid = price_grid(targeting)
+    step = chunk or len(grid)
     for _ in range(2 if len(limited) > 1 else 1):
         for outcome in limited:
-            excess = total_excess(outcome, grid, prices)
-            within = np.flatnonzero(excess <= 1e-12)
-            prices[outcome] = float(grid[within[0]]) if within.size else float("inf")
+            prices[outcome] = float("inf")
+            for start in range(0, len(grid), step):
+                part = grid[start : start + step]
+                within = np.flatnonzero(total_excess(outcome, part, prices) <= 1e-12)
+                if within.size:
+                    prices[outcome] = float(part[within[0]])
+                    break
     return prices
 
 
 def guardrail_prices(frame: pd.DataFrame, targeting: Targeting, arms: list[str]) -> dict[str, float]:
-    """search_prices over frame (pandas)."""
-    return search_prices(targeting, lambda o, grid, prices: price_excess(frame, targeting, arms, o, grid, prices))
+    """search_prices over frame (pandas), a few grid prices at a time."""
+    parts = _parts(frame, targeting, arms)
+    return search_prices(targeting, lambda o, grid, prices: _excess(parts, targeting, o, grid, prices), chunk=8)
 
 
 def holdout_draw(customer_ids: pd.Series, run_date: date) -> np.ndarray:

@@ -46,6 +46,9 @@ def prediction_schema(settings: Settings) -> StructType:
 
 
 log = logging.getLogger(__name__)
+# Grid prices per Spark pass of the guardrail price search: each price costs the workers a
+# choice over every row, each pass a job over the persisted audience.
+SEARCH_CHUNK = 32
 
 
 def predict_arms(features: DataFrame, model: PortableTLearner, settings: Settings) -> DataFrame:
@@ -79,10 +82,12 @@ def _choice_schema(scored: DataFrame, settings: Settings) -> StructType:
 
 
 def guardrail_prices(scored: DataFrame, settings: Settings) -> dict[str, float]:
-    """policy.search_prices over the whole scored audience: one Spark pass per price search.
+    """policy.search_prices over the whole scored audience (persisted by the caller).
 
-    Each pass sums, per price on the grid, the excess of the sent over the campaign limit in
-    the workers (policy.price_excess on each batch); only the grid's sums reach the driver.
+    Each Spark pass sums, per price of a chunk of the grid (SEARCH_CHUNK prices, in order), the
+    excess of the sent over the campaign limit in the workers (policy.price_excess on each
+    batch); only the chunk's sums reach the driver, and the search stops at the first chunk
+    that holds a price within the limit.
     """
     targeting, arms = settings.targeting, settings.experiment.arms
 
@@ -96,7 +101,7 @@ def guardrail_prices(scored: DataFrame, settings: Settings) -> dict[str, float]:
         totals = dict(sums.collect())
         return pd.Series([totals.get(i, 0.0) for i in range(len(grid))]).to_numpy()
 
-    return policy.search_prices(targeting, total_excess)
+    return policy.search_prices(targeting, total_excess, chunk=SEARCH_CHUNK)
 
 
 def apply_policy(scored: DataFrame, settings: Settings, run_date: date) -> DataFrame:

@@ -24,6 +24,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
+from importlib.metadata import version
 from pathlib import Path
 
 import lightgbm as lgb
@@ -42,6 +43,11 @@ from jobs.tlearner import key, label_column
 from jobs.tracking import HOLDOUT_ARTIFACT, use_tracking
 
 EARLY_STOPPING_ROUNDS = 30
+# What the logged model needs to load and predict, pinned to this environment's versions. Declared,
+# not inferred: MLflow's inference imports the model in a subprocess (4 s of every training run).
+MODEL_REQUIREMENTS = [
+    f"{name}=={version(name)}" for name in ("mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "cloudpickle")
+]
 FEATURE_SPEC_ARTIFACT = "feature_spec.json"
 
 
@@ -95,13 +101,20 @@ def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
     return model
 
 
-def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) -> tuple[dict, pd.DataFrame]:
+def evaluate(
+    model: TLearnerModel, holdout: pd.DataFrame, settings: Settings, probabilities: pd.DataFrame | None = None
+) -> tuple[dict, pd.DataFrame]:
     """Metrics per arm and outcome (keyed by `key(arm, outcome)`) on holdout, and the holdout with
-    the model's predictions."""
+    the model's predictions (probabilities: model.predict_proba(holdout), when already computed).
+
+    The (arm, outcome) pairs are evaluated side by side, one thread each: their bootstrap is
+    numpy's cumulative sums, which release the GIL."""
     exp, gate = settings.experiment, settings.gate
-    scored = pd.concat([holdout.reset_index(drop=True), model.predict(None, holdout).reset_index(drop=True)], axis=1)
-    results = {}
-    for arm, outcome in [(a, o) for o in [None, *model.outcomes] for a in exp.arms]:
+    predicted = model.with_uplifts(model.predict_proba(holdout) if probabilities is None else probabilities)
+    scored = pd.concat([holdout.reset_index(drop=True), predicted.reset_index(drop=True)], axis=1)
+
+    def diagnose(pair: tuple[str, str | None]) -> dict:
+        arm, outcome = pair
         k = key(arm, outcome)
         rows = scored[scored["arm"].isin([arm, exp.control]) & scored[label_column(outcome)].notna()]
         y, t, u = (
@@ -110,7 +123,7 @@ def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) ->
             rows[f"uplift_{k}"].to_numpy(),
         )
         low, high = metrics.qini_interval(y, u, t, rounds=gate.bootstrap_rounds, seed=settings.training.seed)
-        results[k] = {
+        return {
             "qini": metrics.qini_auc_score(y, u, t),
             "uplift_auc": metrics.uplift_auc_score(y, u, t),
             "qini_ci_low": low,
@@ -120,6 +133,10 @@ def evaluate(model: TLearnerModel, holdout: pd.DataFrame, settings: Settings) ->
             "ate_predicted": float(u.mean()),
             "deciles": metrics.uplift_by_decile(y, u, t),
         }
+
+    pairs = [(a, o) for o in [None, *model.outcomes] for a in exp.arms]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = dict(zip([key(*p) for p in pairs], pool.map(diagnose, pairs), strict=True))
     return results, scored
 
 
@@ -224,13 +241,14 @@ def train(settings: Settings, run_date: date) -> dict:
     strata = data["arm"].astype(str) + "/" + data["label"].astype(str)
     train_rows, holdout = train_test_split(data, test_size=cfg.holdout_fraction, stratify=strata, random_state=cfg.seed)
     model = fit_t_learner(train_rows, settings)
-    results, scored = evaluate(model, holdout, settings)  # the ranking diagnostics, on p_arm - p_control
+    probabilities = model.predict_proba(holdout)
+    results, scored = evaluate(model, holdout, settings, probabilities)  # the ranking diagnostics, on p_arm - p_control
     flat = constant_arms(results, train_rows, settings)
     model.constant = {k: e["ate"] for k, e in flat.items()}
     model.bounds = guardrail_bounds(scored, flat, settings)
     # What the gate values: the targeting uplifts (constant arms at their average effect) and the bounds.
     predictions = pd.concat(
-        [holdout.reset_index(drop=True), model.predict(None, holdout).reset_index(drop=True)], axis=1
+        [holdout.reset_index(drop=True), model.with_uplifts(probabilities).reset_index(drop=True)], axis=1
     )
 
     use_tracking(settings)
@@ -272,6 +290,7 @@ def train(settings: Settings, run_date: date) -> dict:
             python_model=model,
             signature=infer_signature(example, model.predict(None, example)),
             input_example=example,
+            pip_requirements=MODEL_REQUIREMENTS,
             registered_model_name=settings.mlflow.registered_model,
         )
         version = str(info.registered_model_version)

@@ -202,14 +202,11 @@ def volume_band(spark: SparkSession, settings: Settings, source: str, run_date: 
     cfg = settings.validation
     if not settings.sources[source].checks_volume:
         return 1, None
-    since = run_date - timedelta(days=cfg.volume_days)
-    earlier = (
-        read_raw(spark, settings, source, run_date)
-        .where((F.col("dt") >= F.lit(since)) & (F.col("dt") < F.lit(run_date)))
-        .groupBy("dt")
-        .count()
-        .collect()
-    )
+    window = {run_date - timedelta(days=n) for n in range(1, cfg.volume_days + 1)}
+    dated = {date.fromisoformat(f.name[3:]) for f in raw_partitions(settings, source, run_date)} & window
+    if len(dated) < cfg.volume_min_history:
+        return 1, None
+    earlier = read_raw(spark, settings, source, run_date, days=dated).groupBy("dt").count().collect()
     if len(earlier) < cfg.volume_min_history:
         return 1, None
     average = sum(row["count"] for row in earlier) / len(earlier)
@@ -244,16 +241,17 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
         source: read_raw(spark, settings, source, day, only_run_date=True, check_types=True)
         for source, day in days.items()
     }
-    # Only the customers the day's sends and responses name are looked up in the history: one scan
-    # of its customer_id column against them (a broadcast), not a distinct over every snapshot or send.
+    # Only the customers the day's sends and responses name are looked up, first in the day's users
+    # snapshot; the history of snapshots is scanned (its customer_id column, against a broadcast of
+    # them) only for those that one does not hold: not a distinct over every snapshot.
     named = today["sends"].select("customer_id").union(today["responses"].select("customer_id")).distinct()
-    known = (
-        read_raw(spark, settings, "users", run_date)
-        .select("customer_id")
-        .join(F.broadcast(named), "customer_id", "left_semi")
-        .distinct()
-        .persist()
-    )
+    in_users = today["users"].select("customer_id")
+    known = named.join(in_users, "customer_id", "left_semi")
+    elsewhere = named.join(in_users, "customer_id", "left_anti").persist()
+    if not elsewhere.isEmpty():
+        earlier = read_raw(spark, settings, "users", run_date).select("customer_id")
+        known = known.union(earlier.join(F.broadcast(elsewhere), "customer_id", "left_semi").distinct())
+    known = known.persist()
     first_send = (
         read_raw(spark, settings, "sends", run_date)
         .join(F.broadcast(today["responses"].select("customer_id").distinct()), "customer_id", "left_semi")
@@ -295,10 +293,11 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
                 )
             )
         randomization, srm = _randomization(
-            f"raw/sends dt={days['sends']}", _arm_counts_by_campaign(today["sends"]), exp
+            f"raw/sends dt={days['sends']}", _arm_counts_by_campaign(frames["sends"]), exp
         )
         outcomes.append(randomization)
         outcomes.append(response_types_delivered(spark, settings, run_date))
+        delivered = {source: frames[source].count() if days[source] == run_date else 0 for source in SOURCES}
     finally:
         spark.catalog.clearCache()
     context.build_data_docs(site_names=["validation"])  # once per step, every suite's results
@@ -306,7 +305,6 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
     summary = out / "raw.json"
     _write_summary(summary, outcomes, {"deliveries_checked": checked, "sample_ratio_mismatch": srm})
     _raise_if_failed(outcomes, run_date, summary)
-    delivered = {source: frame.count() if days[source] == run_date else 0 for source, frame in today.items()}
     return {
         "raw_checks": sum(o.evaluated for o in outcomes),
         "delivered_rows": delivered,
