@@ -51,6 +51,8 @@ def spark_step(step: str) -> SparkSubmitOperator:
             "spark.pyspark.driver.python": sys.executable,
             "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
             "spark.ui.enabled": "false",
+            "spark.driver.extraJavaOptions": settings.spark.java_options,
+            "spark.executor.extraJavaOptions": settings.spark.java_options,
         },
     )
 

@@ -210,6 +210,7 @@ class Spark(_Strict):
     master: str
     shuffle_partitions: int = Field(gt=0)
     driver_memory: str
+    java_options: str = ""
     py_files: str | None = None
 
 

@@ -36,6 +36,8 @@ def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
     launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if not launched_by_spark_submit:
         builder = builder.master(settings.spark.master).config("spark.driver.memory", settings.spark.driver_memory)
+        builder = builder.config("spark.driver.extraJavaOptions", settings.spark.java_options)
+    builder = builder.config("spark.executor.extraJavaOptions", settings.spark.java_options)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

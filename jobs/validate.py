@@ -297,14 +297,14 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
         )
         outcomes.append(randomization)
         outcomes.append(response_types_delivered(spark, settings, run_date))
+        context.build_data_docs(site_names=["validation"])  # once per step, every suite's results
+        checked = {source: day.isoformat() for source, day in days.items()}
+        summary = out / "raw.json"
+        _write_summary(summary, outcomes, {"deliveries_checked": checked, "sample_ratio_mismatch": srm})
+        _raise_if_failed(outcomes, run_date, summary)
         delivered = {source: frames[source].count() if days[source] == run_date else 0 for source in SOURCES}
     finally:
         spark.catalog.clearCache()
-    context.build_data_docs(site_names=["validation"])  # once per step, every suite's results
-    checked = {source: day.isoformat() for source, day in days.items()}
-    summary = out / "raw.json"
-    _write_summary(summary, outcomes, {"deliveries_checked": checked, "sample_ratio_mismatch": srm})
-    _raise_if_failed(outcomes, run_date, summary)
     return {
         "raw_checks": sum(o.evaluated for o in outcomes),
         "delivered_rows": delivered,
