@@ -75,7 +75,7 @@ def read_raw(
     that does not parse as its type becomes null; with check_types, `unparsable` lists such
     columns per row, `raw_<column>` keeps what was delivered and `source_file` the file (its
     dt= folder and name), for validation to report. `days` reads only the deliveries of those
-    dates (the users snapshots some anchor uses): the others are not even listed.
+    dates (e.g. the users snapshots some anchor uses): the others are not even listed.
     """
     folders = raw_partitions(settings, source, run_date)
     if only_run_date:
