@@ -118,15 +118,21 @@ def value_table(
     assignments: policy name -> the arm (or control) each holdout row gets. pairs: name ->
     (policy, other policy) whose difference is reported.
     """
-    names = list(assignments)
-    table, columns = {}, {}
-    for estimator in ("aipw", "ipw"):
-        g = all_scores(holdout, exp, targeting, estimator)
-        c = np.column_stack([contributions(assignments[n], g, exp, targeting) for n in names])
-        boot = _bootstrap_means(c, rounds, seed)
-        columns[estimator] = (c.mean(axis=0), boot)
-    point, boot = columns["aipw"]
-    ipw_point, ipw_boot = columns["ipw"]
+    names, k = list(assignments), len(assignments)
+    # Every bootstrapped column side by side, so one set of resamples serves them all (each draw
+    # of `rounds` resamples of n rows costs as much as the products it feeds).
+    blocks = [
+        np.column_stack([contributions(assignments[n], g, exp, targeting) for n in names])
+        for g in (all_scores(holdout, exp, targeting, estimator) for estimator in ("aipw", "ipw"))
+    ]
+    guardrails = _guardrail_columns(assignments, holdout, exp, targeting)
+    if guardrails:
+        blocks += [guardrails[0], *guardrails[1].values()]
+    c = np.column_stack(blocks)
+    means, boots = c.mean(axis=0), _bootstrap_means(c, rounds, seed)
+    point, boot = means[:k], boots[:, :k]
+    ipw_point, ipw_boot = means[k : 2 * k], boots[:, k : 2 * k]
+    table = {}
     for i, name in enumerate(names):
         low, high = map(float, _interval(boot[:, i]))
         ipw_low, ipw_high = map(float, _interval(ipw_boot[:, i]))
@@ -144,28 +150,44 @@ def value_table(
         i, j = names.index(a), names.index(b)
         low, high = map(float, _interval(boot[:, i] - boot[:, j]))
         differences[label] = {"value": float(point[i] - point[j]), "low": low, "high": high}
-    for name, effects in guardrail_effects(assignments, holdout, exp, targeting, rounds=rounds, seed=seed).items():
-        table[name]["guardrails"] = effects
+    if guardrails:
+        sent, increments_by_outcome = guardrails
+        boot_of = {"sent": boots[:, 2 * k : 3 * k]}
+        for m, outcome in enumerate(increments_by_outcome):
+            boot_of[outcome] = boots[:, (3 + m) * k : (4 + m) * k]
+        for name, effects in _guardrail_effects(names, sent, increments_by_outcome, boot_of, targeting).items():
+            table[name]["guardrails"] = effects
     return {"policies": table, "differences": differences}
 
 
-def guardrail_effects(
-    assignments: dict[str, np.ndarray], holdout: pd.DataFrame, exp: Experiment, targeting: Targeting, *, rounds, seed
+def _guardrail_columns(
+    assignments: dict[str, np.ndarray], holdout: pd.DataFrame, exp: Experiment, targeting: Targeting
+):
+    """(sent: holdout rows x policies, 1 where the policy sends; guardrail outcome -> each row's AIPW
+    increase of that outcome under each policy), or None without guardrails."""
+    if not targeting.guardrails:
+        return None
+    names = list(assignments)
+    sent = np.column_stack([np.isin(assignments[n], exp.arms) for n in names]).astype(float)
+    increments_by_outcome = {}
+    for outcome in targeting.guardrails:
+        g = scores(holdout, exp, "aipw", outcome)
+        increments_by_outcome[outcome] = np.column_stack([increments(assignments[n], g, exp) for n in names])
+    return sent, increments_by_outcome
+
+
+def _guardrail_effects(
+    names: list[str], sent: np.ndarray, increments_by_outcome: dict, boot_of: dict, targeting: Targeting
 ) -> dict[str, dict]:
     """policy -> guardrail outcome -> its increase per send (AIPW) with a 95% paired-bootstrap interval,
-    and `above`: the limits its interval lies above. A policy that sends no one has an increase of 0."""
-    guardrails = targeting.guardrails
-    if not guardrails:
-        return {}
-    names, out = list(assignments), {name: {} for name in assignments}
-    sent = np.column_stack([np.isin(assignments[n], exp.arms) for n in names]).astype(float)
-    sent_boot = _bootstrap_means(sent, rounds, seed)
-    for outcome, guardrail in guardrails.items():
-        g = scores(holdout, exp, "aipw", outcome)
-        d = np.column_stack([increments(assignments[n], g, exp) for n in names])
-        boot = _bootstrap_means(d, rounds, seed)  # the same resamples as sent_boot: same seed, same rows
+    and `above`: the limits its interval lies above. A policy that sends no one has an increase of 0.
+    boot_of: "sent" and each outcome -> its columns' bootstrap means, all from the same resamples."""
+    out, sent_boot = {name: {} for name in names}, boot_of["sent"]
+    for outcome, d in increments_by_outcome.items():
+        boot = boot_of[outcome]
         ratio = np.divide(boot, sent_boot, out=np.zeros_like(boot), where=sent_boot > 0)
-        limits = {k: getattr(guardrail, k) for k in ("max_uplift", "max_increase_per_send")}
+        guardrail = targeting.guardrails[outcome]
+        limits = {key: getattr(guardrail, key) for key in ("max_uplift", "max_increase_per_send")}
         for i, name in enumerate(names):
             share = sent[:, i].mean()
             point = float(d[:, i].mean() / share) if share > 0 else 0.0
@@ -174,7 +196,7 @@ def guardrail_effects(
                 "increase_per_send": point,
                 "low": low,
                 "high": high,
-                "above": [k for k, limit in limits.items() if limit is not None and low > limit],
+                "above": [key for key, limit in limits.items() if limit is not None and low > limit],
             }
     return out
 
