@@ -118,7 +118,7 @@ def value_table(
     assignments: policy name -> the arm (or control) each holdout row gets. pairs: name ->
     (policy, other policy) whose difference is reported.
     """
-    names, k = list(assignments), len(assignments)
+    names = list(assignments)
     # Every bootstrapped column side by side, so one set of resamples serves them all (each draw
     # of `rounds` resamples of n rows costs as much as the products it feeds).
     blocks = [
@@ -129,9 +129,9 @@ def value_table(
     if guardrails:
         blocks += [guardrails[0], *guardrails[1].values()]
     c = np.column_stack(blocks)
-    means, boots = c.mean(axis=0), _bootstrap_means(c, rounds, seed)
-    point, boot = means[:k], boots[:, :k]
-    ipw_point, ipw_boot = means[k : 2 * k], boots[:, k : 2 * k]
+    means = np.split(c.mean(axis=0), len(blocks))
+    boots = np.split(_bootstrap_means(c, rounds, seed), len(blocks), axis=1)  # a block of k columns each
+    (point, ipw_point), (boot, ipw_boot) = means[:2], boots[:2]
     table = {}
     for i, name in enumerate(names):
         low, high = map(float, _interval(boot[:, i]))
@@ -152,9 +152,7 @@ def value_table(
         differences[label] = {"value": float(point[i] - point[j]), "low": low, "high": high}
     if guardrails:
         sent, increments_by_outcome = guardrails
-        boot_of = {"sent": boots[:, 2 * k : 3 * k]}
-        for m, outcome in enumerate(increments_by_outcome):
-            boot_of[outcome] = boots[:, (3 + m) * k : (4 + m) * k]
+        boot_of = dict(zip(["sent", *increments_by_outcome], boots[2:], strict=True))
         for name, effects in _guardrail_effects(names, sent, increments_by_outcome, boot_of, targeting).items():
             table[name]["guardrails"] = effects
     return {"policies": table, "differences": differences}
