@@ -21,7 +21,7 @@ export PYSPARK_DRIVER_PYTHON := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: setup demo ui test test-fast lint bench dist clean
-setup: $(VENV)/.synced
+setup: $(VENV)/.synced $(VENV)/spark-classes.jsa
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -30,6 +30,11 @@ $(UV):
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --compile-bytecode --python $(PYTHON) --reinstall-package pyspark
 	touch $@
+
+# The Spark drivers' class-data archive (jobs/bin/class_archive.py): valid for these jars only,
+# so it is rebuilt whenever the environment is synced.
+$(VENV)/spark-classes.jsa: $(VENV)/.synced
+	python jobs/bin/class_archive.py
 
 demo: setup
 	uplift generate --last-day $(RUN_DATE)

@@ -157,6 +157,7 @@ def reference(command: list[str], env: dict, log: Path) -> dict:
 
 
 def step_command(step: str, settings) -> list[str]:
+    from jobs.spark import driver_java_options
     from jobs.steps import SPARK_STEPS
 
     bin_dir = Path(sys.executable).parent
@@ -175,7 +176,7 @@ def step_command(step: str, settings) -> list[str]:
         "--conf",
         "spark.ui.enabled=false",
         "--conf",
-        f"spark.driver.extraJavaOptions={settings.spark.java_options}",
+        f"spark.driver.extraJavaOptions={driver_java_options(settings)}",
         "--conf",
         f"spark.executor.extraJavaOptions={settings.spark.java_options}",
         str(PROJECT / "jobs" / "bin" / "spark_job.py"),

@@ -19,6 +19,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 import jobs
 from jobs.settings import load_settings
+from jobs.spark import driver_java_options
 from jobs.steps import SPARK_STEPS, STEPS
 
 settings = load_settings()
@@ -51,7 +52,7 @@ def spark_step(step: str) -> SparkSubmitOperator:
             "spark.pyspark.driver.python": sys.executable,
             "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
             "spark.ui.enabled": "false",
-            "spark.driver.extraJavaOptions": settings.spark.java_options,
+            "spark.driver.extraJavaOptions": driver_java_options(settings),
             "spark.executor.extraJavaOptions": settings.spark.java_options,
         },
     )

@@ -8,14 +8,35 @@ from __future__ import annotations
 
 import os
 import sys
-
-from pyspark.sql import SparkSession
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.settings import Settings
+
+if TYPE_CHECKING:  # the DAG file reads the JVM options without loading Spark
+    from pyspark.sql import SparkSession
+
+
+def class_archive() -> Path:
+    """This environment's Spark class-data archive (built by `make setup`: jobs/bin/class_archive.py)."""
+    return Path(sys.prefix) / "spark-classes.jsa"
+
+
+def driver_java_options(settings: Settings) -> str:
+    """The driver JVM's options: `spark.java_options`, and the class-data archive when there is one.
+
+    The driver runs where it is launched (local mode, or client mode on a cluster), next to this
+    environment's jars; executors on a cluster have jars of their own, so only the driver uses it.
+    """
+    archive = class_archive()
+    extra = f" -XX:SharedArchiveFile={archive}" if archive.exists() else ""
+    return (settings.spark.java_options + extra).strip()
 
 
 def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
     """Return the active session, or start one as configured (UI off, UTC, venv Python)."""
+    from pyspark.sql import SparkSession
+
     # Workers must run this interpreter, or every UDF dies without pandas/lightgbm.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -36,7 +57,7 @@ def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
     launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if not launched_by_spark_submit:
         builder = builder.master(settings.spark.master).config("spark.driver.memory", settings.spark.driver_memory)
-        builder = builder.config("spark.driver.extraJavaOptions", settings.spark.java_options)
+        builder = builder.config("spark.driver.extraJavaOptions", driver_java_options(settings))
     builder = builder.config("spark.executor.extraJavaOptions", settings.spark.java_options)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
