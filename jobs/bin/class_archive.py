@@ -1,13 +1,14 @@
 """Build the class-data archive of this environment's Spark: `python jobs/bin/class_archive.py`.
 
-A Spark step's JVM starts cold and loads some 15,000 classes from Spark's jars before it
-reads a row; at demo size that is a good part of a step. Java's application class-data
+A Spark step's JVM starts cold and loads about 17,900 classes, most from Spark's jars, before
+it reads a row; at demo size that is a good part of a step. Java's application class-data
 sharing maps the classes a previous run loaded from an archive instead (measured on
-validate-raw at demo size: 22.7 s -> 18.9 s under spark-submit). The archive is dumped by a
+validate-raw at demo size: 23.0 s -> 19.2 s under spark-submit). The archive is dumped by a
 JVM that ran a small workload touching what the steps use (Parquet read and write, joins,
 windows, aggregates, Arrow and pandas UDFs) and is valid only for the same JVM and jars:
 `make setup` rebuilds it whenever the environment is synced. Drivers use it when it exists
-(jobs.spark.driver_java_options); a stale one is ignored by the JVM, never an error.
+(jobs.spark.driver_java_options); a stale one is ignored by the JVM
+(a warning), never an error.
 
 Run by spark-submit with `--workload`, it is that workload.
 """
