@@ -10,7 +10,8 @@ windows, aggregates, Arrow and pandas UDFs) and is valid only for the same JVM a
 (jobs.spark.driver_java_options); a stale one is ignored by the JVM
 (a warning), never an error.
 
-Run by spark-submit with `--workload`, it is that workload.
+Run by spark-submit with `--workload`, it is that workload; with `--check`, a job that a driver
+mapping the new archive must run before it replaces the old one.
 """
 
 import os
@@ -58,33 +59,37 @@ def workload(folder: Path) -> None:
     spark.stop()
 
 
+def _submit(java_options: str, *args: str) -> None:
+    """spark-submit this file with args, the driver JVM running java_options; raise with its log on failure."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "spark-submit"),
+            "--master",
+            "local[2]",
+            "--conf",
+            "spark.ui.enabled=false",
+            "--conf",
+            f"spark.driver.extraJavaOptions={java_options}",
+            __file__,
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise RuntimeError(f"class archive: {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
 def build(target: Path) -> Path:
-    """Run the workload in a JVM that dumps the classes it loaded to target at exit."""
-    spark_submit = Path(sys.executable).parent / "spark-submit"
+    """Run the workload in a JVM that dumps the classes it loaded, check that a driver maps the
+    dump (a truncated archive would crash every driver), then put it in place."""
     partial = target.with_name(target.name + ".partial")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="uplift-class-archive-") as folder:
-        java = f"-XX:+UseParallelGC -XX:ArchiveClassesAtExit={partial}"
-        env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-        done = subprocess.run(
-            [
-                str(spark_submit),
-                "--master",
-                "local[2]",
-                "--conf",
-                "spark.ui.enabled=false",
-                "--conf",
-                f"spark.driver.extraJavaOptions={java}",
-                __file__,
-                "--workload",
-                folder,
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode:
-            raise RuntimeError(f"the class-archive workload failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        _submit(f"-XX:+UseParallelGC -XX:ArchiveClassesAtExit={partial}", "--workload", folder)
+    _submit(f"-Xshare:on -XX:SharedArchiveFile={partial}", "--check")
     os.replace(partial, target)  # a reader sees the old archive or the new one
     return target
 
@@ -92,5 +97,9 @@ def build(target: Path) -> Path:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--workload"]:
         workload(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["--check"]:
+        from pyspark.sql import SparkSession
+
+        assert SparkSession.builder.getOrCreate().range(7).count() == 7
     else:
         print(build(class_archive()))
