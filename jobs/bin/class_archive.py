@@ -26,18 +26,19 @@ from jobs.spark import class_archive  # noqa: E402
 
 
 def workload(folder: Path) -> None:
+    """A few thousand rows through what the steps use: Parquet, windows, joins, aggregates, a pandas UDF."""
     import pandas as pd
     from pyspark.sql import SparkSession, Window
     from pyspark.sql import functions as F
 
     spark = SparkSession.builder.getOrCreate()
-    ids = spark.range(20_000).select(
+    generated = spark.range(20_000).select(
         F.col("id").cast("string").alias("customer_id"),
         (F.col("id") % 4).cast("string").alias("arm"),
         F.timestamp_seconds(F.lit(1_700_000_000) + F.col("id") * 37).alias("at"),
         (F.rand(1) * 100).alias("x"),
     )
-    ids.write.mode("overwrite").parquet(str(folder / "events"))
+    generated.write.mode("overwrite").parquet(str(folder / "events"))
     events = spark.read.parquet(str(folder / "events")).persist()
     by_time = Window.partitionBy("customer_id").orderBy(F.unix_micros("at")).rangeBetween(-86_400_000_000, -1)
     history = events.withColumn("n", F.count("*").over(by_time)).withColumn(
