@@ -31,10 +31,10 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --compile-bytecode --python $(PYTHON) --reinstall-package pyspark
 	touch $@
 
-# The Spark drivers' class-data archive (jobs/bin/class_archive.py): valid for these jars only,
+# The Spark drivers' class-data archive (jobs/class_archive.py): valid for these jars only,
 # so it is rebuilt whenever the environment is synced.
 $(VENV)/spark-classes.jsa: $(VENV)/.synced
-	python jobs/bin/class_archive.py
+	python -m jobs.class_archive
 
 demo: setup
 	uplift generate --last-day $(RUN_DATE)

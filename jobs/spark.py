@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the DAG file reads the JVM options without loading Spark
 
 
 def class_archive() -> Path:
-    """This environment's Spark class-data archive (built by `make setup`: jobs/bin/class_archive.py)."""
+    """This environment's Spark class-data archive (built by `make setup`: jobs/class_archive.py)."""
     return Path(sys.prefix) / "spark-classes.jsa"
 
 

@@ -1,4 +1,4 @@
-"""Build the class-data archive of this environment's Spark: `python jobs/bin/class_archive.py`.
+"""Build the class-data archive of this environment's Spark: `python -m jobs.class_archive`.
 
 A Spark step's JVM starts cold and loads about 17,900 classes, most from Spark's jars, before
 it reads a row; at demo size that is a good part of a step. Java's application class-data
@@ -10,8 +10,8 @@ windows, aggregates, Arrow and pandas UDFs) and is valid only for the same JVM a
 (jobs.spark.driver_java_options); a stale one is ignored by the JVM
 (a warning), never an error.
 
-Run by spark-submit with `--workload`, it is that workload; with `--check`, a job that a driver
-mapping the new archive must run before it replaces the old one.
+Run by spark-submit with `--workload`, it is that workload; with `--check`, the job by which
+`check` proves that a driver with given options maps an archive.
 """
 
 import os
@@ -20,13 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# spark-submit runs this file as a script: the checkout's `jobs` must be importable from it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.spark import class_archive  # noqa: E402
 
 
 def workload(folder: Path) -> None:
-    """A few thousand rows through what the steps use: Parquet, windows, joins, aggregates, a pandas UDF."""
+    """20,000 rows through what the steps use: Parquet, windows, joins, aggregates, a pandas UDF."""
     import pandas as pd
     from pyspark.sql import SparkSession, Window
     from pyspark.sql import functions as F
@@ -83,6 +84,12 @@ def _submit(java_options: str, *args: str) -> None:
         raise RuntimeError(f"class archive: {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
+def check(java_options: str) -> None:
+    """Raise unless a driver with java_options maps its archive: -Xshare:on makes "cannot use the
+    archive" (other jars, another JVM, a truncated file) an error instead of a warning."""
+    _submit(f"-Xshare:on {java_options}", "--check")
+
+
 def build(target: Path) -> Path:
     """Run the workload in a JVM that dumps the classes it loaded, check that a driver maps the
     dump (a truncated archive would crash every driver), then put it in place."""
@@ -90,7 +97,7 @@ def build(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="uplift-class-archive-") as folder:
         _submit(f"-XX:+UseParallelGC -XX:ArchiveClassesAtExit={partial}", "--workload", folder)
-    _submit(f"-Xshare:on -XX:SharedArchiveFile={partial}", "--check")
+    check(f"-XX:SharedArchiveFile={partial}")
     os.replace(partial, target)  # a reader sees the old archive or the new one
     return target
 
@@ -101,6 +108,7 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--check"]:
         from pyspark.sql import SparkSession
 
-        assert SparkSession.builder.getOrCreate().range(7).count() == 7
+        if SparkSession.builder.getOrCreate().range(7).count() != 7:
+            sys.exit("a driver mapping the archive miscounted 7 rows")
     else:
         print(build(class_archive()))
