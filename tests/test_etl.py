@@ -189,21 +189,23 @@ def test_own_column_names_and_csv_need_only_configuration(spark, settings, gener
         )
         for name, columns in renamed.items()
     }
-    theirs = settings_in(settings, tmp_path).model_copy(update={"sources": sources})
-    generate(theirs, last_day=RUN_DATE, **DEMO)
+    # Both homes hold the same small dataset (the columns, not the volume, are under test).
+    small = {**DEMO, "customers": 3000, "sends_per_day": 1200}
+    ours = settings_in(settings, tmp_path / "ours")
+    theirs = settings_in(settings, tmp_path / "theirs").model_copy(update={"sources": sources})
+    generate(ours, last_day=RUN_DATE, **small)
+    generate(theirs, last_day=RUN_DATE, **small)
     delivered = pd.read_csv(next((theirs.paths.lake / "raw" / "responses" / f"dt={RUN_DATE}").glob("*.csv")))
     assert set(delivered.columns) == {"event_id", "cust_no", "event_ts", "event"}
 
     validate_raw(spark, theirs, RUN_DATE)
     run_etl(spark, theirs, RUN_DATE)
-    if not partition_dir(settings, "features/training", RUN_DATE).exists():
-        run_etl(spark, settings, RUN_DATE)
-    ours = pd.read_parquet(partition_dir(settings, "features/training", RUN_DATE))
-    mine = pd.read_parquet(partition_dir(theirs, "features/training", RUN_DATE))
-    key = ["send_id"]
-    pd.testing.assert_frame_equal(
-        ours.sort_values(key).reset_index(drop=True), mine.sort_values(key).reset_index(drop=True), check_dtype=False
-    )
+    run_etl(spark, ours, RUN_DATE)
+    for table in ("features/training", "features/scoring"):
+        key = ["send_id"] if table.endswith("training") else ["customer_id"]
+        expected, got = (pd.read_parquet(partition_dir(s, table, RUN_DATE)).sort_values(key) for s in (ours, theirs))
+        assert len(expected) > 1000
+        pd.testing.assert_frame_equal(expected.reset_index(drop=True), got.reset_index(drop=True), check_dtype=False)
 
 
 @pytest.fixture
