@@ -94,7 +94,8 @@ def own_settings(monkeypatch, tmp_path):
 
 
 # The fast tier (`make test-fast`, `pytest -m "not slow"`): units and small-frame tests. Slow:
-# whole nightly runs (in process or by Airflow), live stacks, clusters and servers.
+# whole nightly runs (in process or by Airflow), live stacks, clusters and servers; and, marked
+# in their modules, the variants of a whole step over the generated data (test_bad_deliveries).
 SLOW_MODULES = {
     "test_airflow_live",
     "test_cluster",

@@ -129,7 +129,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+# The fast tier (make test-fast) runs one case of each kind of check: a delivery the reader refuses,
+# an expectation of a suite, a check across sources. The others, each a whole validate_raw over
+# the generated 30 days (5 to 10 s), run in make test.
+FAST = {"missing_column", "null_ids", "response_for_unknown_customer"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, id=c.__name__, marks=() if c.__name__ in FAST else pytest.mark.slow) for c in CASES],
+)
 def test_bad_delivery_is_stopped_with_a_clear_message(case, spark, settings, generated, tmp_path):
     isolated = settings_in(settings, tmp_path)
     if case is truncated_csv:
@@ -149,6 +158,7 @@ def test_bad_delivery_is_stopped_with_a_clear_message(case, spark, settings, gen
     assert not (isolated.paths.lake / "features").exists(), "nothing downstream is written"
 
 
+@pytest.mark.slow
 def test_a_good_csv_delivery_passes(spark, settings, generated, tmp_path):
     sources = dict(settings.sources)
     sources["sends"] = sources["sends"].model_copy(update={"format": "csv"})
