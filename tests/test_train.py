@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from pyspark.sql import functions as F
 
 from conftest import RUN_DATE
@@ -12,6 +13,7 @@ from jobs.settings import report_dir
 from jobs.tracking import use_tracking
 
 
+@pytest.mark.slow  # the train, gate and promote steps end to end (test_gate's tier)
 def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, generated, tmp_path):
     from jobs.etl import run_etl
 
