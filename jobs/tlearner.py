@@ -8,17 +8,22 @@ An arm whose ranking did not clear the gate's Qini diagnostic is a
 *constant* arm: its targeting uplift is its average effect for every customer (`constant`),
 while `p_<arm>` stays its outcome model's probability. The MLflow pyfunc (`jobs.model`) and Spark's scoring workers
 (`jobs.score`) both predict through this module, so a served prediction and a batch-scored
-one are the same numbers. It imports pandas, NumPy and LightGBM only: a scoring worker
-starts without loading MLflow, and receives the boosters as LightGBM model strings.
+one are the same numbers. It imports pandas and NumPy, and LightGBM when boosters load: a
+scoring worker starts without loading MLflow, and receives the boosters as LightGBM model
+strings; a Spark step that only names columns (`key`, `label_column`) does not load LightGBM
+and scikit-learn (a second of every process start).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 
 def design_matrix(frame: pd.DataFrame, numeric: list[str], categories: dict[str, list[str]]) -> pd.DataFrame:
@@ -98,6 +103,8 @@ class PortableTLearner:
     bounds: dict[str, dict] = field(default_factory=dict)  # guardrail key -> upper-bound bins
 
     def load(self) -> dict[str, lgb.Booster]:
+        import lightgbm as lgb
+
         return {arm: lgb.Booster(model_str=text) for arm, text in self.boosters.items()}
 
     def predict(self, frame: pd.DataFrame, boosters: dict[str, lgb.Booster], num_threads: int = 1) -> pd.DataFrame:
