@@ -4,8 +4,8 @@ No mocks and no `airflow dags test`: `airflow api-server`, `airflow scheduler` a
 dag-processor` run with the LocalExecutor on a temporary AIRFLOW_HOME, in one project home
 shared by the whole module. First on SQLite, where 2026-10-30 is triggered through the REST API
 with a simple-auth-manager login; then on a fresh PostgreSQL metadata database, where a
-scheduler-driven `airflow backfill create` runs three earlier nights and one run's `score` is
-cleared through the REST API and rerun by the scheduler.
+scheduler-driven `airflow backfill create` runs two earlier nights, one after the other, and one
+run's `score` is cleared through the REST API and rerun by the scheduler.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from conftest import RUN_DATE, TEST_CONF, write_overlay
 PROJECT = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 DAG_ID = "uplift_nightly"
-BACKFILL_DATES = [RUN_DATE - timedelta(days=d) for d in (3, 2, 1)]  # 2026-10-27 .. 2026-10-29
+BACKFILL_DATES = [RUN_DATE - timedelta(days=d) for d in (2, 1)]  # 2026-10-28 and 2026-10-29
 # The nightly's cron is 03:00 UTC: that is the time of every logical date it schedules.
 NIGHTLY_TIME = "T03:00:00+00:00"
 ADMIN = "admin"
@@ -310,7 +310,7 @@ def postgres_stack(project, first_night, postgres_metadata) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def backfill(project, postgres_stack):
-    """`airflow backfill create` over 10-27..10-29 after 10-30 ran and was promoted; the state before and after."""
+    """`airflow backfill create` over 10-28..10-29 after 10-30 ran and was promoted; the state before and after."""
     root, _ = project
     stack = postgres_stack
     newer = partition(root, "audience", RUN_DATE)
