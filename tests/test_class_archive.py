@@ -1,9 +1,12 @@
 """The Spark drivers' class-data archive: built by `make setup`, valid for this environment's jars."""
 
+import pytest
+
 from jobs.class_archive import check
 from jobs.spark import class_archive, driver_java_options
 
 
+@pytest.mark.slow  # a spark-submit of its own; the archive changes with the environment, not the code
 def test_a_driver_maps_the_archive_setup_built(settings):
     assert class_archive().exists(), f"no class-data archive at {class_archive()}: `make setup` builds it"
     options = driver_java_options(settings)
