@@ -148,9 +148,8 @@ def run_suite(
 
     suite = load_suite(suite_name, generated)
     verdict = validate(suite, "BOOLEAN_ONLY")
-    evaluated = len(verdict.results)
     result = verdict if verdict.success else validate(_failed_part(suite, verdict), "SUMMARY")
-    outcome = CheckOutcome(input_name, suite_name, bool(verdict.success), evaluated)
+    outcome = CheckOutcome(input_name, suite_name, bool(verdict.success), len(verdict.results))
     for item in result.results:
         if item.success:
             continue

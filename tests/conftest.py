@@ -95,7 +95,8 @@ def own_settings(monkeypatch, tmp_path):
 
 # The fast tier (`make test-fast`, `pytest -m "not slow"`): units and small-frame tests. Slow:
 # whole nightly runs (in process or by Airflow), live stacks, clusters and servers; and, marked
-# in their modules, the variants of a whole step over the generated data (test_bad_deliveries).
+# in their modules, the variants of a whole step over the generated data (test_bad_deliveries),
+# several steps end to end (test_etl, test_train) and a spark-submit of its own (test_class_archive).
 SLOW_MODULES = {
     "test_airflow_live",
     "test_cluster",

@@ -154,7 +154,7 @@ def test_a_renamed_column_mapping_must_match_the_delivery(spark, history):
 
 
 @pytest.mark.slow  # two datasets generated, validated and through the ETL: make test, not the fast tier
-def test_own_column_names_and_csv_need_only_configuration(spark, settings, generated, tmp_path):
+def test_own_column_names_and_csv_need_only_configuration(spark, settings, tmp_path):
     """A user whose files name every column differently, responses as CSV: conf changes only."""
     from conftest import DEMO, RUN_DATE
     from helpers import settings_in
