@@ -1,13 +1,21 @@
 """Bad deliveries and broken randomization stop the run with a message that says what and where."""
 
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from conftest import RUN_DATE
 from helpers import copy_raw, settings_in
 from jobs.generate import deliver
 from jobs.lake import partition_dir, publish_partition
-from jobs.validate import ValidationFailed, sample_ratio_mismatch, validate_features, validate_raw
+from jobs.validate import (
+    ValidationFailed,
+    _separation,
+    sample_ratio_mismatch,
+    validate_features,
+    validate_raw,
+)
 
 
 def test_good_deliveries_pass(spark, settings, generated):
@@ -44,6 +52,18 @@ def test_missing_delivery_is_named(spark, settings, generated, tmp_path):
     (bad.paths.lake / "raw" / "responses" / f"dt={RUN_DATE}").rmdir()
     with pytest.raises(Exception, match=rf"raw source 'responses': no delivery dt={RUN_DATE}"):
         validate_raw(spark, bad, RUN_DATE)
+
+
+def test_the_leakage_guards_auc_is_sklearns_folded_to_either_direction():
+    rng = np.random.default_rng(3)
+    target = (rng.random(5000) < 0.2).astype(int)
+    tied = pd.Series(rng.integers(0, 7, 5000) + target * rng.integers(0, 2, 5000), dtype="float64")
+    auc = roc_auc_score(target, tied)
+    assert auc > 0.55
+    assert _separation(tied, target) == pytest.approx(auc, abs=1e-12)
+    assert _separation(-tied, target) == pytest.approx(auc, abs=1e-12)  # the other direction, folded
+    assert _separation(pd.Series(target * 2.0), target) == 1.0
+    assert _separation(tied, np.zeros(5000, dtype=int)) == 0.5  # one class: nothing to separate
 
 
 def test_sample_ratio_mismatch_statistic():
