@@ -41,7 +41,8 @@ demo: setup
 	mkdir -p $(AIRFLOW_HOME)
 	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 	airflow dags test uplift_nightly $(RUN_DATE) > $(AIRFLOW_HOME)/demo-run.log 2>&1 \
-		|| { tail -50 $(AIRFLOW_HOME)/demo-run.log; exit 1; }
+		|| { tail -50 $(AIRFLOW_HOME)/demo-run.log; uplift spark-server stop > /dev/null; exit 1; }
+	@uplift spark-server stop > /dev/null  # the Spark Connect server the run's first Spark step started
 	@echo "Airflow run log: $(AIRFLOW_HOME)/demo-run.log"
 	@uplift summary --run-date $(RUN_DATE) 2>/dev/null
 

@@ -1,10 +1,11 @@
 """The ETL at ten times the M scale: 25M sends, 5M customers, 30 days of deliveries.
 
-Generates the data in a fresh project home, then runs the ETL step as the nightly DAG runs it
-(`spark-submit`, local[2], the same driver memory as `benchmarks.nightly`), with the settings a
-user gets (conf/base). Records the wall time and peak memory of each, the rows of the raw
-deliveries and of the published training and scoring sets (counted from Parquet metadata:
-nothing is collected), and the size of the raw deliveries on disk.
+Generates the data in a fresh project home, then runs the ETL step as the nightly DAG runs
+it (`uplift etl` on a Spark Connect server it starts, local[2], the same driver memory as
+`benchmarks.nightly`), with the settings a user gets (conf/base). Records the wall time and
+peak memory of each, the rows of the raw deliveries and of the published training and scoring
+sets (counted from Parquet metadata: nothing is collected), and the size of the raw deliveries
+on disk.
 
     python -m benchmarks.etl_scale [--scale 10]
 
@@ -35,6 +36,7 @@ def _disk_mb(path: Path) -> int:
 def run(scale: int, keep: bool) -> dict:
     customers, per_day = (n * scale for n in SIZES["M"])
     home, logs, env = bench_home(f"uplift-etl-x{scale}-")
+    from jobs.connect import address, stop
     from jobs.settings import load_settings
 
     settings = load_settings()
@@ -45,7 +47,11 @@ def run(scale: int, keep: bool) -> dict:
     lake = settings.paths.lake
     raw = {source: _rows(lake / "raw" / source) for source in ("users", "sends", "responses")}
     raw_mb = _disk_mb(lake / "raw")
-    stages["etl"] = measured(step_command("etl", settings), env, logs / "etl.log")
+    try:
+        port = address(settings.spark.remote)[1]
+        stages["etl"] = measured(step_command("etl", settings), env, logs / "etl.log", server_port=port)
+    finally:
+        stop(settings)
     etl = stages["etl"].pop("output")
     print(f"[x{scale}] etl {stages['etl']}: {etl}", flush=True)
     published = {table: _rows(lake / "features" / table / f"run_date={RUN_DATE}") for table in ("training", "scoring")}

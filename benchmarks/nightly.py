@@ -1,11 +1,14 @@
 """The nightly run at three sizes: wall time per stage, rows/s, peak memory, Qini vs the oracle.
 
 For each size, in a fresh project home: generate the data, then run every step of the
-nightly DAG as the DAG runs it, each in its own process: the Spark steps through
-`spark-submit` (local[2]: driver and executors share one JVM), the others as `uplift <step>`.
-A sampler follows each process tree and keeps the peak resident memory of
-- the driver: the Python process that runs the step (the PySpark driver, or the whole step);
-- the JVM: Spark's driver and executors (one process in local mode);
+nightly DAG as the DAG runs it with conf/base's settings, each in its own process as
+`uplift <step>`: the Spark steps are clients of a Spark Connect server (`spark.remote`,
+jobs/connect.py; local[2]: driver and executors share its JVM), which the first Spark step
+starts, so the server's start and its cold JVM are in that step's wall, as on a machine's first
+night. Each size gets a server of its own on a free port, stopped after its night.
+A sampler follows each step's process tree and the server's, and keeps the peak resident memory of
+- the driver: the Python process that runs the step (the Connect client, or the whole step);
+- the JVM: Spark's driver and executors (the server's one process in local mode);
 - the Python workers: the processes Spark starts for Python UDFs (model scoring).
 
 Measured in the same run, on the same data and cores:
@@ -27,6 +30,7 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,10 +72,11 @@ VALIDATION_STEPS = ("validate-raw", "validate-features")
 
 
 class PeakMemory:
-    """Samples a process tree every `every` seconds; keeps the peak RSS per kind of process."""
+    """Samples a process tree, and the Connect server's if there is one, every `every` seconds;
+    keeps the peak RSS per kind of process."""
 
-    def __init__(self, pid: int, every: float = 0.2):
-        self.root, self.every = psutil.Process(pid), every
+    def __init__(self, pid: int, server_port: int | None = None, every: float = 0.2):
+        self.root, self.server_port, self.every = psutil.Process(pid), server_port, every
         self.peak = {"driver": 0, "jvm": 0, "python_workers": 0}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -94,7 +99,7 @@ class PeakMemory:
         while not self._done.is_set():
             totals = dict.fromkeys(self.peak, 0)
             try:
-                for process in [self.root, *self.root.children(recursive=True)]:
+                for process in [self.root, *self.root.children(recursive=True), *self._server()]:
                     try:
                         kind = self.kind(process)
                         if kind:
@@ -107,13 +112,29 @@ class PeakMemory:
                 self.peak[kind] = max(self.peak[kind], value)
             self._done.wait(self.every)
 
+    def _server(self) -> list[psutil.Process]:
+        """The server and its children, once the first Spark step has started it (it then
+        leaves that step's tree: it is started in a session of its own)."""
+        from jobs.connect import server_pid
+
+        pid = server_pid(self.server_port) if self.server_port else None
+        if pid is None or pid in {self.root.pid, *(c.pid for c in self.root.children(recursive=True))}:
+            return []
+        try:
+            server = psutil.Process(pid)
+            return [server, *server.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
     def stop(self) -> dict[str, int]:
         self._done.set()
         self._thread.join()
         return {f"{kind}_mb": round(value / 2**20) for kind, value in self.peak.items()}
 
 
-def measured(command: list[str], env: dict, log: Path, memory_limit_gb: float | None = None) -> dict:
+def measured(
+    command: list[str], env: dict, log: Path, memory_limit_gb: float | None = None, server_port: int | None = None
+) -> dict:
     """Run command to completion; its wall time, peak memory and last stdout line."""
 
     def limit_memory() -> None:
@@ -130,7 +151,7 @@ def measured(command: list[str], env: dict, log: Path, memory_limit_gb: float | 
             text=True,
             preexec_fn=limit_memory if memory_limit_gb else None,
         )
-        sampler = PeakMemory(process.pid)
+        sampler = PeakMemory(process.pid, server_port)
         stdout, _ = process.communicate()
     wall = time.perf_counter() - started
     memory = sampler.stop()
@@ -161,9 +182,9 @@ def step_command(step: str, settings) -> list[str]:
     from jobs.steps import SPARK_STEPS
 
     bin_dir = Path(sys.executable).parent
-    if step not in SPARK_STEPS:
+    if step not in SPARK_STEPS or settings.spark.remote:
         return [str(bin_dir / "uplift"), step, "--run-date", RUN_DATE.isoformat()]
-    return [  # what SparkSubmitOperator runs for the DAG's Spark tasks
+    return [  # what SparkSubmitOperator runs for the DAG's Spark tasks without spark.remote
         str(bin_dir / "spark-submit"),
         "--master",
         settings.spark.master,
@@ -231,6 +252,12 @@ def model_vs_oracle(settings, report: dict) -> dict:
     return out
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def bench_home(prefix: str) -> tuple[Path, Path, dict]:
     """A fresh project home (the bench's conf overlay in it), its logs folder, and the
     environment its steps run with; this process's settings point at it as well."""
@@ -245,7 +272,8 @@ def bench_home(prefix: str) -> tuple[Path, Path, dict]:
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
     }
-    (home / "bench.yml").write_text(yaml.safe_dump({"spark": {"driver_memory": DRIVER_MEMORY}}))
+    spark = {"driver_memory": DRIVER_MEMORY, "remote": f"sc://localhost:{free_port()}"}
+    (home / "bench.yml").write_text(yaml.safe_dump({"spark": spark}))
     os.environ.update({k: env[k] for k in ("UPLIFT_HOME", "UPLIFT_CONF")})
     return home, logs, env
 
@@ -260,6 +288,7 @@ def generate_command(customers: int, sends_per_day: int) -> list[str]:
 def run_size(size: str, keep: bool, references: bool = True) -> dict:
     customers, per_day = SIZES[size]
     home, logs, env = bench_home(f"uplift-bench-{size}-")
+    from jobs.connect import address, stop
     from jobs.settings import load_settings
     from jobs.steps import STEPS
 
@@ -268,10 +297,14 @@ def run_size(size: str, keep: bool, references: bool = True) -> dict:
     stages = {"generate": measured(generate_command(customers, per_day), env, logs / "generate.log")}
     generated = stages["generate"].pop("output")
     print(f"[{size}] generate {stages['generate']['wall_s']} s: {generated}", flush=True)
-    for step in STEPS:
-        stages[step] = measured(step_command(step, settings), env, logs / f"{step}.log")
-        stages[step].pop("output")
-        print(f"[{size}] {step} {stages[step]}", flush=True)
+    port = address(settings.spark.remote)[1]
+    try:
+        for step in STEPS:
+            stages[step] = measured(step_command(step, settings), env, logs / f"{step}.log", server_port=port)
+            stages[step].pop("output")
+            print(f"[{size}] {step} {stages[step]}", flush=True)
+    finally:  # the references that follow run without it
+        stop(settings)
 
     report = json.loads((settings.paths.reports / f"run_date={RUN_DATE}" / "run_report.json").read_text())
     for stage in report["stages"]:
@@ -359,7 +392,7 @@ def environment() -> dict:
         "cpu": cpu,
         "python": platform.python_version(),
         "java": java,
-        "spark_master": "local[2]",
+        "spark_master": "local[2], on a Spark Connect server",
         "driver_memory": DRIVER_MEMORY,
         **{name: version(name) for name in packages},
     }
@@ -416,7 +449,8 @@ def markdown(report: dict) -> str:
         "",
         f"`{report['command']}` on {report['environment']['cores']} cores, "
         f"{report['environment']['memory_gb']} GB ({report['environment']['cpu']}); "
-        f"Spark {report['environment']['pyspark']} local[2], driver memory {report['environment']['driver_memory']}.",
+        f"Spark {report['environment']['pyspark']} {report['environment']['spark_master']}, "
+        f"driver memory {report['environment']['driver_memory']}.",
         "",
         "| | "
         + " | ".join(f"{n}: {sizes[n]['sends']:,} sends, {sizes[n]['customers']:,} customers" for n in names)

@@ -1,9 +1,10 @@
 """uplift_nightly: validate -> ETL -> validate -> train -> gate -> promote -> score -> drift, per night.
 
 Wiring only: every task runs `jobs.steps` for its logical date `ds`, the same code as
-`uplift <step> --run-date ds`. Spark steps go through spark-submit on the `spark_default`
-connection (local mode by default; for a cluster, the connection plus `spark.py_files`, the
-job code shipped to the executors).
+`uplift <step> --run-date ds`. With `spark.remote` (the embedded default) the Spark steps are
+tasks like the others, clients of that Spark Connect server (jobs/connect.py). Without it they
+go through spark-submit on the `spark_default` connection (for a cluster, the connection plus
+`spark.py_files`, the job code shipped to the executors).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def spark_step(step: str) -> SparkSubmitOperator:
 
 
 def python_step(step: str):
-    @task(task_id=step.replace("-", "_"))
+    @task(task_id=step.replace("-", "_"), outlets=[AUDIENCE] if step == "score" else [])
     def run_step(ds: str | None = None) -> dict:
         from datetime import date
 
@@ -87,6 +88,7 @@ with DAG(
     tags=["uplift"],
     doc_md=__doc__,
 ):
-    tasks = [spark_step(step) if step in SPARK_STEPS else python_step(step) for step in STEPS]
+    submitted = () if settings.spark.remote else SPARK_STEPS
+    tasks = [spark_step(step) if step in submitted else python_step(step) for step in STEPS]
     for upstream, downstream in pairwise(tasks):
         upstream >> downstream

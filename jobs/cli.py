@@ -39,6 +39,46 @@ for _step in steps.STEPS:
     app.command(_step)(_step_command(_step))
 
 
+spark_server_app = typer.Typer(
+    help="The local Spark Connect server the steps run on (spark.remote; started by the first step).",
+    no_args_is_help=True,
+)
+app.add_typer(spark_server_app, name="spark-server")
+
+
+@spark_server_app.command("start")
+def spark_server_start() -> None:
+    """Start the local server `spark.remote` names, unless it runs already."""
+    from jobs import connect
+
+    settings = _remote_settings()
+    connect.ensure_server(settings)
+    print(json.dumps(connect.status(settings)))
+
+
+@spark_server_app.command("stop")
+def spark_server_stop() -> None:
+    """Stop the local server `spark.remote` names (its JVM and Python workers)."""
+    from jobs import connect
+
+    print(json.dumps(connect.stop(_remote_settings())))
+
+
+@spark_server_app.command("status")
+def spark_server_status() -> None:
+    """Whether the server `spark.remote` names listens, its pid and log."""
+    from jobs import connect
+
+    print(json.dumps(connect.status(_remote_settings())))
+
+
+def _remote_settings():
+    settings = load_settings()
+    if not settings.spark.remote:
+        raise typer.BadParameter("spark.remote is not set: the Spark steps run in their own process (spark-submit)")
+    return settings
+
+
 @app.command()
 def nightly(run_date: RunDate) -> None:
     """Run every step in order for one run date, without Airflow (same code as the DAG tasks)."""
@@ -121,14 +161,15 @@ def audience_what_if(
     """Expected response rate of a segment with and without a message."""
     from jobs.audience import what_if
     from jobs.lake import MissingInputError, partition_dates
-    from jobs.spark import get_spark
+    from jobs.spark import step_session
 
     settings = load_settings()
     published = partition_dates(settings, "audience")
     if run_date is None and not published:
         raise MissingInputError("no audience published yet: run the pipeline first")
     day = run_date.date() if run_date else published[-1]
-    result = what_if(get_spark(settings, "uplift-what-if"), settings, day, where, arm)
+    with step_session(settings, "uplift-what-if") as spark:
+        result = what_if(spark, settings, day, where, arm)
     typer.echo(json.dumps(result, indent=2))
 
 

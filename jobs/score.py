@@ -1,7 +1,8 @@
 """Batch scoring: every eligible customer, inside Spark, into the audience (the champion's, or a constant policy).
 
 The driver resolves the champion in the MLflow registry and loads it once; its boosters go to
-the executors as LightGBM model strings (a broadcast), where `mapInPandas` scores Arrow
+the executors as LightGBM model strings (inside the scoring function: PySpark broadcasts a
+large one by itself, and a Spark Connect client has no broadcast of its own), where `mapInPandas` scores Arrow
 batches with `jobs.tlearner`, one LightGBM thread per Python worker (Spark runs one worker
 per core). The workers import neither MLflow nor the pickled pyfunc: a cold worker is ready
 in the time it takes to import LightGBM. The population never comes to the driver.
@@ -57,11 +58,10 @@ def predict_arms(features: DataFrame, model: PortableTLearner, settings: Setting
     problem = serving_problem(features.columns, model, exp.control, exp.arms, settings.targeting.outcomes)
     if problem:
         raise FeatureMismatchError(problem)
-    shipped = features.sparkSession.sparkContext.broadcast(model)
     columns = [f.name for f in prediction_schema(settings)]
 
     def predict_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        portable = shipped.value
+        portable = model
         boosters = portable.load()  # once per partition, not per batch
         for batch in batches:
             predicted = portable.predict(batch, boosters, num_threads=1)

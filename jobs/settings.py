@@ -212,6 +212,7 @@ class Spark(_Strict):
     driver_memory: str
     java_options: str = ""
     py_files: str | None = None
+    remote: str | None = None
 
 
 class Schedule(_Strict):

@@ -1,13 +1,16 @@
 """The SparkSession every Spark job uses: one place for its settings.
 
-Under `spark-submit` (the DAG, a cluster) the master and resources come from the submit;
-run by hand from the CLI or the tests, the session follows `spark:` in conf/.
+With `spark.remote` (the embedded default), a session on a Spark Connect server (jobs/connect.py).
+Without it, a session in this process: under `spark-submit` (the DAG on a cluster) the master and
+resources come from the submit; run by hand from the CLI or the tests, from `spark:` in conf/.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +18,19 @@ from jobs.settings import Settings
 
 if TYPE_CHECKING:  # the DAG file reads the JVM options without loading Spark
     from pyspark.sql import SparkSession
+
+
+# What every session sets, in process or on a Connect server.
+SESSION_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # Scoring's Arrow batches: LightGBM's per-call cost spread over 50k rows, not 10k (-10%).
+    "spark.sql.execution.arrow.maxRecordsPerBatch": 50_000,
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    # Splits of at most 16 MB: a day's delivery is a few files, and Spark's default (the input
+    # over the cores, up to 128 MB) gives 2 or 3 tasks on 2 cores, one of which runs alone.
+    "spark.sql.files.maxPartitionBytes": "16m",
+}
 
 
 def class_archive() -> Path:
@@ -34,23 +50,20 @@ def driver_java_options(settings: Settings) -> str:
 
 
 def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
-    """Return the active session, or start one as configured (UI off, UTC, venv Python)."""
+    """Return the active session, or start one as configured (UI off, UTC, venv Python); with
+    `spark.remote`, a session on that Spark Connect server."""
     from pyspark.sql import SparkSession
+
+    if settings.spark.remote:
+        return _connect(settings)
 
     # Workers must run this interpreter, or every UDF dies without pandas/lightgbm.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName(app_name)
-        .config("spark.sql.session.timeZone", "UTC")
+        .config(map=SESSION_CONF)
         .config("spark.sql.shuffle.partitions", settings.spark.shuffle_partitions)
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        # Scoring's Arrow batches: LightGBM's per-call cost spread over 50k rows, not 10k (-10%).
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", 50_000)
-        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
-        # Splits of at most 16 MB: a day's delivery is a few files, and Spark's default (the input
-        # over the cores, up to 128 MB) gives 2 or 3 tasks on 2 cores, one of which runs alone.
-        .config("spark.sql.files.maxPartitionBytes", "16m")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )
@@ -62,3 +75,32 @@ def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _connect(settings: Settings) -> SparkSession:
+    """A session on the Spark Connect server of `spark.remote` (jobs/connect.py), started if local and down."""
+    from pyspark.sql import SparkSession
+
+    from jobs.connect import ensure_server
+
+    ensure_server(settings)
+    spark = SparkSession.builder.remote(settings.spark.remote).getOrCreate()
+    # The server's static settings (master, memory, JVM options) come from its start; these are
+    # the session's, the same as get_spark gives an in-process session.
+    for key, value in SESSION_CONF.items():
+        spark.conf.set(key, str(value))
+    spark.conf.set("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
+    return spark
+
+
+@contextmanager
+def step_session(settings: Settings, app_name: str) -> Iterator[SparkSession]:
+    """The session of one step. On a Connect server it is released after the step, with what it
+    cached: the server outlives the step. An in-process session stays for whoever runs next."""
+    spark = get_spark(settings, app_name)
+    try:
+        yield spark
+    finally:
+        if settings.spark.remote:
+            spark.catalog.clearCache()
+            spark.stop()

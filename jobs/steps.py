@@ -20,24 +20,27 @@ STEPS = ("validate-raw", "etl", "validate-features", "train", "gate", "promote",
 
 
 def _validate_raw(settings: Settings, run_date: date) -> dict:
-    from jobs.spark import get_spark
+    from jobs.spark import step_session
     from jobs.validate import validate_raw
 
-    return validate_raw(get_spark(settings, "uplift-validate-raw"), settings, run_date)
+    with step_session(settings, "uplift-validate-raw") as spark:
+        return validate_raw(spark, settings, run_date)
 
 
 def _etl(settings: Settings, run_date: date) -> dict:
     from jobs.etl import run_etl
-    from jobs.spark import get_spark
+    from jobs.spark import step_session
 
-    return run_etl(get_spark(settings, "uplift-etl"), settings, run_date)
+    with step_session(settings, "uplift-etl") as spark:
+        return run_etl(spark, settings, run_date)
 
 
 def _validate_features(settings: Settings, run_date: date) -> dict:
-    from jobs.spark import get_spark
+    from jobs.spark import step_session
     from jobs.validate import validate_features
 
-    return validate_features(get_spark(settings, "uplift-validate-features"), settings, run_date)
+    with step_session(settings, "uplift-validate-features") as spark:
+        return validate_features(spark, settings, run_date)
 
 
 def _train(settings: Settings, run_date: date) -> dict:
@@ -79,9 +82,10 @@ def _promote(settings: Settings, run_date: date) -> dict:
 def _score(settings: Settings, run_date: date) -> dict:
     from jobs.audience import to_postgres
     from jobs.score import score
-    from jobs.spark import get_spark
+    from jobs.spark import step_session
 
-    result = score(get_spark(settings, "uplift-score"), settings, run_date)
+    with step_session(settings, "uplift-score") as spark:
+        result = score(spark, settings, run_date)
     return {**result, "postgres_rows": to_postgres(settings, run_date)}
 
 

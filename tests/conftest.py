@@ -7,6 +7,7 @@ nothing depends on what an earlier run or `make demo` left behind.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from datetime import date
 from pathlib import Path
@@ -17,7 +18,9 @@ import yaml
 RUN_DATE = date(2026, 10, 30)
 DEMO = {"customers": 16000, "days": 30, "sends_per_day": 6000, "seed": 11}
 TEST_CONF = {
-    "spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "2g"},
+    # In process: the suite's one session (the `spark` fixture). Runs in other processes (Airflow,
+    # the CLI) add the overlay of the `spark_connect` fixture, the suite's Connect server.
+    "spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "2g", "remote": None},
     "gate": {"bootstrap_rounds": 60},
     "drift": {"sample_rows": 5000},
     "schedule": {"retries": 0},
@@ -60,6 +63,27 @@ def spark(settings):
     session.stop()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def spark_connect(settings, home) -> Path:
+    """The suite's Spark Connect server (jobs/connect.py, on a port of its own, not a developer's
+    15002); the overlay that points a project's runs at it. Stopped at the end of the session."""
+    from jobs import connect
+
+    port = free_port()
+    remote = {"remote": f"sc://localhost:{port}"}
+    pid = connect.start(settings.model_copy(update={"spark": settings.spark.model_copy(update=remote)}), port)
+    overlay = home / "spark_connect.yml"
+    overlay.write_text(yaml.safe_dump({"spark": remote}))
+    yield overlay
+    connect.stop_pid(pid)
+
+
 @pytest.fixture(scope="session")
 def generated(settings):
     from jobs.generate import generate
@@ -96,7 +120,8 @@ def own_settings(monkeypatch, tmp_path):
 # The fast tier (`make test-fast`, `pytest -m "not slow"`): units and small-frame tests. Slow:
 # whole nightly runs (in process or by Airflow), live stacks, clusters and servers; and, marked
 # in their modules, the variants of a whole step over the generated data (test_bad_deliveries),
-# several steps end to end (test_etl, test_train) and a spark-submit of its own (test_class_archive).
+# several steps end to end (test_etl, test_train), a spark-submit of its own (test_class_archive)
+# and Spark Connect servers of their own (test_connect).
 SLOW_MODULES = {
     "test_airflow_live",
     "test_cluster",
@@ -106,7 +131,7 @@ SLOW_MODULES = {
     "test_gate",
     "test_browser",
 }
-SLOW_FIXTURES = {"nightly", "airflow_run", "airflow_home", "successful_run"}
+SLOW_FIXTURES = {"nightly", "airflow_run", "airflow_home", "successful_run", "spark_connect"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -36,6 +36,11 @@ def copy_raw(source: Settings, target: Settings) -> None:
     shutil.copytree(source.paths.lake / "raw", target.paths.lake / "raw")
 
 
+def on_server(project: dict, spark_connect: Path) -> dict:
+    """project's UPLIFT_HOME / UPLIFT_CONF with its Spark steps on the suite's Connect server."""
+    return {**project, "UPLIFT_CONF": f"{project['UPLIFT_CONF']}{os.pathsep}{spark_connect}"}
+
+
 def airflow_env(root: Path, project: dict) -> dict:
     """The environment of a project home run by Airflow itself (SQLite metadata under root, Spark local),
     migrated; project: its UPLIFT_HOME / UPLIFT_CONF."""

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import pytest
 import requests
 from test_dag import champion_version
 
-from conftest import RUN_DATE, TEST_CONF, write_overlay
+from conftest import RUN_DATE, TEST_CONF, free_port, write_overlay
 
 PROJECT = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -44,12 +43,6 @@ PG = "host=127.0.0.1 port=5432 user=postgres"
 
 # A whole DAG run takes 1.5-3 min on the 2-core machine, longer when other tests run alongside.
 pytestmark = pytest.mark.timeout(5400)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -188,14 +181,15 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def project(settings, generated, tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """A project home (lake, MLflow, reports) with the generated raw data, shared by both stacks."""
+def project(settings, generated, spark_connect, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A project home (lake, MLflow, reports) with the generated raw data, shared by both stacks;
+    its Spark steps on the suite's Connect server."""
     root = tmp_path_factory.mktemp("airflow_live")
     shutil.copytree(settings.paths.lake / "raw", root / "var" / "lake" / "raw")
     env = {
         **os.environ,
         "UPLIFT_HOME": str(root),
-        "UPLIFT_CONF": str(write_overlay(root, TEST_CONF)),
+        "UPLIFT_CONF": f"{write_overlay(root, TEST_CONF)}{os.pathsep}{spark_connect}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),

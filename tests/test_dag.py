@@ -1,6 +1,7 @@
 """The uplift_nightly DAG: it imports cleanly, wires the steps in order, and runs through Airflow."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import RUN_DATE, TEST_CONF, write_overlay
-from helpers import airflow_env
+from helpers import airflow_env, on_server
 
 PROJECT = Path(__file__).resolve().parent.parent
 ORDER = ["validate_raw", "etl", "validate_features", "train", "gate", "promote", "score", "drift", "report"]
@@ -56,6 +57,21 @@ def test_spark_steps_are_submitted_to_spark_default(dag):
     assert etl.application_args == ["etl", "--run-date", "{{ ds }}"]
 
 
+def test_with_a_connect_server_the_spark_steps_are_its_clients(home, monkeypatch, tmp_path):
+    """spark.remote set (conf/base's default): no spark-submit, every step a Python task, the
+    audience still published as the asset."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    overlay = write_overlay(tmp_path, {"spark": {"remote": "sc://localhost:15999"}})
+    monkeypatch.setenv("UPLIFT_CONF", f"{os.environ['UPLIFT_CONF']}{os.pathsep}{overlay}")
+    dag = DagBag(dag_folder=str(PROJECT / "dags")).dags["uplift_nightly"]
+    assert not [t.task_id for t in dag.tasks if isinstance(t, SparkSubmitOperator)]
+    assert [t.task_id for t in dag.topological_sort()] == ORDER
+    assert {t.task_id for t in dag.tasks if t.task_type == "_PythonDecoratedOperator"} == set(ORDER)
+    assert [a.name for a in dag.get_task("score").outlets] == ["uplift_audience"]
+
+
 def test_audience_is_published_as_an_asset(dag):
     outlets = dag.get_task("score").outlets
     assert [a.name for a in outlets] == ["uplift_audience"]
@@ -73,11 +89,13 @@ def test_schedule_is_nightly_by_data_interval(dag):
 
 
 @pytest.fixture(scope="module")
-def airflow_home(settings, generated, tmp_path_factory):
-    """A separate project home (lake, MLflow, Airflow on SQLite) holding the generated raw data."""
+def airflow_home(settings, generated, spark_connect, tmp_path_factory):
+    """A separate project home (lake, MLflow, Airflow on SQLite) holding the generated raw data,
+    its Spark steps on a Connect server as `make demo`'s."""
     root = tmp_path_factory.mktemp("airflow_project")
     shutil.copytree(settings.paths.lake / "raw", root / "var" / "lake" / "raw")
-    env = airflow_env(root, {"UPLIFT_HOME": str(root), "UPLIFT_CONF": str(write_overlay(root, TEST_CONF))})
+    project = {"UPLIFT_HOME": str(root), "UPLIFT_CONF": str(write_overlay(root, TEST_CONF))}
+    env = airflow_env(root, on_server(project, spark_connect))
     return root, env
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 import email_experiment
-from helpers import airflow_env, own_home, readme_overlay
+from helpers import airflow_env, on_server, own_home, readme_overlay
 from jobs.settings import load_settings
 from jobs.train import FEATURE_SPEC_ARTIFACT
 
@@ -32,9 +32,9 @@ RUN = email_experiment.last_response_day() + timedelta(days=5)  # the labels hav
 
 
 @pytest.fixture(scope="module")
-def airflow_run(home, tmp_path_factory):
+def airflow_run(home, spark_connect, tmp_path_factory):
     root = tmp_path_factory.mktemp("own_data")
-    env = airflow_env(root, own_home(root, readme_overlay()))
+    env = airflow_env(root, on_server(own_home(root, readme_overlay()), spark_connect))
     airflow = str(Path(sys.executable).parent / "airflow")
     result = subprocess.run(
         [airflow, "dags", "test", "uplift_nightly", RUN.isoformat()],

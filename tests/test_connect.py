@@ -1,0 +1,89 @@
+"""The local Spark Connect server (jobs/connect.py): started on demand by a step, once, on
+127.0.0.1 only, never shared with another checkout, stopped by `uplift spark-server stop`; a
+server that cannot start is named with its log."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from jobs import connect
+
+UPLIFT = str(Path(sys.executable).parent / "uplift")
+
+
+def on_port(settings, port: int, **spark):
+    return settings.model_copy(
+        update={"spark": settings.spark.model_copy(update={"remote": f"sc://localhost:{port}", **spark})}
+    )
+
+
+def uplift(env: dict, *args: str) -> dict:
+    done = subprocess.run([UPLIFT, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def other_address() -> str | None:
+    """An address of this machine other than loopback, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.slow
+def test_the_first_step_starts_one_server_that_listens_on_loopback_only(settings, tmp_path):
+    port = free_port()
+    env = {**os.environ, "UPLIFT_CONF": f"{os.environ['UPLIFT_CONF']}{os.pathsep}{tmp_path / 'remote.yml'}"}
+    (tmp_path / "remote.yml").write_text(f"spark:\n  remote: sc://localhost:{port}\n")
+    try:
+        # Two clients finding no server at once: one server between them.
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda _: connect.ensure_server(on_port(settings, port)), range(2)))
+        status = uplift(env, "spark-server", "status")
+        assert status["listening"] and status["pid"]
+        assert "Spark Connect server started at: 127.0.0.1:" in Path(status["log"]).read_text()
+        servers = subprocess.run(["pgrep", "-f", f"grpc.binding.port={port}"], capture_output=True, text=True)
+        assert len(servers.stdout.split()) == 1, servers.stdout
+        if (address := other_address()) is not None:
+            assert not connect.listening(address, port), f"the server answers on {address}"
+        # A server another checkout started runs that checkout's code: refused by name.
+        record = connect.state_dir(port) / "server.json"
+        started = record.read_text()
+        record.write_text(started.replace(json.dumps(str(connect.PROJECT_ROOT)), '"/srv/other-checkout"'))
+        with pytest.raises(connect.ServerError, match="runs /srv/other-checkout .*not this checkout"):
+            connect.ensure_server(on_port(settings, port))
+        record.write_text(started)
+        assert uplift(env, "spark-server", "stop") == {"port": port, "stopped": status["pid"]}
+        assert not connect.listening("127.0.0.1", port)
+        assert uplift(env, "spark-server", "status")["pid"] is None
+    finally:
+        connect.stop(on_port(settings, port))
+
+
+@pytest.mark.slow
+def test_a_server_that_cannot_start_is_named_with_its_log(settings):
+    port = free_port()
+    with pytest.raises(connect.ServerError, match=rf"did not start; .*uplift-spark-connect-{port}/server.log"):
+        connect.ensure_server(on_port(settings, port, driver_memory="lots"))
+    assert not connect.listening("127.0.0.1", port)
+
+
+def test_only_a_server_on_this_machine_is_started_from_here(settings):
+    assert connect.is_local("sc://localhost:15002") and connect.is_local("sc://127.0.0.1:1/;token=x")
+    assert not connect.is_local("sc://spark-connect:15002")
+    assert connect.address("sc://spark-connect") == ("spark-connect", connect.DEFAULT_PORT)
+    with pytest.raises(connect.ServerError, match="sc://host:port"):
+        connect.address("spark://master:7077")
