@@ -54,7 +54,8 @@ ui: setup
 	@echo "Airflow UI: http://localhost:$(UI_PORT)/  Campaigns: http://localhost:$(UI_PORT)/plugin/campaigns"
 	@echo "Log in as admin; the password is printed below at start and kept in"
 	@echo "  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (Airflow's simple auth manager)"
-	AIRFLOW__API__PORT=$(UI_PORT) airflow standalone
+	@# The Spark Connect server the UI's runs start (jobs/connect.py) stops with the UI.
+	trap 'uplift spark-server stop > /dev/null' EXIT; AIRFLOW__API__PORT=$(UI_PORT) airflow standalone
 
 # The browser tests drive Debian's Chromium (tests/browser.py); as root, `make test` installs it.
 CHROMIUM := /usr/bin/chromium

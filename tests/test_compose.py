@@ -64,6 +64,8 @@ def test_the_production_overlay_is_valid(monkeypatch):
     assert settings.mlflow.artifact_root == "mlflow-artifacts:/uplift"
     assert str(settings.paths.lake) == "/data/lake"
     assert settings.spark.master == "spark://spark-master:7077"
+    # The stack has no Spark Connect server: its Spark tasks are submitted to the cluster.
+    assert settings.spark.remote is None
 
 
 @pytest.mark.parametrize("service", sorted(AIRFLOW))
