@@ -9,6 +9,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,6 +73,44 @@ def test_the_first_step_starts_one_server_that_listens_on_loopback_only(settings
         assert uplift(env, "spark-server", "status")["pid"] is None
     finally:
         connect.stop(on_port(settings, port))
+
+
+@pytest.mark.slow
+def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings):
+    """A failing or timed-out step (an exception in its process) releases its session, and with
+    it what the server was running for it: the next step finds the server idle."""
+    import psutil
+
+    from jobs.spark import step_session
+
+    port = free_port()
+    remote = on_port(settings, port)
+    outcome = {}
+
+    def long_query(spark) -> None:  # hours on 2 cores
+        try:
+            spark.range(0, 10**13, 1, 4).selectExpr("sum(id % 7)").collect()
+            outcome["error"] = None
+        except Exception as error:  # noqa: BLE001 - what the query's caller saw
+            outcome["error"] = error
+
+    try:
+        with pytest.raises(TimeoutError), step_session(remote, "uplift-test-cancel") as spark:
+            query = threading.Thread(target=long_query, args=(spark,))
+            query.start()
+            time.sleep(5)
+            server = psutil.Process(connect.server_pid(port))
+            server.cpu_percent(None)
+            time.sleep(1)
+            assert server.cpu_percent(None) > 100, "the query is not running"
+            raise TimeoutError("the task's execution_timeout")
+        query.join(60)
+        assert not query.is_alive() and outcome["error"] is not None
+        server.cpu_percent(None)
+        time.sleep(2)
+        assert server.cpu_percent(None) < 50, "the server still runs the failed step's query"
+    finally:
+        connect.stop(remote)
 
 
 @pytest.mark.slow
