@@ -180,33 +180,17 @@ def reference(command: list[str], env: dict, log: Path) -> dict:
 
 
 def step_command(step: str, settings) -> list[str]:
-    from jobs.spark import driver_java_options
+    from jobs.spark import submit_conf
     from jobs.steps import SPARK_STEPS
 
     bin_dir = Path(sys.executable).parent
     if step not in SPARK_STEPS or settings.spark.remote:
         return [str(bin_dir / "uplift"), step, "--run-date", RUN_DATE.isoformat()]
-    return [  # what SparkSubmitOperator runs for the DAG's Spark tasks without spark.remote
-        str(bin_dir / "spark-submit"),
-        "--master",
-        settings.spark.master,
-        "--driver-memory",
-        DRIVER_MEMORY,
-        "--conf",
-        f"spark.pyspark.python={sys.executable}",
-        "--conf",
-        f"spark.sql.shuffle.partitions={settings.spark.shuffle_partitions}",
-        "--conf",
-        "spark.ui.enabled=false",
-        "--conf",
-        f"spark.driver.extraJavaOptions={driver_java_options(settings)}",
-        "--conf",
-        f"spark.executor.extraJavaOptions={settings.spark.java_options}",
-        str(PROJECT / "jobs" / "bin" / "spark_job.py"),
-        step,
-        "--run-date",
-        RUN_DATE.isoformat(),
-    ]
+    # What SparkSubmitOperator runs for the DAG's Spark tasks without spark.remote.
+    command = [str(bin_dir / "spark-submit"), "--master", settings.spark.master, "--driver-memory", DRIVER_MEMORY]
+    for key, value in submit_conf(settings).items():
+        command += ["--conf", f"{key}={value}"]
+    return [*command, str(PROJECT / "jobs" / "bin" / "spark_job.py"), step, "--run-date", RUN_DATE.isoformat()]
 
 
 def raw_predict_reference(settings) -> dict:

@@ -9,7 +9,6 @@ go through spark-submit on the `spark_default` connection (for a cluster, the co
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -20,7 +19,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 import jobs
 from jobs.settings import load_settings
-from jobs.spark import driver_java_options
+from jobs.spark import submit_conf
 from jobs.steps import SPARK_STEPS, STEPS
 
 settings = load_settings()
@@ -48,14 +47,7 @@ def spark_step(step: str) -> SparkSubmitOperator:
         outlets=[AUDIENCE] if step == "score" else [],
         name=f"uplift-{step}",
         driver_memory=settings.spark.driver_memory,
-        conf={
-            "spark.pyspark.python": sys.executable,
-            "spark.pyspark.driver.python": sys.executable,
-            "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
-            "spark.ui.enabled": "false",
-            "spark.driver.extraJavaOptions": driver_java_options(settings),
-            "spark.executor.extraJavaOptions": settings.spark.java_options,
-        },
+        conf=submit_conf(settings),
     )
 
 

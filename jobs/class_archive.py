@@ -23,7 +23,7 @@ from pathlib import Path
 # spark-submit runs this file as a script: the checkout's `jobs` must be importable from it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.spark import class_archive  # noqa: E402
+from jobs.spark import CONNECT_ENV, class_archive  # noqa: E402
 
 
 def workload(folder: Path) -> None:
@@ -63,7 +63,8 @@ def workload(folder: Path) -> None:
 
 def _submit(java_options: str, *args: str) -> None:
     """spark-submit this file with args, the driver JVM running java_options; raise with its log on failure."""
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = {k: v for k, v in os.environ.items() if k not in CONNECT_ENV}  # a classic driver
+    env |= {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     done = subprocess.run(
         [
             str(Path(sys.executable).parent / "spark-submit"),

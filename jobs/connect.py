@@ -70,21 +70,16 @@ def state_dir(port: int) -> Path:
 
 
 def server_command(settings: Settings, port: int) -> list[str]:
-    """spark-submit of the Connect server, with the settings every Spark step used to be submitted with."""
-    from jobs.spark import driver_java_options
+    """spark-submit of the Connect server, with what the DAG's spark-submit tasks are submitted with."""
+    from jobs.spark import submit_conf
 
     spark = settings.spark
     conf = {
+        **submit_conf(settings),
         "spark.connect.grpc.binding.address": "127.0.0.1",
         "spark.connect.grpc.binding.port": port,
-        "spark.pyspark.python": sys.executable,
-        "spark.pyspark.driver.python": sys.executable,
-        "spark.sql.shuffle.partitions": spark.shuffle_partitions,
         "spark.sql.session.timeZone": "UTC",
-        "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.extraJavaOptions": driver_java_options(settings),
-        "spark.executor.extraJavaOptions": spark.java_options,
     }
     command = [str(Path(sys.executable).parent / "spark-submit"), "--class", SERVER_CLASS, "--name", "uplift-connect"]
     command += ["--master", spark.master, "--driver-memory", spark.driver_memory]
@@ -137,8 +132,10 @@ def start(settings: Settings, port: int) -> int:
     """Start the server on 127.0.0.1:port, detached; wait until it listens. Its pid."""
     folder = state_dir(port)
     logfile = folder / "server.log"
+    from jobs.spark import CONNECT_ENV
+
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in CONNECT_ENV},
         "PYSPARK_PYTHON": sys.executable,
         # The Python workers unpickle scoring's functions by reference into this checkout's `jobs`.
         "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p),

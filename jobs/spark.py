@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # the DAG file reads the JVM options without loading Spark
     from pyspark.sql import SparkSession
 
 
+# Set by pyspark in a process that opened a Spark Connect session, and left set: while they are,
+# that process's and its children's sessions are Connect sessions.
+CONNECT_ENV = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")
+
 # What every session sets, in process or on a Connect server.
 SESSION_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -47,6 +51,19 @@ def driver_java_options(settings: Settings) -> str:
     archive = class_archive()
     extra = f" -XX:SharedArchiveFile={archive}" if archive.exists() else ""
     return (settings.spark.java_options + extra).strip()
+
+
+def submit_conf(settings: Settings) -> dict[str, str]:
+    """What every driver this project launches is submitted with: the DAG's spark-submit tasks and
+    the Spark Connect server (this environment's Python for the workers, the JVM options)."""
+    return {
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+        "spark.ui.enabled": "false",
+        "spark.driver.extraJavaOptions": driver_java_options(settings),
+        "spark.executor.extraJavaOptions": settings.spark.java_options,
+    }
 
 
 def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
@@ -104,3 +121,5 @@ def step_session(settings: Settings, app_name: str) -> Iterator[SparkSession]:
         if settings.spark.remote:
             spark.catalog.clearCache()
             spark.stop()
+            for name in CONNECT_ENV:  # what runs next in this process (or its children) is classic
+                os.environ.pop(name, None)

@@ -106,6 +106,8 @@ def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings):
             raise TimeoutError("the task's execution_timeout")
         query.join(60)
         assert not query.is_alive() and outcome["error"] is not None
+        # pyspark leaves the process in Connect mode; what runs next here must be classic again.
+        assert not {"SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE"} & set(os.environ)
         server.cpu_percent(None)
         time.sleep(2)
         assert server.cpu_percent(None) < 50, "the server still runs the failed step's query"
