@@ -9,8 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,44 +73,66 @@ def test_the_first_step_starts_one_server_that_listens_on_loopback_only(settings
         connect.stop(on_port(settings, port))
 
 
-@pytest.mark.slow
-def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings):
-    """A failing or timed-out step (an exception in its process) releases its session, and with
-    it what the server was running for it: the next step finds the server idle."""
-    import psutil
+# A step's process, as Airflow runs it: a query hours long on 2 cores, then the task's
+# execution_timeout (an exception) while the query runs; the server's CPU before and after.
+FAILING_STEP = """
+import json, os, threading, time
+import psutil
+from jobs import connect
+from jobs.settings import load_settings
+from jobs.spark import step_session
 
-    from jobs.spark import step_session
+settings = load_settings()
+seen = {}
 
-    port = free_port()
-    remote = on_port(settings, port)
-    outcome = {}
-
-    def long_query(spark) -> None:  # hours on 2 cores
-        try:
-            spark.range(0, 10**13, 1, 4).selectExpr("sum(id % 7)").collect()
-            outcome["error"] = None
-        except Exception as error:  # noqa: BLE001 - what the query's caller saw
-            outcome["error"] = error
-
+def long_query(spark):
     try:
-        with pytest.raises(TimeoutError), step_session(remote, "uplift-test-cancel") as spark:
-            query = threading.Thread(target=long_query, args=(spark,))
-            query.start()
-            time.sleep(5)
-            server = psutil.Process(connect.server_pid(port))
-            server.cpu_percent(None)
-            time.sleep(1)
-            assert server.cpu_percent(None) > 100, "the query is not running"
-            raise TimeoutError("the task's execution_timeout")
-        query.join(60)
-        assert not query.is_alive() and outcome["error"] is not None
-        # pyspark leaves the process in Connect mode; what runs next here must be classic again.
-        assert not {"SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE"} & set(os.environ)
+        spark.range(0, 10**13, 1, 4).selectExpr("sum(id % 7)").collect()
+        seen["query"] = "finished"
+    except Exception as error:
+        seen["query"] = type(error).__name__
+
+try:
+    with step_session(settings, "uplift-test-cancel") as spark:
+        query = threading.Thread(target=long_query, args=(spark,))
+        query.start()
+        time.sleep(5)
+        server = psutil.Process(connect.server_pid(connect.address(settings.spark.remote)[1]))
         server.cpu_percent(None)
-        time.sleep(2)
-        assert server.cpu_percent(None) < 50, "the server still runs the failed step's query"
+        time.sleep(1)
+        seen["cpu_while_running"] = server.cpu_percent(None)
+        raise TimeoutError("the task's execution_timeout")
+except TimeoutError:
+    query.join(60)
+    seen["query_alive"] = query.is_alive()
+    server.cpu_percent(None)
+    time.sleep(2)
+    seen["cpu_after"] = server.cpu_percent(None)
+    seen["connect_env_left"] = sorted({"SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE"} & set(os.environ))
+print(json.dumps(seen))
+os._exit(0)  # a query thread left running must not hold the process
+"""
+
+
+@pytest.mark.slow
+def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings, tmp_path):
+    """A failing or timed-out step (an exception in its process) releases its session, and with
+    it what the server was running for it: the next step finds the server idle. And the process
+    is left classic: pyspark would leave it in Connect mode."""
+    port = free_port()
+    (tmp_path / "remote.yml").write_text(f"spark:\n  remote: sc://localhost:{port}\n")
+    env = {**os.environ, "UPLIFT_CONF": f"{os.environ['UPLIFT_CONF']}{os.pathsep}{tmp_path / 'remote.yml'}"}
+    try:
+        step = [sys.executable, "-c", FAILING_STEP]
+        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["cpu_while_running"] > 100, f"the query was not running: {seen}"
+        assert not seen["query_alive"] and seen["query"] != "finished", seen
+        assert seen["cpu_after"] < 50, f"the server still runs the failed step's query: {seen}"
+        assert seen["connect_env_left"] == [], seen
     finally:
-        connect.stop(remote)
+        connect.stop(on_port(settings, port))
 
 
 @pytest.mark.slow
