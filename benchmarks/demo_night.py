@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from datetime import date
 from pathlib import Path
 
 import yaml
+
+from benchmarks.nightly import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROJECT = Path(__file__).resolve().parent.parent
@@ -42,12 +43,6 @@ def run(command: list[str], env: dict, log: Path) -> float:
     with log.open("w") as out:
         subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
     return round(time.perf_counter() - started, 1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

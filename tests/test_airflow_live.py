@@ -31,6 +31,7 @@ import requests
 from test_dag import champion_version
 
 from conftest import RUN_DATE, TEST_CONF, free_port, write_overlay
+from helpers import on_server
 
 PROJECT = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -188,8 +189,7 @@ def project(settings, generated, spark_connect, tmp_path_factory) -> tuple[Path,
     shutil.copytree(settings.paths.lake / "raw", root / "var" / "lake" / "raw")
     env = {
         **os.environ,
-        "UPLIFT_HOME": str(root),
-        "UPLIFT_CONF": f"{write_overlay(root, TEST_CONF)}{os.pathsep}{spark_connect}",
+        **on_server({"UPLIFT_HOME": str(root), "UPLIFT_CONF": str(write_overlay(root, TEST_CONF))}, spark_connect),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
