@@ -39,7 +39,8 @@ def wrong_type(s):
     users = _read(s, "users").astype({"age": str})
     users.loc[users.index[:2], "age"] = "forty"
     _redeliver(s, "users", users)
-    return ValidationFailed, ["input 'raw/users", "'unparsable'", "'raw_age': 'forty'"]
+    # The offending rows name the file that holds them: its dt= folder and its name.
+    return ValidationFailed, ["input 'raw/users", "'unparsable'", "'raw_age': 'forty'", f"'source_file': '{DAY}/"]
 
 
 def null_ids(s):
