@@ -34,6 +34,9 @@ SESSION_CONF = {
     # Splits of at most 16 MB: a day's delivery is a few files, and Spark's default (the input
     # over the cores, up to 128 MB) gives 2 or 3 tasks on 2 cores, one of which runs alone.
     "spark.sql.files.maxPartitionBytes": "16m",
+    # A step's cache lives for the step and is read a few times: building it uncompressed costs
+    # less than compressing it (the training set at M: 2.5 s instead of 5.9 s, and faster reads).
+    "spark.sql.inMemoryColumnarStorage.compressed": "false",
 }
 
 

@@ -21,8 +21,9 @@ STEPS = ("validate-raw", "etl", "validate-features", "train", "gate", "promote",
 
 def _validate_raw(settings: Settings, run_date: date) -> dict:
     from jobs.spark import step_session
-    from jobs.validate import validate_raw
+    from jobs.validate import preload_gx, validate_raw
 
+    preload_gx()  # while the session starts (and, on a machine's first night, the Connect server)
     with step_session(settings, "uplift-validate-raw") as spark:
         return validate_raw(spark, settings, run_date)
 
@@ -37,8 +38,9 @@ def _etl(settings: Settings, run_date: date) -> dict:
 
 def _validate_features(settings: Settings, run_date: date) -> dict:
     from jobs.spark import step_session
-    from jobs.validate import validate_features
+    from jobs.validate import preload_gx, validate_features
 
+    preload_gx()
     with step_session(settings, "uplift-validate-features") as spark:
         return validate_features(spark, settings, run_date)
 

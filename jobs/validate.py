@@ -21,18 +21,20 @@ or the treatment, and fails validation by name.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import great_expectations as gx
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from scipy import stats
 
 from jobs import features
 from jobs.etl import SCORING_KEYS, training_keys
@@ -40,12 +42,45 @@ from jobs.lake import raw_partitions, read_partition, read_raw
 from jobs.settings import PROJECT_ROOT, SOURCES, Experiment, Settings, report_dir
 from jobs.tlearner import label_column
 
+if TYPE_CHECKING:
+    import great_expectations as gx
+
 log = logging.getLogger(__name__)
 SUITES_DIR = PROJECT_ROOT / "expectations"
 MAX_SMD = 0.1
 SAMPLE_ROWS = 5
 LEAKAGE_SAMPLE_ROWS = 200_000
 MIN_LEVEL_ROWS = 20  # rarer categorical levels are pooled before scoring a level by its label rate
+
+# Great Expectations takes seconds to import (3.3 s on the bench's Xeon, 5.6 s on its EPYC: its
+# expectation modules load scipy.stats, altair, ...). Each validation step imports it in a thread
+# while its own Spark work (caching the inputs, the checks outside the suites) runs on the
+# server, and waits for it only when the suites start.
+_gx_import: threading.Thread | None = None
+
+
+def preload_gx() -> None:
+    """Start importing Great Expectations in the background (once per process)."""
+    global _gx_import
+    if _gx_import is None:
+        # Two threads importing at once can deadlock (Python then raises) when each waits for a
+        # module the other is loading. Great Expectations imports pyspark; the Spark Connect client
+        # this thread goes on to load is loaded first, so the two share no module in flight.
+        importlib.import_module("pyspark.sql.connect.session")
+        _gx_import = threading.Thread(
+            target=lambda: importlib.import_module("great_expectations"), name="import-gx", daemon=True
+        )
+        _gx_import.start()
+
+
+def _gx() -> ModuleType:
+    """The great_expectations module, once the background import (if any) is done.
+
+    An import that failed in the thread is repeated here, so its error is raised where it is used.
+    """
+    if _gx_import is not None:
+        _gx_import.join()
+    return importlib.import_module("great_expectations")
 
 
 class ValidationFailed(RuntimeError):
@@ -64,7 +99,7 @@ class CheckOutcome:
 def load_suite(name: str, generated: list[dict] | None = None) -> gx.ExpectationSuite:
     """The suite in expectations/<name>.json, plus expectations generated from the feature spec."""
     spec = json.loads((SUITES_DIR / f"{name}.json").read_text())
-    return gx.ExpectationSuite(
+    return _gx().ExpectationSuite(
         name=spec["name"], expectations=[*spec["expectations"], *(generated or [])], meta=spec.get("meta")
     )
 
@@ -72,7 +107,7 @@ def load_suite(name: str, generated: list[dict] | None = None) -> gx.Expectation
 def _failed_part(suite: gx.ExpectationSuite, result) -> gx.ExpectationSuite:
     """A suite of the expectations of suite that failed in result, named `<suite>.failed`."""
     failed = {item.expectation_config.id for item in result.results if not item.success}
-    return gx.ExpectationSuite(
+    return _gx().ExpectationSuite(
         name=f"{suite.name}.failed",
         expectations=[
             {k: v for k, v in e.configuration.to_json_dict().items() if k not in ("id", "rendered_content")}
@@ -89,6 +124,7 @@ def hidden_columns(settings: Settings) -> set[str]:
 
 
 def _context(docs_dir: Path):
+    gx = _gx()
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
     context.add_data_docs_site(
@@ -138,7 +174,7 @@ def run_suite(
     def validate(suite: gx.ExpectationSuite, result_format: str):
         batch = source.add_dataframe_asset(suite.name).add_batch_definition_whole_dataframe("run")
         definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=suite.name, data=batch, suite=context.suites.add(suite))
+            _gx().ValidationDefinition(name=suite.name, data=batch, suite=context.suites.add(suite))
         )
         return definition.run(
             batch_parameters={"dataframe": frame},
@@ -246,8 +282,8 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
     delivery is checked instead (named with its own dt); a `daily` one without a delivery fails
     (MissingInputError).
     """
+    preload_gx()
     out = report_dir(settings, run_date) / "validation"
-    context = _context(out / "data_docs")
     exp = settings.experiment
     days = {source: _delivery_day(settings, source, run_date) for source in SOURCES}
     today = {
@@ -294,8 +330,15 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
     hidden = hidden_columns(settings)
     outcomes = []
     try:
+        # The work that needs no Great Expectations first, while it imports (preload_gx): the
+        # deliveries into the cache, the volume bands, the arm counts, the response types.
+        rows = {source: frame.count() for source, frame in frames.items()}
+        bands = {source: volume_band(spark, settings, source, days[source]) for source in SOURCES}
+        arm_counts = _arm_counts_by_campaign(frames["sends"])
+        response_types = response_types_delivered(spark, settings, run_date)
+        context = _context(out / "data_docs")
         for source in SOURCES:
-            min_rows, max_rows = volume_band(spark, settings, source, days[source])
+            min_rows, max_rows = bands[source]
             parameters = {
                 "arms": exp.all_arms,
                 "max_delivery_lag_days": settings.window_days,
@@ -313,17 +356,15 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
                     hidden,
                 )
             )
-        randomization, srm = _randomization(
-            f"raw/sends dt={days['sends']}", _arm_counts_by_campaign(frames["sends"]), exp
-        )
+        randomization, srm = _randomization(f"raw/sends dt={days['sends']}", arm_counts, exp)
         outcomes.append(randomization)
-        outcomes.append(response_types_delivered(spark, settings, run_date))
+        outcomes.append(response_types)
         context.build_data_docs(site_names=["validation"])  # once per step, every suite's results
         checked = {source: day.isoformat() for source, day in days.items()}
         summary = out / "raw.json"
         _write_summary(summary, outcomes, {"deliveries_checked": checked, "sample_ratio_mismatch": srm})
         _raise_if_failed(outcomes, run_date, summary)
-        delivered = {source: frames[source].count() if days[source] == run_date else 0 for source in SOURCES}
+        delivered = {source: rows[source] if days[source] == run_date else 0 for source in SOURCES}
     finally:
         spark.catalog.clearCache()
     return {
@@ -428,6 +469,8 @@ def sample_ratio_mismatch(arm_counts: dict[str, int], expected_split: dict[str, 
         return {"observed": observed, "chi2": 0.0, "p_value": 1.0}
     scale = sum(expected_split[arm] for arm in shared)
     expected = [expected_split[arm] / scale * total for arm in shared]
+    from scipy import stats
+
     statistic, p_value = stats.chisquare([observed[arm] for arm in shared], expected)
     return {"observed": observed, "chi2": float(statistic), "p_value": float(p_value)}
 
@@ -517,39 +560,23 @@ def leakage_in_data(training: DataFrame, settings: Settings, seed: int) -> tuple
 
 def validate_features(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     """Validate the run date's training and scoring sets and the randomization behind them."""
+    preload_gx()
     out = report_dir(settings, run_date) / "validation"
-    context = _context(out / "data_docs")
     training = read_partition(spark, settings, "features/training", run_date).persist()
     scoring = read_partition(spark, settings, "features/scoring", run_date).persist()
     try:
-        return _validate_feature_tables(context, out, training, scoring, settings, run_date)
+        return _validate_feature_tables(out, training, scoring, settings, run_date)
     finally:
         spark.catalog.clearCache()
 
 
 def _validate_feature_tables(
-    context, out: Path, training: DataFrame, scoring: DataFrame, settings: Settings, run_date: date
+    out: Path, training: DataFrame, scoring: DataFrame, settings: Settings, run_date: date
 ) -> dict:
     exp, spec = settings.experiment, settings.features
-    generated = features.expectations(spec.columns())
-    outcomes = [
-        run_suite(
-            context,
-            training,
-            f"features/training run_date={run_date}",
-            "features_training",
-            {"arms": exp.all_arms, "columns": [*training_keys(settings), *spec.names]},
-            generated + outcome_label_expectations(settings),
-        ),
-        run_suite(
-            context,
-            scoring,
-            f"features/scoring run_date={run_date}",
-            "features_scoring",
-            {"columns": [*SCORING_KEYS, *spec.names]},
-            generated,
-        ),
-    ]
+    # The checks that need no Great Expectations first, while it imports (preload_gx): they also
+    # bring both tables into the cache the suites read.
+    scoring_rows = scoring.count()
     counts = _arm_counts_by_campaign(training)
     randomization, srm = _randomization(f"features/training run_date={run_date}", counts, exp, checks=3)
     balance = covariate_balance(training, exp.control, spec.numeric)
@@ -568,7 +595,27 @@ def _validate_feature_tables(
     if leaks:
         randomization.success = False
         randomization.failures.extend(leaks)
-    outcomes.append(randomization)
+    context = _context(out / "data_docs")
+    generated = features.expectations(spec.columns())
+    outcomes = [
+        run_suite(
+            context,
+            training,
+            f"features/training run_date={run_date}",
+            "features_training",
+            {"arms": exp.all_arms, "columns": [*training_keys(settings), *spec.names]},
+            generated + outcome_label_expectations(settings),
+        ),
+        run_suite(
+            context,
+            scoring,
+            f"features/scoring run_date={run_date}",
+            "features_scoring",
+            {"columns": [*SCORING_KEYS, *spec.names]},
+            generated,
+        ),
+        randomization,
+    ]
     context.build_data_docs(site_names=["validation"])  # once per step, every suite's results
     summary = out / "features.json"
     _write_summary(
@@ -585,6 +632,6 @@ def _validate_feature_tables(
         "srm_p_value_min": min((t["p_value"] for t in srm["campaigns"].values()), default=1.0),
         "arm_counts": arm_counts,
         "training_rows": sum(arm_counts.values()),
-        "scoring_rows": scoring.count(),
+        "scoring_rows": scoring_rows,
         "report": str(summary),
     }
