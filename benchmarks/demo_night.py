@@ -12,7 +12,7 @@ machine's first night. Only the server's port is the bench's own (a free one, no
 
     python -m benchmarks.demo_night      (part of `make bench`)
 
-Writes benchmarks/results/demo-night-<date>.json and prints it.
+Writes benchmarks/results/demo-night-<date>-<commit>.json and prints it.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks import result_path
 from benchmarks.nightly import free_port
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_DATE = "2026-10-30"
 TARGET_TASK_S = 60
@@ -94,7 +94,7 @@ def main() -> None:
         "target": f"task time < {TARGET_TASK_S} s",
         "met": total < TARGET_TASK_S and all(t["state"] == "success" for t in tasks.values()),
     }
-    out = RESULTS / f"demo-night-{result['date']}.json"
+    out = result_path("demo-night-")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     shutil.rmtree(home)

@@ -9,7 +9,7 @@ on disk.
 
     python -m benchmarks.etl_scale [--scale 10]
 
-Writes benchmarks/results/etl-scale-<date>.json and prints a table.
+Writes benchmarks/results/etl-scale-<date>-<commit>.json and prints a table.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 
-from benchmarks.nightly import RESULTS, RUN_DATE, SIZES, bench_home, generate_command, measured, step_command
+from benchmarks import result_path
+from benchmarks.nightly import RUN_DATE, SIZES, bench_home, generate_command, measured, step_command
 
 
 def _rows(path: Path) -> int:
@@ -86,8 +87,7 @@ def main() -> None:
         "environment": environment(),
         **run(args.scale, args.keep),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"etl-scale-{report['date']}.json"
+    out = result_path("etl-scale-")
     out.write_text(json.dumps(report, indent=2))
     g, e = report["stages"]["generate"], report["stages"]["etl"]
     print(f"| x{args.scale} | {report['sends']:,} sends, {report['customers']:,} customers |")

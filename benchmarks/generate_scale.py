@@ -19,7 +19,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks import result_path
+
 SIZES = [  # name, customers, sends per day, days
     ("M: 500k customers, 2.5M sends, 30 days", 500_000, 83_334, 30),
     ("M x2 days: 500k customers, 5M sends, 60 days", 500_000, 83_334, 60),
@@ -66,8 +67,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "sizes": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"generate-{report['date']}.json"
+    out = result_path("generate-")
     out.write_text(json.dumps(report, indent=2))
     print("| size | sends | wall (s) | sends/s | peak RSS (MB) |")
     print("| --- | --- | --- | --- | --- |")

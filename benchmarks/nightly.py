@@ -20,8 +20,8 @@ Measured in the same run, on the same data and cores:
 
     python -m benchmarks.nightly --size S M L     (make bench SIZE="S M L")
 
-Writes benchmarks/results/<date>.json (sizes of earlier runs of the day are kept) and
-<date>.md, and prints the table.
+Writes benchmarks/results/<date>-<commit>.json (sizes measured earlier that day at the same
+commit are kept) and the same name .md, and prints the table.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks import commit, result_path
+
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_DATE = date(2026, 10, 30)
 SIZES = {  # customers, sends per day over 30 days
@@ -454,7 +455,7 @@ def markdown(report: dict) -> str:
     names = list(sizes)
     stage_names = list(next(iter(sizes.values()))["stages"])
     lines = [
-        f"# Nightly benchmark {report['date']}",
+        f"# Nightly benchmark {report['date']}, commit {report.get('commit', 'unknown')}",
         "",
         f"`{report['command']}` on {report['environment']['cores']} cores, "
         f"{report['environment']['memory_gb']} GB ({report['environment']['cpu']}); "
@@ -522,15 +523,14 @@ def main() -> None:
     args = parser.parse_args()
 
     today = date.today().isoformat()
-    out = RESULTS / f"{today}.json"
-    report = json.loads(out.read_text()) if out.exists() else {"date": today, "sizes": {}}
+    out = result_path()
+    report = json.loads(out.read_text()) if out.exists() else {"date": today, "commit": commit(), "sizes": {}}
     for size in args.size:
         report["sizes"][size] = run_size(size, args.keep, references=not args.skip_references)
         report["sizes"] = {k: report["sizes"][k] for k in SIZES if k in report["sizes"]}
         report["command"] = "make bench SIZE=" + "'" + " ".join(report["sizes"]) + "'"
         report["environment"] = environment()
         report["targets"] = targets(report["sizes"])
-        RESULTS.mkdir(exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
         out.with_suffix(".md").write_text(markdown(report))
     print(out.with_suffix(".md").read_text())

@@ -9,7 +9,7 @@ else the constant policy; "no one" is 0 for sure and is left out of its coverage
 challenger's policy whatever the decision. The interval should contain the truth for at least
 90% of seeds.
 
-    python -m benchmarks.policy_coverage --seeds 20     # writes benchmarks/results/policy-coverage-<date>.json
+    python -m benchmarks.policy_coverage --seeds 20     # writes benchmarks/results/policy-coverage-<date>-<commit>.json
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from benchmarks import result_path
 from jobs import gate, policy
 from jobs.etl import run_etl
 from jobs.generate import generate
@@ -36,7 +37,6 @@ from jobs.train import train
 
 RUN_DATE = date(2026, 10, 30)
 DATA = {"customers": 8_000, "days": 16, "sends_per_day": 3_000}
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _home(settings: Settings, root: Path) -> Settings:
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             "mean_interval_width": float(np.mean([v["high"] - v["low"] for v in valued])) if valued else None,
         }
     result["runs"] = rows
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"policy-coverage-{result['date']}.json"
+    out = result_path("policy-coverage-")
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}), flush=True)
     print(f"written {out}")

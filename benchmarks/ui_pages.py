@@ -10,7 +10,7 @@ the OS cache warm up), the rest give the median and the maximum.
 
     python -m benchmarks.ui_pages --customers 500000      (part of make bench)
 
-Writes benchmarks/results/ui-pages-<date>.json and prints the table.
+Writes benchmarks/results/ui-pages-<date>-<commit>.json and prints the table.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks import result_path
+
 RUN_DATE = date(2026, 10, 30)
 TARGET_S = 1.0
 
@@ -217,8 +218,7 @@ def main() -> None:
         **measured,
         "met": all(p["max_s"] < TARGET_S for n, p in measured["pages"].items() if not n.startswith("download")),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"ui-pages-{result['date']}.json"
+    out = result_path("ui-pages-")
     out.write_text(json.dumps(result, indent=2))
     print(f"Campaigns pages, {args.customers:,} customers ({args.repeat} warm requests each, after one cold):")
     print(f"{'page':<28}{'cold s':>9}{'median s':>10}{'max s':>8}{'bytes':>12}")
