@@ -25,6 +25,7 @@ import importlib
 import json
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -528,12 +529,23 @@ def leakage_in_data(training: DataFrame, settings: Settings, seed: int) -> tuple
     Works from the table's own columns (everything but the send's keys), not from the feature
     list the ETL selected with: whatever the spec or the ETL let through is scored.
     """
-    exp, limit = settings.experiment, settings.validation.leakage_max_auc
-    kinds = {c.name: c.kind for c in settings.features.columns()}
+    return leakage_scores(leakage_sample(training, settings, seed), settings)
+
+
+def leakage_sample(training: DataFrame, settings: Settings, seed: int) -> pd.DataFrame:
+    """The leakage guard's sample of the training set (about LEAKAGE_SAMPLE_ROWS rows): label, arm
+    and every column but the send's keys."""
     candidates = [c for c in training.columns if c not in training_keys(settings)]
     total = training.count()
     fraction = min(1.0, LEAKAGE_SAMPLE_ROWS / total) if total else 1.0
-    sample = training.select("label", "arm", *candidates).sample(fraction=fraction, seed=seed).toPandas()
+    return training.select("label", "arm", *candidates).sample(fraction=fraction, seed=seed).toPandas()
+
+
+def leakage_scores(sample: pd.DataFrame, settings: Settings) -> tuple[list[str], dict]:
+    """leakage_in_data on its sample (pandas only: it may run beside the suites' Spark jobs)."""
+    exp, limit = settings.experiment, settings.validation.leakage_max_auc
+    kinds = {c.name: c.kind for c in settings.features.columns()}
+    candidates = [c for c in sample.columns if c not in ("label", "arm")]
     label = sample["label"].to_numpy().astype(int)
     scores: dict[str, dict[str, float]] = {}
     problems = []
@@ -591,31 +603,36 @@ def _validate_feature_tables(
         randomization.failures.append(
             f"covariate imbalance (standardized mean difference > {MAX_SMD} vs control): {unbalanced}"
         )
-    leaks, separation = leakage_in_data(training, settings, settings.training.seed)
+    sample = leakage_sample(training, settings, settings.training.seed)
+    context = _context(out / "data_docs")  # Great Expectations imported: no import runs in two threads
+    # The leakage guard's AUCs are pandas work on the driver, the suites mostly wait for Spark:
+    # one runs beside the other.
+    with ThreadPoolExecutor(1, thread_name_prefix="leakage") as pool:
+        leakage = pool.submit(leakage_scores, sample, settings)
+        generated = features.expectations(spec.columns())
+        outcomes = [
+            run_suite(
+                context,
+                training,
+                f"features/training run_date={run_date}",
+                "features_training",
+                {"arms": exp.all_arms, "columns": [*training_keys(settings), *spec.names]},
+                generated + outcome_label_expectations(settings),
+            ),
+            run_suite(
+                context,
+                scoring,
+                f"features/scoring run_date={run_date}",
+                "features_scoring",
+                {"columns": [*SCORING_KEYS, *spec.names]},
+                generated,
+            ),
+            randomization,
+        ]
+        leaks, separation = leakage.result()
     if leaks:
         randomization.success = False
         randomization.failures.extend(leaks)
-    context = _context(out / "data_docs")
-    generated = features.expectations(spec.columns())
-    outcomes = [
-        run_suite(
-            context,
-            training,
-            f"features/training run_date={run_date}",
-            "features_training",
-            {"arms": exp.all_arms, "columns": [*training_keys(settings), *spec.names]},
-            generated + outcome_label_expectations(settings),
-        ),
-        run_suite(
-            context,
-            scoring,
-            f"features/scoring run_date={run_date}",
-            "features_scoring",
-            {"columns": [*SCORING_KEYS, *spec.names]},
-            generated,
-        ),
-        randomization,
-    ]
     context.build_data_docs(site_names=["validation"])  # once per step, every suite's results
     summary = out / "features.json"
     _write_summary(
