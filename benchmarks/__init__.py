@@ -12,13 +12,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def commit() -> str:
-    """The commit measured: its short hash, `-dirty` when tracked files outside the results differ."""
+    """The commit measured: its short hash, `-dirty` when the code measured (tracked files but the
+    results and the docs) differs from it."""
     root = RESULTS.parent.parent
     head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=root, capture_output=True, text=True)
     if head.returncode != 0:
         return "unknown"
     changed = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results", ":!*.md"],
         cwd=root,
         capture_output=True,
         text=True,
