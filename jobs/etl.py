@@ -204,7 +204,7 @@ def point_in_time_features(
     users: the snapshots (with `dt`) the anchors use (`snapshots`: anchor_day -> snapshot_dt).
     Anchors without a users snapshot before their day are dropped.
     """
-    a = anchors.join(F.broadcast(snapshots), "anchor_day")
+    a = anchors.join(F.broadcast(snapshots), "anchor_day").hint("shuffle_hash")
     attrs = users.select(
         "customer_id",
         F.col("dt").alias("snapshot_dt"),
@@ -334,8 +334,8 @@ def run_etl(spark: SparkSession, settings: Settings, run_date: date) -> dict[str
     """Build and publish features/training and features/scoring for run_date."""
     training, scoring = build_sets(spark, settings, run_date)
     try:
-        training_path = publish_partition(training.repartition(4), settings, "features/training", run_date)
-        scoring_path = publish_partition(scoring.repartition(4), settings, "features/scoring", run_date)
+        training_path = publish_partition(training, settings, "features/training", run_date)
+        scoring_path = publish_partition(scoring, settings, "features/scoring", run_date)
     finally:
         spark.catalog.clearCache()  # the persisted history of build_sets
     return {
