@@ -354,7 +354,11 @@ def run_etl(spark: SparkSession, settings: Settings, run_date: date) -> dict[str
     history = read_history(spark, settings, run_date)
     training, scoring = build_sets(spark, settings, run_date, history)
     try:
-        training_path = publish_partition(training, settings, "features/training", run_date)
+        # In send_id order within each file: the hash join's streamed side arrives in whatever
+        # order the shuffle fetched it, and training's split and sample follow the row order.
+        training_path = publish_partition(
+            training.sortWithinPartitions("send_id"), settings, "features/training", run_date
+        )
         scoring_path = publish_partition(scoring, settings, "features/scoring", run_date)
         duplicates = history.duplicates_removed()
     finally:
