@@ -240,18 +240,3 @@ def test_window_edges_late_responses_and_attribute_history(spark, edges):
     run_etl(spark, edges, earlier)
     before = pd.read_parquet(partition_dir(edges, "features/training", earlier)).set_index("send_id")
     assert before.loc["s_D", "label"] == 0, "a run sees only deliveries dated up to its run date"
-
-
-def test_training_files_keep_one_row_order_whatever_the_shuffle_delivered(spark, settings, generated):
-    """Training's holdout split and its sample follow the set's row order, so a rerun on another
-    cluster must read the rows in the same order: every file of the set is in send_id order."""
-    import pyarrow.parquet as pq
-
-    from conftest import RUN_DATE
-
-    run_etl(spark, settings, RUN_DATE)
-    files = sorted(partition_dir(settings, "features/training", RUN_DATE).glob("*.parquet"))
-    assert len(files) > 1, "several files, each with its own order to check"
-    for file in files:
-        ids = pq.read_table(file, columns=["send_id"]).column("send_id").to_pylist()
-        assert len(ids) > 1000 and ids == sorted(ids), file.name
