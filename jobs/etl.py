@@ -16,6 +16,7 @@ Nothing about the send itself (its arm, its outcome) enters a feature.
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import NamedTuple
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -226,31 +227,55 @@ def outcome_labels(sends: DataFrame, responses: DataFrame, settings: Settings, r
     return sends
 
 
-def build_sets(spark: SparkSession, settings: Settings, run_date: date) -> tuple[DataFrame, DataFrame]:
-    """The training set (matured, labelled sends) and the scoring set of run_date."""
+class History(NamedTuple):
+    """The sends and responses delivered up to a run date, one row per id (`dedupe`), cached."""
+
+    sends: DataFrame
+    responses: DataFrame
+    delivered: dict[str, int]  # rows read, per source
+
+    def duplicates_removed(self) -> dict[str, int]:
+        """Rows read of sends and responses, and how many of them `dedupe` dropped."""
+        counts = {}
+        for source, frame in (("sends", self.sends), ("responses", self.responses)):
+            counts[f"raw_{source}_rows"] = self.delivered[source]
+            counts[f"duplicate_{source}_removed"] = self.delivered[source] - frame.count()
+        return counts
+
+
+def read_history(spark: SparkSession, settings: Settings, run_date: date) -> History:
+    """Sends and responses up to run_date, deduplicated once for the labels and both feature sets."""
+    sends = read_raw(spark, settings, "sends", run_date)
+    responses = read_raw(spark, settings, "responses", run_date)
+    return History(
+        sends=dedupe(sends, "send_id", ["dt", "sent_at", "customer_id", "arm"]).drop("dt").persist(),
+        responses=dedupe(responses, "response_id", ["dt", "responded_at", "customer_id"]).drop("dt").persist(),
+        delivered={"sends": sends.count(), "responses": responses.count()},  # from the files' footers
+    )
+
+
+def build_sets(
+    spark: SparkSession, settings: Settings, run_date: date, history: History | None = None
+) -> tuple[DataFrame, DataFrame]:
+    """The training set (matured, labelled sends) and the scoring set of run_date (from `history`,
+    read here unless given)."""
     exp, spec = settings.experiment, settings.features
     snapshot_days = [date.fromisoformat(p.name[3:]) for p in raw_partitions(settings, "users", run_date)]
     if not snapshot_days:
         read_raw(spark, settings, "users", run_date)  # raises MissingInputError, naming the source
-    sends = dedupe(read_raw(spark, settings, "sends", run_date), "send_id", ["dt", "sent_at", "customer_id", "arm"])
-    responses = dedupe(
-        read_raw(spark, settings, "responses", run_date), "response_id", ["dt", "responded_at", "customer_id"]
-    )
+    if history is None:
+        history = read_history(spark, settings, run_date)
     end_of_day = F.lit(run_date + timedelta(days=1)).cast("timestamp")
-    # The deduplicated history feeds the labels and both feature sets: deduplicate it once.
-    sends = sends.where(F.col("sent_at") < end_of_day).drop("dt").persist()
-    qualifying = (
-        responses.where(
-            F.col("response_type").isin(exp.qualifying_response_types) & (F.col("responded_at") < end_of_day)
-        )
-        .select("customer_id", "responded_at")
-        .persist()
+    sends = history.sends.where(F.col("sent_at") < end_of_day)
+    responses = history.responses.where(F.col("responded_at") < end_of_day)
+    qualifying = responses.where(F.col("response_type").isin(exp.qualifying_response_types)).select(
+        "customer_id", "responded_at"
     )
     last_matured = run_date - timedelta(days=exp.attribution_window_days)
     matured = label_sends(
         sends.where(F.to_date("sent_at") <= F.lit(last_matured)), qualifying, exp.attribution_window_days
     )
-    matured = outcome_labels(matured, responses.where(F.col("responded_at") < end_of_day), settings, run_date)
+    matured = outcome_labels(matured, responses, settings, run_date)
     matured = matured.persist()  # read twice: its days, the anchors
     send_days = [row.d for row in matured.select(F.to_date("sent_at").alias("d")).distinct().collect()]
     keys = training_keys(settings)
@@ -321,27 +346,18 @@ def _require_snapshots(settings: Settings, snapshot_days: list[date], send_days:
         )
 
 
-def duplicates_removed(spark: SparkSession, settings: Settings, run_date: date) -> dict[str, int]:
-    """Rows read of sends and responses up to run_date, and how many of them `dedupe` drops."""
-    counts = {}
-    for source, key in (("sends", "send_id"), ("responses", "response_id")):
-        per_key = read_raw(spark, settings, source, run_date).groupBy(key).count()
-        rows, repeats = per_key.agg(F.sum("count"), F.sum(F.col("count") - 1)).first()
-        counts[f"raw_{source}_rows"] = int(rows or 0)
-        counts[f"duplicate_{source}_removed"] = int(repeats or 0)
-    return counts
-
-
 def run_etl(spark: SparkSession, settings: Settings, run_date: date) -> dict[str, int]:
     """Build and publish features/training and features/scoring for run_date."""
-    training, scoring = build_sets(spark, settings, run_date)
+    history = read_history(spark, settings, run_date)
+    training, scoring = build_sets(spark, settings, run_date, history)
     try:
         training_path = publish_partition(training.repartition(4), settings, "features/training", run_date)
         scoring_path = publish_partition(scoring.repartition(4), settings, "features/scoring", run_date)
+        duplicates = history.duplicates_removed()
     finally:
-        spark.catalog.clearCache()  # the persisted history of build_sets
+        spark.catalog.clearCache()  # the history and the sets' intermediate caches of build_sets
     return {
         "training_rows": spark.read.parquet(str(training_path)).count(),
         "scoring_rows": spark.read.parquet(str(scoring_path)).count(),
-        **duplicates_removed(spark, settings, run_date),
+        **duplicates,
     }
