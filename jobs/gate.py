@@ -140,9 +140,7 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         seed=settings.training.seed,
     )
     table, differences = values["policies"], values["differences"]
-    refused = {name: _guardrail_breaks(v) for name, v in table.items() if _guardrail_breaks(v)}
-    constants = [name for name in [everyone(a) for a in exp.arms] if name not in refused] + [NO_ONE]
-    best = max(constants, key=lambda name: table[name]["value"])
+    best, refused = alternatives(table, exp.arms)
     versus_best = differences[f"challenger - {best}"]
     beats = versus_best["low"] > 0 if cfg.beats == "interval" else versus_best["value"] > 0
     reasons = [
@@ -215,6 +213,14 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         "value_definition": "net value per customer vs sending nothing: value_per_response x incremental "
         "responses - cost; AIPW with the T-learner's outcome models, paired bootstrap 95% intervals",
     }
+
+
+def alternatives(table: dict[str, dict], arms: list[str]) -> tuple[str, dict[str, str]]:
+    """The best constant policy the challenger must beat (no one, at worst), and the policies a
+    guardrail refuses (name -> what they break): a refused constant policy is not an alternative."""
+    refused = {name: _guardrail_breaks(v) for name, v in table.items() if _guardrail_breaks(v)}
+    constants = [name for name in [everyone(a) for a in arms] if name not in refused] + [NO_ONE]
+    return max(constants, key=lambda name: table[name]["value"]), refused
 
 
 def _guardrail_breaks(values: dict) -> str:

@@ -185,11 +185,15 @@ def training_effects(settings: Settings, run_date: date) -> dict[str, dict]:
     return out
 
 
-def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int) -> pd.DataFrame:
+def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int, key: str | None = None) -> pd.DataFrame:
     """A uniform random sample of about `rows` rows, read one record batch at a time.
 
     Every row is kept with the same probability, so the shares of any group (arm, label)
     are preserved in expectation and memory stays bounded by the sample, not the table.
+
+    With `key` (a column of unique values, in `columns`): a row is kept by a seeded hash of its
+    key and the sample comes sorted by key, so the same rows give the same frame whatever order
+    the files hold them in (how many partitions wrote them, in which order).
     """
     if not path.exists():
         raise MissingInputError(f"no table at {path}")
@@ -197,9 +201,17 @@ def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int) 
     total = dataset.count_rows()
     share = min(1.0, rows / total) if total else 1.0
     rng = np.random.default_rng(seed)
+    hash_key = f"{seed:016d}"[-16:]
     parts = []
     for batch in dataset.to_batches(columns=columns):
-        keep = rng.random(batch.num_rows) < share
+        if key is None:
+            keep = rng.random(batch.num_rows) < share
+        else:
+            hashed = pd.util.hash_array(
+                batch.column(key).to_numpy(zero_copy_only=False).astype(object), hash_key=hash_key
+            )
+            keep = hashed < np.uint64(min(int(share * 2**64), 2**64 - 1))
         if keep.any():
             parts.append(batch.filter(pa.array(keep)).to_pandas())
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    return frame if key is None else frame.sort_values(key, ignore_index=True, kind="stable")

@@ -230,31 +230,35 @@ def average_effects(counts: pd.DataFrame, control: str, arms: list[str]) -> dict
     counts: rows (campaign_id, arm, rows, responses). Within each campaign where both the arm
     and control were sent, the difference of response rates; campaigns are weighted by their
     rows of the two groups (so a campaign with its own split cannot bias the mean).
+
+    A campaign's variance takes each group's rate with two pseudo-rows at the group's rate over
+    all those campaigns (itself Agresti-Caffo: one success and one failure added), so a tiny
+    group with a rate of 0 or 1 does not get a zero-width interval, and a rare outcome split
+    over many small campaigns gets the interval its total rows give: one success per campaign
+    (Agresti-Caffo in every stratum) would inflate it with the number of campaigns.
     """
-    table = counts.set_index(["campaign_id", "arm"])
+    pairs = counts.groupby(["campaign_id", "arm"], observed=True)[["rows", "responses"]].sum().unstack("arm")
     effects = {}
     for arm in arms:
-        diffs, variances, weights = [], [], []
-        for campaign in counts["campaign_id"].unique():
-            if (campaign, arm) not in table.index or (campaign, control) not in table.index:
-                continue
-            t, c = table.loc[(campaign, arm)], table.loc[(campaign, control)]
-            if t["rows"] == 0 or c["rows"] == 0:
-                continue
-            pt, pc = t["responses"] / t["rows"], c["responses"] / c["rows"]
-            diffs.append(pt - pc)
-            # Agresti-Caffo: one success and one failure added to each group, so a tiny group
-            # with a rate of 0 or 1 does not get a zero-width interval.
-            at, ac = (t["responses"] + 1) / (t["rows"] + 2), (c["responses"] + 1) / (c["rows"] + 2)
-            variances.append(at * (1 - at) / (t["rows"] + 2) + ac * (1 - ac) / (c["rows"] + 2))
-            weights.append(t["rows"] + c["rows"])
-        if not weights:
+        if arm not in pairs["rows"] or control not in pairs["rows"]:
             effects[arm] = {"ate": 0.0, "low": 0.0, "high": 0.0, "rows": 0}
             continue
-        w = np.array(weights, dtype=float) / sum(weights)
-        ate = float(w @ np.array(diffs))
-        half = 1.96 * float(np.sqrt((w**2) @ np.array(variances)))
-        effects[arm] = {"ate": ate, "low": ate - half, "high": ate + half, "rows": int(sum(weights))}
+        n = pairs["rows"][[arm, control]].fillna(0)
+        r = pairs["responses"][[arm, control]].fillna(0)
+        both = (n > 0).all(axis=1)
+        if not both.any():
+            effects[arm] = {"ate": 0.0, "low": 0.0, "high": 0.0, "rows": 0}
+            continue
+        n, r = n[both].to_numpy(dtype=float), r[both].to_numpy(dtype=float)
+        overall = (r.sum(axis=0) + 1) / (n.sum(axis=0) + 2)
+        shrunk = (r + 2 * overall) / (n + 2)
+        diffs = r[:, 0] / n[:, 0] - r[:, 1] / n[:, 1]
+        variances = (shrunk * (1 - shrunk) / (n + 2)).sum(axis=1)
+        weights = n.sum(axis=1)
+        w = weights / weights.sum()
+        ate = float(w @ diffs)
+        half = 1.96 * float(np.sqrt((w**2) @ variances))
+        effects[arm] = {"ate": ate, "low": ate - half, "high": ate + half, "rows": int(weights.sum())}
     return effects
 
 

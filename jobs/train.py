@@ -52,15 +52,16 @@ FEATURE_SPEC_ARTIFACT = "feature_spec.json"
 
 
 def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
-    """The run date's training set (the columns training uses), or a uniform sample of `training.max_rows`."""
+    """The run date's training set (the columns training uses), or a uniform sample of `training.max_rows`;
+    in send order, so the same rows train the same model whatever order the ETL wrote them in."""
     path = partition_dir(settings, "features/training", run_date)
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
     labels = [label_column(o) for o in [None, *settings.targeting.outcomes]]
-    columns = ["customer_id", "campaign_id", "arm", *labels, *settings.features.names]
+    columns = ["send_id", "customer_id", "campaign_id", "arm", *labels, *settings.features.names]
     if settings.training.max_rows is None:
-        return pd.read_parquet(path, columns=columns)
-    return sample_parquet(path, columns, settings.training.max_rows, settings.training.seed)
+        return pd.read_parquet(path, columns=columns).sort_values("send_id", ignore_index=True)
+    return sample_parquet(path, columns, settings.training.max_rows, settings.training.seed, key="send_id")
 
 
 def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
@@ -170,7 +171,7 @@ def guardrail_bounds(scored: pd.DataFrame, flat: dict[str, dict], settings: Sett
 
     A ranked arm: the holdout rows (the arm's and control's) are cut into `bound_bins` quantile
     bins of predicted uplift (p_arm - p_control); a bin's bound is the 95% upper limit of the
-    uplift observed in it (policy.average_effects: by campaign, Agresti-Caffo). So the bound is
+    uplift observed in it (policy.average_effects: by campaign). So the bound is
     what the data shows for customers the model ranks alike, whether the model is calibrated or
     not. A constant arm: one bin, its average effect's upper limit. The bins come from the
     holdout the gate values policies on (as the arm modes do), which favours the bounds a little.

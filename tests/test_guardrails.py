@@ -18,7 +18,7 @@ import pytest
 import single_outcome
 
 from conftest import RUN_DATE
-from jobs import policy
+from jobs import gate, policy
 from jobs.lake import partition_dir
 from jobs.registry import CHAMPION, alias_version
 from jobs.settings import report_dir
@@ -103,14 +103,46 @@ def test_the_gate_reports_every_policys_guardrail_effect_and_refuses_those_above
     for name in ("challenger", "no one", "everyone gets subject_3"):
         effect = table[name]["guardrails"]["unsubscribe"]
         assert effect["low"] <= effect["increase_per_send"] <= effect["high"]
-    # Everyone gets subject_3: truly 0.04 x the harmed share of the sends (a quarter): above 0.005.
-    assert table["everyone gets subject_3"]["guardrails"]["unsubscribe"]["above"]
-    assert any("'everyone gets subject_3' is not an alternative" in r for r in decision["reasons"])
-    assert decision["best_constant"] != "everyone gets subject_3"
+    # Everyone gets subject_3: truly 0.04 x the harmed share of the sends (a quarter), 0.01: twice the
+    # limit. The estimate shows it; whether its interval clears 0.005 on this holdout (40k rows) is a
+    # draw: 13 of 16 training seeds (the refusal itself: test_a_guardrail_refuses_a_constant_policy...).
+    limit = settings.targeting.guardrails["unsubscribe"].max_increase_per_send
+    subject_3 = table["everyone gets subject_3"]["guardrails"]["unsubscribe"]
+    assert subject_3["increase_per_send"] > limit
+    assert subject_3["above"] == (["max_increase_per_send"] if subject_3["low"] > limit else [])
+    named = any("'everyone gets subject_3' is not an alternative" in r for r in decision["reasons"])
+    assert named == bool(subject_3["above"])
+    assert decision["best_constant"] == gate.alternatives(table, settings.experiment.arms)[0]
     assert table["challenger"]["guardrails"]["unsubscribe"]["above"] == []
     run = mlflow.MlflowClient().get_run(decision["run_id"])
     assert "guardrail.unsubscribe.challenger" in run.data.metrics
     assert "guardrail.unsubscribe.everyone_subject_3.low" in run.data.metrics
+
+
+def test_a_guardrail_refuses_a_constant_policy_even_when_it_is_worth_the_most():
+    def policy_values(value, low=-0.01):
+        return {
+            "value": value,
+            "guardrails": {
+                "unsubscribe": {
+                    "increase_per_send": 0.01,
+                    "low": low,
+                    "high": 0.02,
+                    "above": ["max_increase_per_send"] if low > 0.005 else [],
+                }
+            },
+        }
+
+    table = {
+        "everyone gets a": policy_values(0.5, low=0.006),
+        "everyone gets b": policy_values(0.3),
+        "no one": policy_values(0.0),
+    }
+    best, refused = gate.alternatives(table, ["a", "b"])
+    assert best == "everyone gets b"
+    assert list(refused) == ["everyone gets a"] and "lies above max_increase_per_send" in refused["everyone gets a"]
+    table["everyone gets b"] = policy_values(0.3, low=0.007)
+    assert gate.alternatives(table, ["a", "b"])[0] == "no one"
 
 
 def test_the_run_report_shows_the_guardrail(settings, nightly):

@@ -99,6 +99,27 @@ def test_average_effects_are_stratified_by_campaign():
     assert effects["subject_1"]["low"] < 0.10 < effects["subject_1"]["high"]
 
 
+def test_a_rare_outcome_over_many_small_campaigns_keeps_its_interval():
+    # The same rows (0.4% vs 0.4%) delivered as one campaign or as 30 daily ones: the interval is
+    # the one the total rows give, not one inflated by a pseudo-success in every small campaign.
+    def campaigns(k):  # 3,000 rows and 12 responses per group, spread over k campaigns
+        return pd.DataFrame(
+            [
+                (f"c{i}", arm, 3000 // k, int(i < 12) if k > 1 else 12)
+                for i in range(k)
+                for arm in ("control", "subject_1")
+            ],
+            columns=["campaign_id", "arm", "rows", "responses"],
+        )
+
+    one, daily = (policy.average_effects(campaigns(k), "control", ["subject_1"])["subject_1"] for k in (1, 30))
+    assert one["ate"] == daily["ate"] == 0
+    assert daily["high"] == pytest.approx(one["high"], rel=0.05)
+    assert daily["high"] < 0.01, "a zero effect on 3,000 rows per group is bounded well below 1 point"
+    empty = policy.average_effects(campaigns(30).assign(responses=0), "control", ["subject_1"])["subject_1"]
+    assert empty["high"] > 0, "no responses at all still leaves an interval"
+
+
 def test_the_constant_policy_needs_a_lower_bound_above_zero(primary):
     targeting = primary.targeting  # value 10, cost 0.05: an arm pays from an effect of 0.005
     effects = {
