@@ -5,7 +5,7 @@ Every feature of a row is computed as of an anchor time from data strictly befor
   anchored at `sent_at`, labelled 1 when a qualifying response follows within the window;
   each further outcome (`targeting.outcomes`) has its own label column, `label__<outcome>`,
   from its response types within its own window, and null on the sends that window has not
-  yet matured for (`outcome_labels`);
+  yet matured for (`_timeline`);
 - a scoring row is an eligible customer of the run date's users snapshot, anchored at the
   end of the run date.
 User attributes come from the latest snapshot dated before the anchor's day. Which attributes
@@ -84,80 +84,128 @@ def _attribute(spec: FeatureSpec, name: str, column: Column) -> Column:
     return column.alias(name)
 
 
-def _history(anchors: DataFrame, sends: DataFrame, qualifying: DataFrame, spec: FeatureSpec) -> DataFrame | None:
-    """Per anchor_id, the aggregates of its customer's sends and qualifying responses strictly
-    before as_of, each over its own window: `_sends_<w>d`, `previous_arm`, `_responses_<w>d`,
-    `_last_response` (those the spec's history features need; None when it needs none).
+def _history_columns(spec: FeatureSpec) -> list[str]:
+    """The aggregates `_timeline` computes for the spec's history features, by name."""
+    h = spec.history
+    return [
+        *(f"_sends_{w}d" for w in sorted({*h.n_sends, *h.response_rate})),
+        *(["previous_arm"] if h.previous_arm else []),
+        *(f"_responses_{w}d" for w in sorted({*h.n_responses, *h.response_rate})),
+        *(["_last_response"] if h.days_since_last_response else []),
+    ]
 
-    One pass: anchors and events, unioned, are sorted once per customer by time, and every
-    aggregate is a range window ending 1 microsecond before the row (strictly before) and
-    starting `w` days earlier (inclusive), read off at the anchor rows. A join of anchors to
+
+def _timeline(
+    sends: DataFrame, responses: DataFrame, scoring_anchors: DataFrame, settings: Settings, run_date: date
+) -> DataFrame:
+    """Both sets' anchors with their labels and history aggregates, from one pass over time.
+
+    The deduplicated sends and responses up to run_date and the scoring anchors, unioned, are
+    sorted once per customer by time; every figure is a range window over the customer's rows:
+    - history (`_history_columns`): a window ending 1 microsecond before the row (strictly
+      before as_of) and starting `w` days earlier (inclusive);
+    - labels: a window starting 1 microsecond after the row and ending `window_days` later
+      (inclusive): `label` = a qualifying response in it, `label__<outcome>` = a response of
+      that outcome's types in its own window, null on the sends that window has not matured for.
+    A matured send (`date(sent_at) <= run_date - attribution_window_days`) is its own training
+    anchor (as_of = sent_at) and reads its figures off its own row. Returned: the matured sends
+    (`scoring` false: send_id as anchor_id, campaign_id, arm, the labels) and the scoring anchors
+    (`scoring` true), each with `customer_id`, `as_of` and the aggregates. A join of anchors to
     events would pair every anchor with every event of its customer, then group them again.
     """
-    h = spec.history
-    send_windows = sorted({*h.n_sends, *h.response_rate})
-    response_windows = sorted({*h.n_responses, *h.response_rate})
-    wants_sends, wants_responses = (
-        bool(send_windows or h.previous_arm),
-        bool(response_windows or h.days_since_last_response),
-    )
-    if not (wants_sends or wants_responses):
-        return None
+    exp, h = settings.experiment, settings.features.history
+    outcomes = {None: (exp.qualifying_response_types, exp.attribution_window_days)} | {
+        name: (o.response_types, o.window_days) for name, o in settings.targeting.outcomes.items()
+    }
     none = F.lit(None).cast("string")
-    rows = anchors.select(
-        "customer_id", F.col("as_of").alias("at"), none.alias("arm"), F.lit(0).alias("_kind"), "anchor_id"
+    flags = [f"_is_{i}" for i in range(len(outcomes))]  # a response of outcome i's types
+    no_flags = [F.lit(False).alias(f) for f in flags]
+    rows = scoring_anchors.select(
+        "customer_id",
+        F.col("as_of").alias("at"),
+        F.lit(0).alias("_kind"),
+        "anchor_id",
+        none.alias("campaign_id"),
+        none.alias("arm"),
+        *no_flags,
     )
-    if wants_sends:
-        rows = rows.unionByName(
-            sends.select(
-                "customer_id", F.col("sent_at").alias("at"), "arm", F.lit(1).alias("_kind"), none.alias("anchor_id")
-            )
+    rows = rows.unionByName(
+        sends.select(
+            "customer_id",
+            F.col("sent_at").alias("at"),
+            F.lit(1).alias("_kind"),
+            F.col("send_id").alias("anchor_id"),
+            "campaign_id",
+            "arm",
+            *no_flags,
         )
-    if wants_responses:
-        rows = rows.unionByName(
-            qualifying.select(
-                "customer_id",
-                F.col("responded_at").alias("at"),
-                none.alias("arm"),
-                F.lit(2).alias("_kind"),
-                none.alias("anchor_id"),
-            )
+    )
+    rows = rows.unionByName(
+        responses.select(
+            "customer_id",
+            F.col("responded_at").alias("at"),
+            F.lit(2).alias("_kind"),
+            none.alias("anchor_id"),
+            none.alias("campaign_id"),
+            none.alias("arm"),
+            *[
+                F.col("response_type").isin(types).alias(f)
+                for f, (types, _) in zip(flags, outcomes.values(), strict=True)
+            ],
         )
+    )
     rows = rows.where(F.col("customer_id").isNotNull() & F.col("at").isNotNull())
     by_time = Window.partitionBy("customer_id").orderBy(F.unix_micros("at"))
+    day = 86_400_000_000  # microseconds
 
     def before(days: int) -> Window:
-        return by_time.rangeBetween(-days * 86_400_000_000, -1)
+        return by_time.rangeBetween(-days * day, -1)
 
-    is_send, is_response = F.col("_kind") == 1, F.col("_kind") == 2
+    is_send, qualifying = F.col("_kind") == 1, F.col(flags[0])
+    send_windows = sorted({*h.n_sends, *h.response_rate})
     aggs = [F.sum(is_send.cast("long")).over(before(w)).alias(f"_sends_{w}d") for w in send_windows]
     if h.previous_arm:
         latest = F.max(F.when(is_send, F.struct(F.col("at").alias("sent_at"), "arm"))).over(before(h.previous_arm))
         aggs.append(latest["arm"].alias("previous_arm"))
-    aggs += [F.sum(is_response.cast("long")).over(before(w)).alias(f"_responses_{w}d") for w in response_windows]
+    aggs += [
+        F.sum(qualifying.cast("long")).over(before(w)).alias(f"_responses_{w}d")
+        for w in sorted({*h.n_responses, *h.response_rate})
+    ]
     if h.days_since_last_response:
-        last = F.max(F.when(is_response, F.col("at"))).over(before(h.days_since_last_response))
+        last = F.max(F.when(qualifying, F.col("at"))).over(before(h.days_since_last_response))
         aggs.append(last.alias("_last_response"))
-    return rows.select("anchor_id", "_kind", *aggs).where(F.col("_kind") == 0).drop("_kind")
+    for flag, (outcome, (_, window_days)) in zip(flags, outcomes.items(), strict=True):
+        hit = F.max(F.col(flag).cast("int")).over(by_time.rangeBetween(1, window_days * day))
+        known = F.to_date("at") <= F.lit(run_date - timedelta(days=window_days))
+        aggs.append(F.when(known, F.coalesce(hit, F.lit(0))).alias(label_column(outcome)))
+    last_matured = run_date - timedelta(days=exp.attribution_window_days)
+    anchor = (F.col("_kind") == 0) | (is_send & (F.to_date("at") <= F.lit(last_matured)))
+    return (
+        rows.select(
+            (F.col("_kind") == 0).alias("scoring"),
+            "anchor_id",
+            "customer_id",
+            F.col("at").alias("as_of"),
+            "campaign_id",
+            "arm",
+            *aggs,
+            anchor.alias("_anchor"),
+        )
+        .where("_anchor")
+        .drop("_anchor")
+    )
 
 
 def point_in_time_features(
-    anchors: DataFrame,
-    users: DataFrame,
-    sends: DataFrame,
-    qualifying: DataFrame,
-    snapshots: DataFrame,
-    spec: FeatureSpec,
-    carry: list[str] = (),
+    anchors: DataFrame, users: DataFrame, snapshots: DataFrame, spec: FeatureSpec, carry: list[str] = ()
 ) -> DataFrame:
-    """Add the spec's features to anchors (`anchor_id`, `customer_id`, `as_of`, `anchor_day`, and
-    the `carry` columns, kept as they are).
+    """Add the spec's features to anchors (`anchor_id`, `customer_id`, `as_of`, `anchor_day`, the
+    history aggregates of `_timeline` and the `carry` columns, kept as they are).
 
-    users: the snapshots (with `dt`) the anchors use (`snapshots`: anchor_day -> snapshot_dt);
-    sends and qualifying responses: deduplicated history. Anchors without a users snapshot
-    before their day are dropped.
+    users: the snapshots (with `dt`) the anchors use (`snapshots`: anchor_day -> snapshot_dt).
+    Anchors without a users snapshot before their day are dropped.
     """
-    a = anchors.join(F.broadcast(snapshots), "anchor_day")
+    a = anchors.join(F.broadcast(snapshots), "anchor_day").hint("shuffle_hash")
     attrs = users.select(
         "customer_id",
         F.col("dt").alias("snapshot_dt"),
@@ -169,16 +217,13 @@ def point_in_time_features(
         "customer_id",
         "as_of",
         *carry,
+        *_history_columns(spec),
         *[_attribute(spec, name, F.col(f"u._attr_{name}")) for name in spec.attributes],
     )
 
     h = spec.history
-    send_windows = sorted({*h.n_sends, *h.response_rate})
-    response_windows = sorted({*h.n_responses, *h.response_rate})
-    history = _history(anchors.select("anchor_id", "customer_id", "as_of"), sends, qualifying, spec)
-    if history is not None:
-        a = a.join(history, "anchor_id", "left")
-    zeros = [f"_sends_{w}d" for w in send_windows] + [f"_responses_{w}d" for w in response_windows]
+    zeros = [f"_sends_{w}d" for w in sorted({*h.n_sends, *h.response_rate})]
+    zeros += [f"_responses_{w}d" for w in sorted({*h.n_responses, *h.response_rate})]
     a = a.fillna(0, subset=zeros)
     derived = {f"n_sends_{w}d": F.col(f"_sends_{w}d") for w in h.n_sends}
     derived |= {f"n_responses_{w}d": F.col(f"_responses_{w}d") for w in h.n_responses}
@@ -197,34 +242,6 @@ def point_in_time_features(
         *carry,
         *[derived[name].alias(name) if name in derived else F.col(name) for name in spec.names],
     )
-
-
-def label_sends(sends: DataFrame, qualifying: DataFrame, window_days: int, name: str = "label") -> DataFrame:
-    """`name` = 1 when the customer made a qualifying response within the window after sent_at."""
-    window_end = F.col("s.sent_at") + F.expr(f"INTERVAL {window_days} DAYS")
-    hits = (
-        sends.alias("s")
-        .join(qualifying.alias("r"), "customer_id")
-        .where((F.col("r.responded_at") > F.col("s.sent_at")) & (F.col("r.responded_at") <= window_end))
-        .select("s.send_id")
-        .distinct()
-        .withColumn(name, F.lit(1))
-    )
-    return sends.join(hits, "send_id", "left").fillna(0, subset=[name])
-
-
-def outcome_labels(sends: DataFrame, responses: DataFrame, settings: Settings, run_date: date) -> DataFrame:
-    """sends with `label__<outcome>` for every further outcome: 1 / 0 within the outcome's own
-    window, null where that window has not matured by run_date (the send is too recent to know)."""
-    for outcome, spec in settings.targeting.outcomes.items():
-        column = label_column(outcome)
-        responded = responses.where(F.col("response_type").isin(spec.response_types)).select(
-            "customer_id", "responded_at"
-        )
-        sends = label_sends(sends, responded, spec.window_days, column)
-        known = F.to_date("sent_at") <= F.lit(run_date - timedelta(days=spec.window_days))
-        sends = sends.withColumn(column, F.when(known, F.col(column)))
-    return sends
 
 
 class History(NamedTuple):
@@ -267,54 +284,38 @@ def build_sets(
         history = read_history(spark, settings, run_date)
     end_of_day = F.lit(run_date + timedelta(days=1)).cast("timestamp")
     sends = history.sends.where(F.col("sent_at") < end_of_day)
-    responses = history.responses.where(F.col("responded_at") < end_of_day)
-    qualifying = responses.where(F.col("response_type").isin(exp.qualifying_response_types)).select(
-        "customer_id", "responded_at"
-    )
+    responses = history.responses.where(F.col("responded_at") < end_of_day).drop("response_id")
     last_matured = run_date - timedelta(days=exp.attribution_window_days)
-    matured = label_sends(
-        sends.where(F.to_date("sent_at") <= F.lit(last_matured)), qualifying, exp.attribution_window_days
-    )
-    matured = outcome_labels(matured, responses, settings, run_date)
-    matured = matured.persist()  # read twice: its days, the anchors
-    send_days = [row.d for row in matured.select(F.to_date("sent_at").alias("d")).distinct().collect()]
-    keys = training_keys(settings)
-    carry = ["campaign_id", "arm", *keys[5:]]  # the send's own columns: never features
-    training_anchors = matured.select(
-        F.col("send_id").alias("anchor_id"),
-        "customer_id",
-        F.col("sent_at").alias("as_of"),
-        F.to_date("sent_at").alias("anchor_day"),
-        *carry,
-    )
-    training_pairs = _snapshot_pairs(snapshot_days, send_days)
+    matured_days = sends.select(F.to_date("sent_at").alias("d")).where(F.col("d") <= F.lit(last_matured))
+    send_days = [row.d for row in matured_days.distinct().collect()]
     _require_snapshots(settings, snapshot_days, send_days)
-    # Only the snapshots some anchor uses are read (the scoring set: the latest alone).
-    training_users = read_raw(
-        spark, settings, "users", run_date, days={dt for _, dt in training_pairs} or {max(snapshot_days)}
-    )
-    training = point_in_time_features(
-        training_anchors, training_users, sends, qualifying, _snapshot_for(spark, training_pairs), spec, carry
-    )
-    training = training.withColumnRenamed("anchor_id", "send_id").withColumnRenamed("as_of", "sent_at")
-    training = training.select(*keys, *spec.names)
+    training_pairs = _snapshot_pairs(snapshot_days, send_days)
 
     scoring_day = run_date + timedelta(days=1)
     latest = read_raw(spark, settings, "users", run_date, days={max(snapshot_days)})
     _check_eligibility(spark, latest, spec.eligibility)
     scoring_anchors = latest.where(spec.eligibility).select(
-        F.col("customer_id").alias("anchor_id"),
-        "customer_id",
-        F.lit(scoring_day).cast("timestamp").alias("as_of"),
-        F.lit(scoring_day).alias("anchor_day"),
+        F.col("customer_id").alias("anchor_id"), "customer_id", F.lit(scoring_day).cast("timestamp").alias("as_of")
     )
+    # Both sets' anchors, labels and history in one pass, kept for the two writes.
+    timeline = _timeline(sends, responses, scoring_anchors, settings, run_date).persist()
+
+    def anchors_of(scoring: bool) -> DataFrame:
+        return timeline.where(F.col("scoring") == scoring).withColumn("anchor_day", F.to_date("as_of"))
+
+    keys = training_keys(settings)
+    carry = ["campaign_id", "arm", *keys[5:]]  # the send's own columns: never features
+    # Only the snapshots some anchor uses are read (the scoring set: the latest alone).
+    training_users = read_raw(
+        spark, settings, "users", run_date, days={dt for _, dt in training_pairs} or {max(snapshot_days)}
+    )
+    training = point_in_time_features(
+        anchors_of(False), training_users, _snapshot_for(spark, training_pairs), spec, carry
+    )
+    training = training.withColumnRenamed("anchor_id", "send_id").withColumnRenamed("as_of", "sent_at")
+    training = training.select(*keys, *spec.names)
     scoring = point_in_time_features(
-        scoring_anchors,
-        latest,
-        sends,
-        qualifying,
-        _snapshot_for(spark, _snapshot_pairs(snapshot_days, [scoring_day])),
-        spec,
+        anchors_of(True), latest, _snapshot_for(spark, _snapshot_pairs(snapshot_days, [scoring_day])), spec
     ).select(*SCORING_KEYS, *spec.names)
     return training, scoring
 
@@ -351,11 +352,11 @@ def run_etl(spark: SparkSession, settings: Settings, run_date: date) -> dict[str
     history = read_history(spark, settings, run_date)
     training, scoring = build_sets(spark, settings, run_date, history)
     try:
-        training_path = publish_partition(training.repartition(4), settings, "features/training", run_date)
-        scoring_path = publish_partition(scoring.repartition(4), settings, "features/scoring", run_date)
+        training_path = publish_partition(training, settings, "features/training", run_date)
+        scoring_path = publish_partition(scoring, settings, "features/scoring", run_date)
         duplicates = history.duplicates_removed()
     finally:
-        spark.catalog.clearCache()  # the history and the sets' intermediate caches of build_sets
+        spark.catalog.clearCache()  # the history and the timeline of build_sets
     return {
         "training_rows": spark.read.parquet(str(training_path)).count(),
         "scoring_rows": spark.read.parquet(str(scoring_path)).count(),

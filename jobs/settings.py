@@ -242,7 +242,7 @@ class Settings(_Strict):
     @property
     def window_days(self) -> int:
         """The longest label window: how late a response may be delivered (a further outcome's label
-        is null on the sends its window has not matured for, jobs.etl.outcome_labels)."""
+        is null on the sends its window has not matured for, jobs.etl._timeline)."""
         windows = [o.window_days for o in self.targeting.outcomes.values()]
         return max([self.experiment.attribution_window_days, *windows])
 
