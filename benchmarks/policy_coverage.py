@@ -3,8 +3,9 @@
 For each seed: generate a demo dataset with ground truth (jobs.generate), run the real ETL,
 training and gate, and compare the gate's AIPW estimate (net value per customer, with its
 paired-bootstrap 95% interval) with the true value on the same holdout rows: the mean over rows
-of ``value x (p_true[arm chosen] - p_true[control]) - cost`` from the generator's true response
-probabilities. Two policies per seed: the one the night deploys (the challenger if promoted,
+of ``value x (p_true[arm chosen] - p_true[control]) - cost``, plus each further outcome's value
+times its true uplift (the demo's unsubscribes), from the generator's true probabilities. Two
+policies per seed: the one the night deploys (the challenger if promoted,
 else the constant policy; "no one" is 0 for sure and is left out of its coverage), and the
 challenger's policy whatever the decision. The interval should contain the truth for at least
 90% of seeds.
@@ -60,6 +61,9 @@ def true_value(settings: Settings, holdout: pd.DataFrame, assignment: np.ndarray
         sent = assignment == arm
         uplift = rows[f"p_{arm}"].to_numpy() - rows["p_control"].to_numpy()
         value[sent] = targeting.value_per_response * uplift[sent] - targeting.cost_per_send[arm]
+        for outcome, spec in targeting.outcomes.items():  # e.g. unsubscribes, valued -5 each
+            harm = rows[f"p_{arm}__{outcome}"].to_numpy() - rows[f"p_{exp.control}__{outcome}"].to_numpy()
+            value[sent] += spec.value * harm[sent]
     return float(value.mean())
 
 

@@ -89,22 +89,23 @@ def runs_page(request: Request, user: Viewer) -> HTMLResponse:
 
 @app.get("/runs/{run_date}", response_class=HTMLResponse)
 def run_page(request: Request, user: Viewer, run_date: str, budget: int | None = None) -> HTMLResponse:
-    settings, day = load_settings(), _day(run_date)
+    return _page(request, "run.html", user, **run_context(load_settings(), _day(run_date), budget))
+
+
+def run_context(settings, day: date, budget: int | None = None) -> dict:
+    """What the run page shows for day: the night (campaigns.run) and the budget's what-if."""
     run = campaigns.run(settings, day)
     scored = run["customers"]
     chosen = budget if budget is not None else run["max_sends"] or int(run["totals"]["customers"])
     what_budget = campaigns.budget(settings, day, max(0, min(chosen, scored)))
     curve_at = _curve_at(run["curve"], what_budget["customers"] * (1 - run["holdout_share"]))
-    return _page(
-        request,
-        "run.html",
-        user,
-        run=run,
-        arms=settings.experiment.arms,
-        budget=what_budget,
-        curve_at=curve_at,
-        scored=scored,
-    )
+    return {
+        "run": run,
+        "arms": settings.experiment.arms,
+        "budget": what_budget,
+        "curve_at": curve_at,
+        "scored": scored,
+    }
 
 
 def _curve_at(curve: list[dict], sends: float) -> dict | None:
