@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from jobs.settings import Settings
@@ -191,8 +192,8 @@ def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int, 
     Every row is kept with the same probability, so the shares of any group (arm, label)
     are preserved in expectation and memory stays bounded by the sample, not the table.
 
-    With `key` (a column of unique values, in `columns`): a row is kept by a seeded hash of its
-    key and the sample comes sorted by key, so the same rows give the same frame whatever order
+    With `key` (a column of unique values): a row is kept by a seeded hash of its key and the
+    sample comes sorted by key, so the same rows give the same frame whatever order
     the files hold them in (how many partitions wrote them, in which order).
     """
     if not path.exists():
@@ -200,18 +201,37 @@ def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int, 
     dataset = pads.dataset(str(path), format="parquet")
     total = dataset.count_rows()
     share = min(1.0, rows / total) if total else 1.0
+    if key is not None:
+        return _sample_by_key(dataset, columns, share, seed, key)
     rng = np.random.default_rng(seed)
-    hash_key = f"{seed:016d}"[-16:]
     parts = []
     for batch in dataset.to_batches(columns=columns):
-        if key is None:
-            keep = rng.random(batch.num_rows) < share
-        else:
-            hashed = pd.util.hash_array(
-                batch.column(key).to_numpy(zero_copy_only=False).astype(object), hash_key=hash_key
-            )
-            keep = hashed < np.uint64(min(int(share * 2**64), 2**64 - 1))
+        keep = rng.random(batch.num_rows) < share
         if keep.any():
             parts.append(batch.filter(pa.array(keep)).to_pandas())
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    return frame if key is None else frame.sort_values(key, ignore_index=True, kind="stable")
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def _sample_by_key(dataset, columns: list[str] | None, share: float, seed: int, key: str) -> pd.DataFrame:
+    """sample_parquet with a key: rows kept by a seeded hash of the key, in key order (the key
+    column itself only when asked for)."""
+    names = list(columns or dataset.schema.names)
+    read = names if key in names else [*names, key]
+    if share >= 1:
+        table = dataset.to_table(columns=read)
+    else:
+        hash_key, limit = f"{seed:016d}"[-16:], np.uint64(int(share * 2**64))
+        batches = [
+            batch.filter(
+                pa.array(
+                    pd.util.hash_array(
+                        batch.column(key).to_numpy(zero_copy_only=False).astype(object), hash_key=hash_key
+                    )
+                    < limit
+                )
+            )
+            for batch in dataset.to_batches(columns=read)
+        ]
+        table = pa.Table.from_batches(batches, schema=dataset.schema.empty_table().select(read).schema)
+    order = pc.sort_indices(table.column(key)).to_numpy()
+    return table.select(names).to_pandas().take(order).reset_index(drop=True)

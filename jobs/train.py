@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -58,10 +59,9 @@ def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
     labels = [label_column(o) for o in [None, *settings.targeting.outcomes]]
-    columns = ["send_id", "customer_id", "campaign_id", "arm", *labels, *settings.features.names]
-    if settings.training.max_rows is None:
-        return pd.read_parquet(path, columns=columns).sort_values("send_id", ignore_index=True)
-    return sample_parquet(path, columns, settings.training.max_rows, settings.training.seed, key="send_id")
+    columns = ["customer_id", "campaign_id", "arm", *labels, *settings.features.names]
+    rows = settings.training.max_rows or sys.maxsize
+    return sample_parquet(path, columns, rows, settings.training.seed, key="send_id")
 
 
 def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
@@ -239,7 +239,12 @@ def train(settings: Settings, run_date: date) -> dict:
     """Fit, evaluate and log a challenger for run_date; register it as a new model version."""
     data = load_training_set(settings, run_date)
     cfg = settings.training
-    strata = data["arm"].astype(str) + "/" + data["label"].astype(str)
+    # arm x label as integers in the order of their "arm/label" strings (the split sklearn draws
+    # depends on the classes' order): the same split, without 2M strings to compare.
+    arms = sorted(data["arm"].astype(str).unique())
+    strata = (
+        pd.Categorical(data["arm"].astype(str), categories=arms).codes.astype(np.int64) * 2 + data["label"].to_numpy()
+    )
     train_rows, holdout = train_test_split(data, test_size=cfg.holdout_fraction, stratify=strata, random_state=cfg.seed)
     model = fit_t_learner(train_rows, settings)
     probabilities = model.predict_proba(holdout)
