@@ -240,13 +240,10 @@ def average_effects(counts: pd.DataFrame, control: str, arms: list[str]) -> dict
     pairs = counts.groupby(["campaign_id", "arm"], observed=True)[["rows", "responses"]].sum().unstack("arm")
     effects = {}
     for arm in arms:
-        if arm not in pairs["rows"] or control not in pairs["rows"]:
-            effects[arm] = {"ate": 0.0, "low": 0.0, "high": 0.0, "rows": 0}
-            continue
-        n = pairs["rows"][[arm, control]].fillna(0)
-        r = pairs["responses"][[arm, control]].fillna(0)
+        n = pairs["rows"].reindex(columns=[arm, control]).fillna(0)
+        r = pairs["responses"].reindex(columns=[arm, control]).fillna(0)
         both = (n > 0).all(axis=1)
-        if not both.any():
+        if not both.any():  # the arm and control never sent in the same campaign
             effects[arm] = {"ate": 0.0, "low": 0.0, "high": 0.0, "rows": 0}
             continue
         n, r = n[both].to_numpy(dtype=float), r[both].to_numpy(dtype=float)
