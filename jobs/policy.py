@@ -40,6 +40,8 @@ NONE = "none"
 CHOICE_COLUMNS = ["recommended_arm", "expected_uplift", "expected_net_value", "send_cost", "holdout_draw"]
 # Guardrail prices tried, in units of the largest outcome value or cost (jobs.policy.guardrail_prices).
 PRICE_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 1e5, 271)])
+# A campaign limit holds when the sent's summed excess over it is at most this (rounding).
+WITHIN_LIMIT = 1e-12
 
 
 def everyone(arm: str) -> str:
@@ -50,6 +52,16 @@ def everyone(arm: str) -> str:
 def choice_columns(targeting: Targeting) -> list[str]:
     """CHOICE_COLUMNS, then the chosen arm's uplift of every further outcome (expected_uplift__o)."""
     return [*CHOICE_COLUMNS, *(f"expected_uplift__{o}" for o in targeting.outcomes)]
+
+
+def limited_outcomes(targeting: Targeting) -> list[str]:
+    """The guardrail outcomes with a campaign limit (max_increase_per_send), in declaration order."""
+    return [o for o, g in targeting.guardrails.items() if g.max_increase_per_send is not None]
+
+
+def excess_columns(targeting: Targeting) -> list[str]:
+    """`choose(excess=True)`'s extra columns: per row, the sent arm's excess over each campaign limit."""
+    return [f"excess__{o}" for o in limited_outcomes(targeting)]
 
 
 def _uplifts(frame: pd.DataFrame, arms: list[str], outcome: str | None = None, prefix: str = "uplift_") -> np.ndarray:
@@ -132,7 +144,7 @@ def search_prices(
     holds a price within the limit (the same price as asking for the whole grid; in memory each
     price costs a pass over the rows). None: the whole grid at once (one Spark pass).
     """
-    limited = [o for o, g in targeting.guardrails.items() if g.max_increase_per_send is not None]
+    limited = limited_outcomes(targeting)
     prices = dict.fromkeys(limited, 0.0)
     grid = price_grid(targeting)
     step = chunk or len(grid)
@@ -141,7 +153,7 @@ def search_prices(
             prices[outcome] = float("inf")
             for start in range(0, len(grid), step):
                 part = grid[start : start + step]
-                within = np.flatnonzero(total_excess(outcome, part, prices) <= 1e-12)
+                within = np.flatnonzero(total_excess(outcome, part, prices) <= WITHIN_LIMIT)
                 if within.size:
                     prices[outcome] = float(part[within[0]])
                     break
@@ -162,11 +174,18 @@ def holdout_draw(customer_ids: pd.Series, run_date: date) -> np.ndarray:
 
 
 def choose(
-    frame: pd.DataFrame, targeting: Targeting, arms: list[str], run_date: date, prices: dict | None = None
+    frame: pd.DataFrame,
+    targeting: Targeting,
+    arms: list[str],
+    run_date: date,
+    prices: dict | None = None,
+    excess: bool = False,
 ) -> pd.DataFrame:
     """frame (customer_id, uplift_<arm>...) with choice_columns added: each customer's best arm or none.
 
     prices: the campaign guardrails' prices (`guardrail_prices` over the whole audience).
+    excess: also excess_columns, whose sums over the audience are price_excess at these prices:
+    when every campaign limit holds with all prices 0, search_prices finds 0 for each.
     """
     parts = _parts(frame, targeting, arms)
     best, worth_it = _pick(parts, targeting, prices or {})
@@ -181,6 +200,9 @@ def choose(
     out["holdout_draw"] = holdout_draw(frame["customer_id"], run_date)
     for outcome in targeting.outcomes:
         out[f"expected_uplift__{outcome}"] = np.where(worth_it, _uplifts(frame, arms, outcome)[rows, best], 0.0)
+    if excess:
+        for outcome, above in parts["above"].items():
+            out[f"excess__{outcome}"] = np.where(worth_it, above[rows, best], 0.0)
     return out
 
 

@@ -8,8 +8,9 @@ per core). The workers import neither MLflow nor the pickled pyfunc: a cold work
 in the time it takes to import LightGBM. The population never comes to the driver.
 
 The targeting policy is jobs.policy's: each customer's choice is `policy.choose`, run in the
-workers on every batch, and the budgets and holdout are its column rules over Spark's
-ranking windows, so the audience follows exactly the rule the gate valued offline. Until a
+workers on every batch right after its prediction (one pass over the scoring set: a campaign
+limit that holds without a guardrail price needs no other), and the budgets and holdout are
+its column rules over Spark's ranking windows, so the audience follows exactly the rule the gate valued offline. Until a
 model has passed the gate there is no champion: the night then publishes the best constant
 policy (`policy.best_constant` on the training set's average effects), marked
 `policy = constant:<arm|none>`; a model's audience is marked `model:<version>`.
@@ -18,7 +19,7 @@ policy (`policy.best_constant` on the training set's average effects), marked
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 
 import mlflow
@@ -52,33 +53,31 @@ log = logging.getLogger(__name__)
 SEARCH_CHUNK = 32
 
 
-def predict_arms(features: DataFrame, model: PortableTLearner, settings: Settings) -> DataFrame:
-    """Per customer of features: every arm's response probability and every treatment's uplift."""
-    exp = settings.experiment
-    problem = serving_problem(features.columns, model, exp.control, exp.arms, settings.targeting.outcomes)
-    if problem:
-        raise FeatureMismatchError(problem)
+def _predicted(
+    model: PortableTLearner, settings: Settings
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """Batches of features -> batches of prediction_schema's columns (the boosters loaded once per partition)."""
     columns = [f.name for f in prediction_schema(settings)]
 
     def predict_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        portable = model
-        boosters = portable.load()  # once per partition, not per batch
+        boosters = model.load()
         for batch in batches:
-            predicted = portable.predict(batch, boosters, num_threads=1)
+            predicted = model.predict(batch, boosters, num_threads=1)
             predicted.insert(0, "customer_id", batch["customer_id"])
             yield predicted[columns]
 
-    inputs = features.select("customer_id", *model.numeric, *model.categories)
-    return inputs.mapInPandas(predict_batches, prediction_schema(settings))
+    return predict_batches
 
 
-def _choice_schema(scored: DataFrame, settings: Settings) -> StructType:
-    """scored's columns and policy.choice_columns (the arm a string, the rest doubles)."""
+def _choice_schema(scored: StructType, settings: Settings, excess: bool = False) -> StructType:
+    """scored's columns and policy.choice_columns (the arm a string, the rest doubles), and with
+    excess policy.excess_columns."""
+    targeting = settings.targeting
     extra = [
         StructField(c, StringType() if c == "recommended_arm" else DoubleType())
-        for c in policy.choice_columns(settings.targeting)
+        for c in [*policy.choice_columns(targeting), *(policy.excess_columns(targeting) if excess else [])]
     ]
-    return StructType([*scored.schema.fields, *extra])
+    return StructType([*scored.fields, *extra])
 
 
 def guardrail_prices(scored: DataFrame, settings: Settings) -> dict[str, float]:
@@ -104,20 +103,50 @@ def guardrail_prices(scored: DataFrame, settings: Settings) -> dict[str, float]:
     return policy.search_prices(targeting, total_excess, chunk=SEARCH_CHUNK)
 
 
-def apply_policy(scored: DataFrame, settings: Settings, run_date: date) -> DataFrame:
-    """Add recommended_arm, expected uplift and net value, rank, decile, selected and holdout."""
+def apply_policy(
+    scored: DataFrame, settings: Settings, run_date: date, model: PortableTLearner | None = None
+) -> DataFrame:
+    """Add recommended_arm, expected uplift and net value, rank, decile, selected and holdout.
+
+    scored: the uplifts (prediction_schema's columns); with model, the features it predicts them
+    from, in the same pass of the workers as the choice. Campaign limits: the choice is made with
+    every guardrail price at 0, with the sent's excess over each limit beside it (persisted);
+    when a limit does not hold, policy.search_prices runs over the persisted predictions and the
+    choice is made again at its prices. Either way it is search_prices' choice, and a limit that
+    does not bind costs no search.
+    """
     targeting, arms = settings.targeting, settings.experiment.arms
-    prices = {}
-    if any(g.max_increase_per_send is not None for g in targeting.guardrails.values()):
-        scored = scored.persist()  # read by every price search and by the choice
-        prices = guardrail_prices(scored, settings)
-        log.info("guardrail prices: %s", prices)
+    if model is not None:
+        exp = settings.experiment
+        problem = serving_problem(scored.columns, model, exp.control, exp.arms, targeting.outcomes)
+        if problem:
+            raise FeatureMismatchError(problem)
+        scored = scored.select("customer_id", *model.numeric, *model.categories)
+    uplifts = prediction_schema(settings) if model is not None else scored.schema
+    excess = policy.excess_columns(targeting)
 
-    def choose(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            yield policy.choose(batch, targeting, arms, run_date, prices)
+    def choosing(prices: dict, predict: bool, with_excess: bool):
+        def choose(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for batch in _predicted(model, settings)(batches) if predict else batches:
+                yield policy.choose(batch, targeting, arms, run_date, prices, excess=with_excess)
 
-    return rank_and_select(scored.mapInPandas(choose, _choice_schema(scored, settings)), settings)
+        return choose
+
+    unpriced = dict.fromkeys(policy.limited_outcomes(targeting), 0.0)
+    first = choosing(unpriced, model is not None, bool(excess))
+    chosen = scored.mapInPandas(first, _choice_schema(uplifts, settings, bool(excess)))
+    if excess:
+        chosen = chosen.persist()  # read by the limits' sums, and by the search if one does not hold
+        totals = chosen.agg(*[F.sum(c).alias(c) for c in excess]).first()
+        if all((totals[c] or 0.0) <= policy.WITHIN_LIMIT for c in excess):
+            log.info("guardrail prices: %s (every campaign limit holds unpriced)", unpriced)
+            chosen = chosen.drop(*excess)
+        else:
+            predictions = chosen.select(*uplifts.fieldNames())
+            prices = guardrail_prices(predictions, settings)
+            log.info("guardrail prices: %s", prices)
+            chosen = predictions.mapInPandas(choosing(prices, False, False), _choice_schema(uplifts, settings))
+    return rank_and_select(chosen, settings)
 
 
 def rank_and_select(chosen: DataFrame, settings: Settings) -> DataFrame:
@@ -221,7 +250,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         label, model_name, model_version = f"constant:{arm}", None, None
         log.warning("publishing the constant policy %s: %s", label, "; ".join(reasons))
     else:
-        audience = apply_policy(predict_arms(features, model, settings), settings, run_date)
+        audience = apply_policy(features, settings, run_date, model)
         label, model_name, model_version = f"model:{champion.version}", name, str(champion.version)
     audience = audience.select(
         "customer_id",

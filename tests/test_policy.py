@@ -27,35 +27,58 @@ def primary(settings):
     return settings.model_copy(update={"targeting": settings.targeting.model_copy(update={"outcomes": {}})})
 
 
-@pytest.mark.parametrize("budget", [{}, {"max_sends": 400}, {"max_spend": 12.5}, {"max_sends": 300, "max_spend": 40.0}])
-def test_spark_scoring_and_pandas_evaluation_choose_the_same_rows(spark, settings, budget):
+@pytest.mark.parametrize(
+    "budget, limit",
+    [
+        ({}, 0.002),  # tighter than the demo's limit, so that the campaign limit binds
+        ({"max_sends": 400}, 0.002),
+        ({"max_spend": 12.5}, 0.002),
+        ({"max_sends": 300, "max_spend": 40.0}, 0.002),
+        ({}, 0.03),  # a campaign limit that holds without a price: Spark needs no search
+    ],
+)
+def test_spark_scoring_and_pandas_evaluation_choose_the_same_rows(spark, settings, budget, limit):
     from jobs.score import apply_policy
 
     unsubscribe = settings.targeting.outcomes["unsubscribe"]
-    tight = unsubscribe.model_copy(  # tighter than the demo's, so that the campaign limit binds
-        update={"guardrail": unsubscribe.guardrail.model_copy(update={"max_increase_per_send": 0.002})}
+    tight = unsubscribe.model_copy(
+        update={"guardrail": unsubscribe.guardrail.model_copy(update={"max_increase_per_send": limit})}
     )
     targeting = settings.targeting.model_copy(
         update={"holdout_share": 0.1, "outcomes": {"unsubscribe": tight}, **budget}
     )
     s = settings.model_copy(update={"targeting": targeting})
-    frame = _uplifts(3000, seed=len(budget))
+    frame = _uplifts(3000, seed=len(budget) + int(limit * 1000))
     in_spark = apply_policy(spark.createDataFrame(frame), s, RUN_DATE).toPandas().set_index("customer_id")
     in_pandas = policy.apply(frame, targeting, ARMS, RUN_DATE).set_index("customer_id")
     columns = ["recommended_arm", "selected", "holdout", "rank", "expected_net_value", "send_cost"]
     columns.append("expected_uplift__unsubscribe")
     pd.testing.assert_frame_equal(in_spark.loc[in_pandas.index, columns], in_pandas[columns], check_dtype=False)
     assert 0 < in_pandas["holdout"].sum() < in_pandas["selected"].sum()
-    # Both guardrails bind here, and Spark's price search over the audience finds pandas' price.
+    # Both guardrails bind at the tight limit, and Spark's price search over the audience finds pandas' price.
     guardrail = targeting.guardrails["unsubscribe"]
     chosen = in_pandas[in_pandas["recommended_arm"] != "none"]
     assert chosen["expected_uplift__unsubscribe"].sum() <= guardrail.max_increase_per_send * len(chosen) + 1e-9
-    assert policy.guardrail_prices(frame, targeting, ARMS)["unsubscribe"] > 0, "the campaign limit binds"
+    price = policy.guardrail_prices(frame, targeting, ARMS)["unsubscribe"]
+    assert price > 0 if limit == 0.002 else price == 0, "the campaign limit binds only at the tight limit"
     bounds = chosen.apply(lambda r: r[f"uplift_high_{r['recommended_arm']}__unsubscribe"], axis=1)
     assert (bounds <= guardrail.max_uplift).all()
     assert (frame[[f"uplift_high_{a}__unsubscribe" for a in ARMS]] > guardrail.max_uplift).any(axis=None)
     if budget:
         assert in_pandas["selected"].sum() < (in_pandas["recommended_arm"] != "none").sum(), "the budget binds"
+
+
+def test_the_choices_excess_columns_sum_to_the_price_searchs_excess(settings):
+    targeting = settings.targeting
+    frame = _uplifts(2000, seed=7)
+    limited = policy.limited_outcomes(targeting)
+    assert limited == ["unsubscribe"] and policy.excess_columns(targeting) == ["excess__unsubscribe"]
+    for price in (0.0, 3.0):
+        chosen = policy.choose(frame, targeting, ARMS, RUN_DATE, {"unsubscribe": price}, excess=True)
+        expected = policy.price_excess(frame, targeting, ARMS, "unsubscribe", np.array([price]), {})[0]
+        assert chosen["excess__unsubscribe"].sum() == pytest.approx(expected)
+        assert (chosen.loc[chosen["recommended_arm"] == "none", "excess__unsubscribe"] == 0).all()
+    assert "excess__unsubscribe" not in policy.choose(frame, targeting, ARMS, RUN_DATE)
 
 
 def test_the_policy_takes_the_best_net_value_and_respects_min_uplift(primary):
