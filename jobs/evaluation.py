@@ -229,15 +229,16 @@ def budget_curve(
     n, scale = len(holdout), audience_rows / max(1, len(holdout))
     ks = np.unique(np.linspace(0, len(order), points + 1).round().astype(int))
     rng = np.random.default_rng(seed)
+    value, responses = value[order], responses[order]  # in send order, once for every round
     boot_value, boot_resp = [], []
     for _ in range(rounds):
         weight = np.bincount(rng.integers(0, n, n), minlength=n)[order]
-        boot_value.append(np.concatenate([[0.0], np.cumsum(weight * value[order])])[ks])
-        boot_resp.append(np.concatenate([[0.0], np.cumsum(weight * responses[order])])[ks])
+        boot_value.append(np.concatenate([[0.0], np.cumsum(weight * value)])[ks])
+        boot_resp.append(np.concatenate([[0.0], np.cumsum(weight * responses)])[ks])
     curve = {"sends": (ks * scale).round().astype(int)}
     for name, point, boot in (
-        ("net_value", np.concatenate([[0.0], np.cumsum(value[order])])[ks], np.array(boot_value)),
-        ("incremental_responses", np.concatenate([[0.0], np.cumsum(responses[order])])[ks], np.array(boot_resp)),
+        ("net_value", np.concatenate([[0.0], np.cumsum(value)])[ks], np.array(boot_value)),
+        ("incremental_responses", np.concatenate([[0.0], np.cumsum(responses)])[ks], np.array(boot_resp)),
     ):
         low, high = _interval(boot, axis=0)
         curve[name], curve[f"{name}_low"], curve[f"{name}_high"] = point * scale, low * scale, high * scale

@@ -86,18 +86,21 @@ def holdout_targeting(settings: Settings, holdout_rows: int, audience: int):
     return policy.scaled(settings.targeting, holdout_rows / max(1, audience))
 
 
-def candidate_choices(settings: Settings, holdout: pd.DataFrame, run_date: date, audience: int) -> dict:
+def candidate_choices(
+    settings: Settings, holdout: pd.DataFrame, run_date: date, audience: int, customers: policy.Customers | None = None
+) -> dict:
     """The challenger's policy (its targeting uplifts) and every "everyone gets a" policy on the
     holdout rows, budgets scaled: policy name -> jobs.policy.apply's frame."""
     arms, targeting = settings.experiment.arms, holdout_targeting(settings, len(holdout), audience)
-    chosen = {CHALLENGER: policy.apply(holdout[uplift_columns(holdout)], targeting, arms, run_date)}
+    customers = customers or policy.Customers.of(holdout["customer_id"], run_date)
+    chosen = {CHALLENGER: policy.apply(holdout[uplift_columns(holdout)], targeting, arms, run_date, customers)}
     for arm in arms:
         constant = _constant_uplifts(holdout, arm, arms, targeting)
-        chosen[everyone(arm)] = policy.apply(constant, targeting, arms, run_date)
+        chosen[everyone(arm)] = policy.apply(constant, targeting, arms, run_date, customers)
     return chosen
 
 
-def _champion_choice(settings: Settings, holdout: pd.DataFrame, targeting, run_date: date):
+def _champion_choice(settings: Settings, holdout: pd.DataFrame, targeting, run_date: date, customers):
     """The champion's policy on the holdout, or (None, reason) when it cannot be evaluated."""
     champion = alias_version(settings, CHAMPION)
     if champion is None:
@@ -111,7 +114,7 @@ def _champion_choice(settings: Settings, holdout: pd.DataFrame, targeting, run_d
         return champion, None, f"champion v{champion.version} cannot serve this experiment: {problem}"
     predicted = model.predict(holdout)
     uplifts = pd.concat([holdout[["customer_id"]].reset_index(drop=True), predicted.reset_index(drop=True)], axis=1)
-    chosen = policy.apply(uplifts, targeting, settings.experiment.arms, run_date)
+    chosen = policy.apply(uplifts, targeting, settings.experiment.arms, run_date, customers)
     return champion, chosen, None
 
 
@@ -123,8 +126,9 @@ def decide(settings: Settings, run_date: date, run) -> dict:
     )
     rows = audience_rows(settings, run_date)
     targeting = holdout_targeting(settings, len(holdout), rows)
-    chosen = candidate_choices(settings, holdout, run_date, rows)
-    champion, champion_chosen, champion_note = _champion_choice(settings, holdout, targeting, run_date)
+    customers = policy.Customers.of(holdout["customer_id"], run_date)  # once for every policy on the holdout
+    chosen = candidate_choices(settings, holdout, run_date, rows, customers)
+    champion, champion_chosen, champion_note = _champion_choice(settings, holdout, targeting, run_date, customers)
     if champion_chosen is not None:
         chosen[CHAMPION_POLICY] = champion_chosen
     assignments = {name: assignment(frame, exp.control) for name, frame in chosen.items()}
@@ -179,7 +183,7 @@ def decide(settings: Settings, run_date: date, run) -> dict:
     effects = training_effects(settings, run_date)
     constant_arm, constant_reasons = policy.best_constant(effects, settings.targeting)
     deployed = CHALLENGER if passed else CHAMPION_POLICY if champion_chosen is not None else None
-    curve = _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows)
+    curve = _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows, customers)
     deployed_name = deployed or (everyone(constant_arm) if constant_arm != policy.NONE else NO_ONE)
     by_arm = evaluation.arm_values(
         assignments[deployed_name],
@@ -265,17 +269,19 @@ def _arm_diagnostics(run, arms: list[str]) -> list[str]:
     return lines
 
 
-def _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows) -> pd.DataFrame:
+def _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows, customers) -> pd.DataFrame:
     """The budget curve (no budget applied) of the policy the night deploys."""
     exp, unbudgeted = settings.experiment, settings.targeting.model_copy(update={"max_sends": None, "max_spend": None})
     budgeted = settings.targeting.max_sends is not None or settings.targeting.max_spend is not None
     if deployed is not None:
         frame = chosen[deployed]  # without a budget, its choice is already the unbudgeted one
-        free = policy.apply(frame[uplift_columns(frame)], unbudgeted, exp.arms, run_date) if budgeted else frame
+        free = (
+            policy.apply(frame[uplift_columns(frame)], unbudgeted, exp.arms, run_date, customers) if budgeted else frame
+        )
         priority = free["expected_net_value"].to_numpy()
     elif constant_arm != policy.NONE:
         constant = _constant_uplifts(holdout, constant_arm, exp.arms, settings.targeting)
-        free = policy.apply(constant, unbudgeted, exp.arms, run_date)
+        free = policy.apply(constant, unbudgeted, exp.arms, run_date, customers)
         priority = -free["holdout_draw"].to_numpy()  # no ranking: a random order
     else:
         return pd.DataFrame(

@@ -28,6 +28,7 @@ plumbing (ranking windows over the whole audience) around the same column rules.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -173,6 +174,21 @@ def holdout_draw(customer_ids: pd.Series, run_date: date) -> np.ndarray:
     return (hashed >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
+@dataclass(frozen=True)
+class Customers:
+    """What the policy reads of a frame's customer_id column: per row, the id's position among
+    the sorted distinct ids (the ranking's tie-break) and its holdout draw. The gate values
+    several policies on the same rows: it computes these once (`of`) for all of them."""
+
+    order: np.ndarray
+    draw: np.ndarray
+
+    @classmethod
+    def of(cls, customer_ids: pd.Series, run_date: date) -> Customers:
+        codes, _ = pd.factorize(customer_ids, sort=True)
+        return cls(codes, holdout_draw(customer_ids, run_date))
+
+
 def choose(
     frame: pd.DataFrame,
     targeting: Targeting,
@@ -180,12 +196,14 @@ def choose(
     run_date: date,
     prices: dict | None = None,
     excess: bool = False,
+    draw: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """frame (customer_id, uplift_<arm>...) with choice_columns added: each customer's best arm or none.
 
     prices: the campaign guardrails' prices (`guardrail_prices` over the whole audience).
     excess: also excess_columns, whose sums over the audience are price_excess at these prices:
     when every campaign limit holds with all prices 0, search_prices finds 0 for each.
+    draw: the rows' holdout_draw, when already computed (Customers).
     """
     parts = _parts(frame, targeting, arms)
     best, worth_it = _pick(parts, targeting, prices or {})
@@ -197,7 +215,7 @@ def choose(
     # A customer every arm of whom a guardrail forbids has nothing to gain: 0, not a forbidden arm's value.
     out["expected_net_value"] = np.where(parts["allowed"].any(axis=1), net[rows, best], 0.0)
     out["send_cost"] = np.where(worth_it, costs[best], 0.0)
-    out["holdout_draw"] = holdout_draw(frame["customer_id"], run_date)
+    out["holdout_draw"] = holdout_draw(frame["customer_id"], run_date) if draw is None else draw
     for outcome in targeting.outcomes:
         out[f"expected_uplift__{outcome}"] = np.where(worth_it, _uplifts(frame, arms, outcome)[rows, best], 0.0)
     if excess:
@@ -225,15 +243,26 @@ def is_holdout(selected, draw, targeting: Targeting):
     return selected & (draw < targeting.holdout_share)
 
 
-def apply(frame: pd.DataFrame, targeting: Targeting, arms: list[str], run_date: date) -> pd.DataFrame:
-    """The whole policy in pandas: prices, choose, rank, budgets, holdout (what `jobs.score` does in Spark)."""
-    out = choose(frame, targeting, arms, run_date, guardrail_prices(frame, targeting, arms))
-    out = out.sort_values(["expected_net_value", "customer_id"], ascending=[False, True], kind="mergesort")
-    recommended = out["recommended_arm"] != NONE
-    out["rank"] = np.arange(1, len(out) + 1)
-    out["selected"] = within_budget(recommended, recommended.cumsum(), out["send_cost"].cumsum(), targeting).to_numpy()
-    out["holdout"] = is_holdout(out["selected"], out["holdout_draw"], targeting).to_numpy()
-    return out.sort_index()
+def apply(
+    frame: pd.DataFrame, targeting: Targeting, arms: list[str], run_date: date, customers: Customers | None = None
+) -> pd.DataFrame:
+    """The whole policy in pandas: prices, choose, rank, budgets, holdout (what `jobs.score` does in Spark).
+
+    customers: Customers.of(frame's customer_id), when already computed. The rows keep their
+    order (by index); rank is each row's place by expected net value, then customer_id."""
+    customers = customers or Customers.of(frame["customer_id"], run_date)
+    if len(customers.order) != len(frame):
+        raise ValueError(f"customers describe {len(customers.order)} rows, the frame has {len(frame)}")
+    out = choose(frame, targeting, arms, run_date, guardrail_prices(frame, targeting, arms), draw=customers.draw)
+    ranked = np.lexsort((customers.order, -out["expected_net_value"].to_numpy()))  # stable: then row order
+    recommended = (out["recommended_arm"].to_numpy() != NONE)[ranked]
+    spend = np.cumsum(out["send_cost"].to_numpy()[ranked])
+    rank, selected = np.empty(len(out), dtype=np.int64), np.empty(len(out), dtype=bool)
+    rank[ranked] = np.arange(1, len(out) + 1)
+    selected[ranked] = within_budget(recommended, np.cumsum(recommended), spend, targeting)
+    out["rank"], out["selected"] = rank, selected
+    out["holdout"] = is_holdout(selected, customers.draw, targeting)
+    return out if out.index.is_monotonic_increasing else out.sort_index()
 
 
 def scaled(targeting: Targeting, factor: float) -> Targeting:
