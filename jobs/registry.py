@@ -1,6 +1,9 @@
 """The model lifecycle in the MLflow registry: promotion, rollback, status (the gate is jobs.gate).
 
 Aliases, not stages: `champion` is what scoring loads, `previous` is what a rollback restores.
+Scoring loads a version's boosters from the model's `artifacts/portable.json` (written with the
+model by jobs.train): the pickled pyfunc would import scikit-learn and LightGBM on the driver,
+which only ships the model strings to Spark's workers.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from jobs.settings import Settings
+from jobs.tlearner import PortableTLearner
 from jobs.tracking import use_tracking
 
 CHAMPION, PREVIOUS = "champion", "previous"
+# The model's file of its boosters as model strings (PortableTLearner), under the model's artifacts/.
+PORTABLE_ARTIFACT = "portable.json"
 
 
 def alias_version(settings: Settings, alias: str):
@@ -21,6 +27,19 @@ def alias_version(settings: Settings, alias: str):
         return mlflow.MlflowClient().get_model_version_by_alias(settings.mlflow.registered_model, alias)
     except MlflowException:
         return None
+
+
+def portable_model(settings: Settings, version: str) -> PortableTLearner:
+    """A model version's boosters as PortableTLearner: its portable.json, or (a model logged
+    before there was one) the pyfunc's, unpickled."""
+    use_tracking(settings)
+    uri = f"models:/{settings.mlflow.registered_model}/{version}"
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/artifacts/{PORTABLE_ARTIFACT}")
+    except (MlflowException, OSError):
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().portable()
+    with open(path) as file:
+        return PortableTLearner.from_json(file.read())
 
 
 def promote(settings: Settings, version: str) -> dict:

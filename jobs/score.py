@@ -22,7 +22,6 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 
-import mlflow
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -30,7 +29,7 @@ from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from jobs import policy
 from jobs.lake import partition_dir, publish_partition, read_partition, training_effects
-from jobs.registry import CHAMPION, alias_version
+from jobs.registry import CHAMPION, alias_version, portable_model
 from jobs.settings import Settings
 from jobs.tlearner import FeatureMismatchError, PortableTLearner, key, output_columns, serving_problem
 
@@ -239,7 +238,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     if champion is None:
         reasons.append("no model has passed the gate yet")
     else:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}").unwrap_python_model().portable()
+        model = portable_model(settings, champion.version)
         problem = serving_problem(features.columns, model, exp.control, exp.arms, settings.targeting.outcomes)
         if problem:
             reasons.append(f"champion v{champion.version} cannot serve tonight: {problem}")

@@ -16,7 +16,8 @@ and scikit-learn (a second of every process start).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -118,6 +119,13 @@ class PortableTLearner:
 
     def columns(self) -> list[str]:
         return output_columns(self.control, self.arms, self.outcomes, bounded_outcomes(self.bounds, self.outcomes))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PortableTLearner:
+        return cls(**json.loads(text))
 
 
 class FeatureMismatchError(RuntimeError):

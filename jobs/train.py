@@ -39,6 +39,7 @@ from sklearn.model_selection import train_test_split
 from jobs import drivers, metrics, policy
 from jobs.lake import MissingInputError, partition_dir, sample_parquet
 from jobs.model import TLearnerModel
+from jobs.registry import PORTABLE_ARTIFACT
 from jobs.settings import Settings
 from jobs.tlearner import key, label_column
 from jobs.tracking import HOLDOUT_ARTIFACT, use_tracking
@@ -235,6 +236,24 @@ def _plots(scored: pd.DataFrame, results: dict, settings: Settings, folder: Path
     fig.savefig(folder / "qini_and_deciles.png", dpi=110)
 
 
+def log_model(model: TLearnerModel, example: pd.DataFrame, settings: Settings) -> str:
+    """Log the model to the active run as a pyfunc, with its boosters as the model's own
+    portable.json (what scoring loads: jobs.registry.portable_model), and register it: the new version."""
+    with tempfile.TemporaryDirectory() as tmp:
+        portable = Path(tmp) / PORTABLE_ARTIFACT
+        portable.write_text(model.portable().to_json())
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            artifacts={"portable": str(portable)},
+            signature=infer_signature(example, model.predict(None, example)),
+            input_example=example,
+            pip_requirements=MODEL_REQUIREMENTS,
+            registered_model_name=settings.mlflow.registered_model,
+        )
+    return str(info.registered_model_version)
+
+
 def train(settings: Settings, run_date: date) -> dict:
     """Fit, evaluate and log a challenger for run_date; register it as a new model version."""
     data = load_training_set(settings, run_date)
@@ -290,16 +309,7 @@ def train(settings: Settings, run_date: date) -> dict:
         (folder / "holdout").mkdir()
         predictions.to_parquet(folder / HOLDOUT_ARTIFACT, index=False)
         mlflow.log_artifacts(str(folder))
-        example = holdout[model.features].head(5)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=model,
-            signature=infer_signature(example, model.predict(None, example)),
-            input_example=example,
-            pip_requirements=MODEL_REQUIREMENTS,
-            registered_model_name=settings.mlflow.registered_model,
-        )
-        version = str(info.registered_model_version)
+        version = log_model(model, holdout[model.features].head(5), settings)
         mlflow.MlflowClient().set_model_version_tag(
             settings.mlflow.registered_model, version, "run_date", run_date.isoformat()
         )
