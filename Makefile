@@ -69,7 +69,7 @@ test: setup $(CHROMIUM)
 
 # After every change: units and small-frame tests, no nightly run, Airflow or live stack.
 test-fast: setup
-	python -m pytest -m "not slow"
+	python -m pytest -m "not slow" --durations=15
 
 # The job code for a Spark cluster's executors: set spark.py_files to it (README, Operations).
 dist: setup
