@@ -10,10 +10,10 @@ in the time it takes to import LightGBM. The population never comes to the drive
 The targeting policy is jobs.policy's: each customer's choice is `policy.choose`, run in the
 workers on every batch right after its prediction (one pass over the scoring set: a campaign
 limit that holds without a guardrail price needs no other), and the budgets and holdout are
-its column rules over Spark's ranking windows, so the audience follows exactly the rule the gate valued offline. Until a
-model has passed the gate there is no champion: the night then publishes the best constant
-policy (`policy.best_constant` on the training set's average effects), marked
-`policy = constant:<arm|none>`; a model's audience is marked `model:<version>`.
+its column rules over Spark's ranking windows, so the audience follows exactly the rule the
+gate valued offline. Until a model has passed the gate there is no champion: the night then
+publishes the best constant policy (`policy.best_constant` on the training set's average
+effects), marked `policy = constant:<arm|none>`; a model's audience is marked `model:<version>`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from jobs import policy
 from jobs.lake import partition_dir, publish_partition, read_partition, training_effects
 from jobs.registry import CHAMPION, alias_version, portable_model
 from jobs.settings import Settings
-from jobs.tlearner import FeatureMismatchError, PortableTLearner, key, output_columns, serving_problem
+from jobs.tlearner import PortableTLearner, key, output_columns, serving_problem
 
 
 def prediction_columns(settings: Settings) -> list[str]:
@@ -115,11 +115,7 @@ def apply_policy(
     does not bind costs no search.
     """
     targeting, arms = settings.targeting, settings.experiment.arms
-    if model is not None:
-        exp = settings.experiment
-        problem = serving_problem(scored.columns, model, exp.control, exp.arms, targeting.outcomes)
-        if problem:
-            raise FeatureMismatchError(problem)
+    if model is not None:  # one that can serve these features and arms (serving_problem: score checks it)
         scored = scored.select("customer_id", *model.numeric, *model.categories)
     uplifts = prediction_schema(settings) if model is not None else scored.schema
     excess = policy.excess_columns(targeting)
