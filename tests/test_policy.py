@@ -223,3 +223,25 @@ def test_aipw_and_ipw_recover_a_known_policy_value(primary):
         v = by_arm[arm]
         assert v["net_value_low"] <= v["sends"] * (10 * effect - 0.1) <= v["net_value_high"], (arm, v)
         assert v["incremental_responses_low"] <= v["sends"] * effect <= v["incremental_responses_high"], (arm, v)
+
+
+def test_the_pandas_ranking_is_by_net_value_then_customer_id_and_keeps_the_rows_in_place(primary):
+    # Repeated and integer ids, a shuffled index, rounded uplifts (ties): rank follows a sort by
+    # (net value descending, customer_id), the rows stay in index order, and one Customers serves every call.
+    rng = np.random.default_rng(11)
+    frame = pd.DataFrame({"customer_id": rng.integers(0, 300, 1200)}, index=rng.permutation(1200))
+    for arm in ARMS:
+        frame[f"uplift_{arm}"] = np.round(rng.normal(0.01, 0.02, 1200), 2)
+    targeting = primary.targeting.model_copy(update={"max_sends": 400, "holdout_share": 0.1})
+    out = policy.apply(frame, targeting, ARMS, RUN_DATE)
+    assert list(out.index) == sorted(frame.index)
+    in_delivered_order = out.loc[frame.index]  # full ties keep the delivered order
+    expected = in_delivered_order.sort_values(
+        ["expected_net_value", "customer_id"], ascending=[False, True], kind="mergesort"
+    )
+    assert (expected["rank"].to_numpy() == np.arange(1, 1201)).all()
+    assert expected["selected"].to_numpy()[:400].sum() == out["selected"].sum()
+    shared = policy.Customers.of(frame["customer_id"], RUN_DATE)
+    pd.testing.assert_frame_equal(policy.apply(frame, targeting, ARMS, RUN_DATE, shared), out)
+    with pytest.raises(ValueError, match="customers describe 1200 rows"):
+        policy.apply(frame.head(10), targeting, ARMS, RUN_DATE, shared)
