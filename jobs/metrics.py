@@ -128,25 +128,27 @@ def _ranking(score: np.ndarray, y_true: np.ndarray, treatment: np.ndarray) -> di
         run[order] = np.repeat(np.arange(ends.size), np.diff(np.r_[-1, ends]))
         members = np.arange(ends.size)[:, None] == run[None, :]  # runs x rows
         return {"sums": np.concatenate([members * c for c in columns]).astype(float), "runs": ends.size}
+    # Counts and 0/1 indicators as small integers: a round's cumulative sums are whole numbers,
+    # exact in int32 (at most the rows' count) as in float64, and cheaper to add up.
     return {
         "order": order,
-        "ends": ends,
-        **dict(zip(["t", "y_t", "y_c"], (c[order] for c in columns[1:]), strict=True)),
+        "ends": None if ends.size == score.size else ends,  # every row ends its own run: no gather
+        **dict(zip(["t", "y_t", "y_c"], (c[order].astype(np.int8) for c in columns[1:]), strict=True)),
     }
 
 
 def _weighted_qini_points(ranked: dict, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Qini curve points of the ranked rows, each repeated `weights` times (see qini_interval)."""
+    """Qini curve points of the ranked rows, each repeated `weights` times (whole numbers: see qini_interval)."""
     if "sums" in ranked:  # whole numbers: the sums are exact, whatever their order
         n_all, n_treated, y_treated, y_control = np.cumsum(
             (ranked["sums"] @ weights).reshape(4, ranked["runs"]), axis=1
         )
     else:
-        w, ends = weights[ranked["order"]], ranked["ends"]
-        n_all = np.cumsum(w)[ends]
-        n_treated = np.cumsum(w * ranked["t"])[ends]
-        y_treated = np.cumsum(w * ranked["y_t"])[ends]
-        y_control = np.cumsum(w * ranked["y_c"])[ends]
+        w, ends = weights[ranked["order"]].astype(np.int32), ranked["ends"]
+        sums = [np.cumsum(w * ranked[c], dtype=np.int32) for c in ("t", "y_t", "y_c")]
+        n_all, n_treated, y_treated, y_control = (
+            (s if ends is None else s[ends]).astype(float) for s in [np.cumsum(w, dtype=np.int32), *sums]
+        )
     n_control = n_all - n_treated
     ratio = np.divide(n_treated, n_control, out=np.zeros_like(n_treated), where=n_control != 0)
     return np.r_[0.0, n_all], np.r_[0.0, y_treated - y_control * ratio]

@@ -35,6 +35,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits
 
 from jobs import drivers, metrics, policy
 from jobs.lake import MissingInputError, partition_dir, sample_parquet
@@ -110,7 +111,9 @@ def evaluate(
     the model's predictions (probabilities: model.predict_proba(holdout), when already computed).
 
     The (arm, outcome) pairs are evaluated side by side, one thread each: their bootstrap is
-    numpy's cumulative sums, which release the GIL."""
+    numpy's cumulative sums, which release the GIL. BLAS is held to one thread meanwhile: the
+    perfect curve's matrix-vector product in each thread would otherwise start BLAS threads of its
+    own, and the threads then took longer together than one after the other."""
     exp, gate = settings.experiment, settings.gate
     predicted = model.with_uplifts(model.predict_proba(holdout) if probabilities is None else probabilities)
     scored = pd.concat([holdout.reset_index(drop=True), predicted.reset_index(drop=True)], axis=1)
@@ -137,7 +140,7 @@ def evaluate(
         }
 
     pairs = [(a, o) for o in [None, *model.outcomes] for a in exp.arms]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = dict(zip([key(*p) for p in pairs], pool.map(diagnose, pairs), strict=True))
     return results, scored
 
