@@ -424,10 +424,7 @@ def outcome_label_expectations(settings: Settings) -> list[dict]:
 
 
 def _arm_counts_by_campaign(sends: DataFrame) -> dict[str, dict[str, int]]:
-    counts: dict[str, dict[str, int]] = {}
-    for row in sends.groupBy("campaign_id", "arm").count().collect():
-        counts.setdefault(row["campaign_id"], {})[row["arm"]] = row["count"]
-    return counts
+    return _counts(_moments_by_campaign(sends, []))
 
 
 def _randomization(
@@ -478,20 +475,63 @@ def sample_ratio_mismatch(arm_counts: dict[str, int], expected_split: dict[str, 
 
 def covariate_balance(training: DataFrame, control: str, numeric: list[str]) -> dict[str, dict[str, float]]:
     """Standardized mean difference of each numeric feature, every arm against control."""
-    aggs = []
+    return _balance(_moments_by_campaign(training, numeric), control, numeric)
+
+
+def _moments_by_campaign(training: DataFrame, numeric: list[str]) -> list[dict]:
+    """Per (campaign_id, arm): rows, and each numeric feature's non-null count, mean and sample
+    variance; one Spark job, which gives the arm counts and the balance both."""
+    aggs = [F.count(F.lit(1)).alias("count")]
     for feature in numeric:
-        aggs += [F.avg(feature).alias(f"{feature}__mean"), F.var_samp(feature).alias(f"{feature}__var")]
-    by_arm = {row["arm"]: row.asDict() for row in training.groupBy("arm").agg(*aggs).collect()}
-    base = by_arm.get(control)
+        aggs += [
+            F.count(feature).alias(f"{feature}__n"),
+            F.avg(feature).alias(f"{feature}__mean"),
+            F.var_samp(feature).alias(f"{feature}__var"),
+        ]
+    return [row.asDict() for row in training.groupBy("campaign_id", "arm").agg(*aggs).collect()]
+
+
+def _counts(moments: list[dict]) -> dict[str, dict[str, int]]:
+    """Rows per campaign and arm, from _moments_by_campaign."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in moments:
+        counts.setdefault(row["campaign_id"], {})[row["arm"]] = row["count"]
+    return counts
+
+
+def _pooled(groups: list[dict], feature: str) -> tuple[float, float]:
+    """Mean and sample variance of feature over groups, from each group's count, mean and variance
+    (Chan's combination: the arm's own figures, without a second pass); 0.0 where undefined."""
+    groups = [g for g in groups if g[f"{feature}__n"]]
+    n = sum(g[f"{feature}__n"] for g in groups)
+    if n == 0:
+        return 0.0, 0.0
+    mean = sum(g[f"{feature}__n"] * g[f"{feature}__mean"] for g in groups) / n
+    m2 = sum(
+        (g[f"{feature}__n"] - 1) * (g[f"{feature}__var"] or 0.0)
+        + g[f"{feature}__n"] * (g[f"{feature}__mean"] - mean) ** 2
+        for g in groups
+    )
+    return mean, (m2 / (n - 1) if n > 1 else 0.0)
+
+
+def _balance(moments: list[dict], control: str, numeric: list[str]) -> dict[str, dict[str, float]]:
+    """covariate_balance from _moments_by_campaign's groups, pooled over campaigns per arm."""
+    by_arm: dict[str, list[dict]] = {}
+    for row in moments:
+        by_arm.setdefault(row["arm"], []).append(row)
+    if control not in by_arm:
+        return {}
+    base = {feature: _pooled(by_arm[control], feature) for feature in numeric}
     smd: dict[str, dict[str, float]] = {}
-    for arm, row in by_arm.items():
-        if arm == control or base is None:
+    for arm, groups in by_arm.items():
+        if arm == control:
             continue
         smd[arm] = {}
         for feature in numeric:
-            var = ((row[f"{feature}__var"] or 0.0) + (base[f"{feature}__var"] or 0.0)) / 2
-            diff = (row[f"{feature}__mean"] or 0.0) - (base[f"{feature}__mean"] or 0.0)
-            smd[arm][feature] = abs(diff) / var**0.5 if var > 0 else 0.0
+            (mean, var), (base_mean, base_var) = _pooled(groups, feature), base[feature]
+            pooled_var = (var + base_var) / 2
+            smd[arm][feature] = abs(mean - base_mean) / pooled_var**0.5 if pooled_var > 0 else 0.0
     return smd
 
 
@@ -532,11 +572,11 @@ def leakage_in_data(training: DataFrame, settings: Settings, seed: int) -> tuple
     return leakage_scores(leakage_sample(training, settings, seed), settings)
 
 
-def leakage_sample(training: DataFrame, settings: Settings, seed: int) -> pd.DataFrame:
-    """The leakage guard's sample of the training set (about LEAKAGE_SAMPLE_ROWS rows): label, arm
-    and every column but the send's keys."""
+def leakage_sample(training: DataFrame, settings: Settings, seed: int, total: int | None = None) -> pd.DataFrame:
+    """The leakage guard's sample of the training set (about LEAKAGE_SAMPLE_ROWS rows of its
+    `total`, counted unless given): label, arm and every column but the send's keys."""
     candidates = [c for c in training.columns if c not in training_keys(settings)]
-    total = training.count()
+    total = training.count() if total is None else total
     fraction = min(1.0, LEAKAGE_SAMPLE_ROWS / total) if total else 1.0
     return training.select("label", "arm", *candidates).sample(fraction=fraction, seed=seed).toPandas()
 
@@ -589,9 +629,10 @@ def _validate_feature_tables(
     # The checks that need no Great Expectations first, while it imports (preload_gx): they also
     # bring both tables into the cache the suites read.
     scoring_rows = scoring.count()
-    counts = _arm_counts_by_campaign(training)
+    moments = _moments_by_campaign(training, spec.numeric)
+    counts = _counts(moments)
     randomization, srm = _randomization(f"features/training run_date={run_date}", counts, exp, checks=3)
-    balance = covariate_balance(training, exp.control, spec.numeric)
+    balance = _balance(moments, exp.control, spec.numeric)
     unbalanced = {
         f"{arm}.{feature}": round(value, 3)
         for arm, by_feature in balance.items()
@@ -603,7 +644,7 @@ def _validate_feature_tables(
         randomization.failures.append(
             f"covariate imbalance (standardized mean difference > {MAX_SMD} vs control): {unbalanced}"
         )
-    sample = leakage_sample(training, settings, settings.training.seed)
+    sample = leakage_sample(training, settings, settings.training.seed, sum(row["count"] for row in moments))
     context = _context(out / "data_docs")  # Great Expectations imported: no import runs in two threads
     # The leakage guard's AUCs are pandas work on the driver, the suites mostly wait for Spark:
     # one runs beside the other.
