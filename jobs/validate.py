@@ -332,11 +332,16 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
     outcomes = []
     try:
         # The work that needs no Great Expectations first, while it imports (preload_gx): the
-        # deliveries into the cache, the volume bands, the arm counts, the response types.
-        rows = {source: frame.count() for source, frame in frames.items()}
-        bands = {source: volume_band(spark, settings, source, days[source]) for source in SOURCES}
-        arm_counts = _arm_counts_by_campaign(frames["sends"])
-        response_types = response_types_delivered(spark, settings, run_date)
+        # deliveries into the cache, the volume bands, the arm counts, the response types. These
+        # are small jobs, one or a few tasks each: submitted together, they share the cores.
+        with ThreadPoolExecutor(4, thread_name_prefix="raw-checks") as pool:
+            counted = {source: pool.submit(frame.count) for source, frame in frames.items()}
+            banded = {source: pool.submit(volume_band, spark, settings, source, days[source]) for source in SOURCES}
+            arms_counted = pool.submit(_arm_counts_by_campaign, frames["sends"])
+            types_seen = pool.submit(response_types_delivered, spark, settings, run_date)
+            rows = {source: future.result() for source, future in counted.items()}
+            bands = {source: future.result() for source, future in banded.items()}
+            arm_counts, response_types = arms_counted.result(), types_seen.result()
         context = _context(out / "data_docs")
         for source in SOURCES:
             min_rows, max_rows = bands[source]
