@@ -632,9 +632,13 @@ def _validate_feature_tables(
 ) -> dict:
     exp, spec = settings.experiment, settings.features
     # The checks that need no Great Expectations first, while it imports (preload_gx): they also
-    # bring both tables into the cache the suites read.
-    scoring_rows = scoring.count()
-    moments = _moments_by_campaign(training, spec.numeric)
+    # bring both tables into the cache the suites read, side by side (the scoring set's count
+    # beside the training set's moments and sample).
+    with ThreadPoolExecutor(1, thread_name_prefix="scoring-count") as pool:
+        scoring_counted = pool.submit(scoring.count)
+        moments = _moments_by_campaign(training, spec.numeric)
+        sample = leakage_sample(training, settings, settings.training.seed, sum(row["count"] for row in moments))
+        scoring_rows = scoring_counted.result()
     counts = _counts(moments)
     randomization, srm = _randomization(f"features/training run_date={run_date}", counts, exp, checks=3)
     balance = _balance(moments, exp.control, spec.numeric)
@@ -649,7 +653,6 @@ def _validate_feature_tables(
         randomization.failures.append(
             f"covariate imbalance (standardized mean difference > {MAX_SMD} vs control): {unbalanced}"
         )
-    sample = leakage_sample(training, settings, settings.training.seed, sum(row["count"] for row in moments))
     context = _context(out / "data_docs")  # Great Expectations imported: no import runs in two threads
     # The leakage guard's AUCs are pandas work on the driver, the suites mostly wait for Spark:
     # one runs beside the other.
