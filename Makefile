@@ -83,7 +83,7 @@ lint: setup
 # then the Campaigns pages over a 500k-customer audience: benchmarks/results/ui-pages-<date>.json;
 # then the demo-size night through Airflow (task time): benchmarks/results/demo-night-<date>.json.
 SIZE ?= S M L
-bench: setup
+bench: setup $(CHROMIUM)
 	python -m benchmarks.nightly --size $(SIZE)
 	python -m benchmarks.ui_pages --customers 500000
 	python -m benchmarks.demo_night
