@@ -11,7 +11,9 @@ from jobs.generate import deliver
 from jobs.lake import partition_dir, publish_partition
 from jobs.validate import (
     ValidationFailed,
+    _arm_counts_by_campaign,
     _separation,
+    covariate_balance,
     sample_ratio_mismatch,
     validate_features,
     validate_raw,
@@ -70,6 +72,38 @@ def test_sample_ratio_mismatch_statistic():
     split = {"control": 0.5, "a": 0.5}
     assert sample_ratio_mismatch({"control": 5000, "a": 5040}, split)["p_value"] > 0.5
     assert sample_ratio_mismatch({"control": 4000, "a": 6000}, split)["p_value"] < 1e-10
+
+
+def test_covariate_balance_pools_each_arms_campaigns_as_one_sample(spark):
+    """The balance comes from per-campaign moments (one Spark job that also gives the arm counts):
+    pooled, they must give each arm's own mean and sample variance over all its rows, as pandas
+    computes them, with nulls, a campaign where an arm has one row, one where a feature is all null."""
+    rng = np.random.default_rng(11)
+    sizes = {"c1": {"control": 400, "a": 300, "b": 5}, "c2": {"control": 50, "a": 1}, "c3": {"a": 200}}
+    rows = []
+    for campaign, arms in sizes.items():
+        for arm, n in arms.items():
+            shift = {"control": 0.0, "a": 0.4, "b": -1.0}[arm] + (2.0 if campaign == "c2" else 0.0)
+            x = rng.normal(shift, 1.0 + (campaign == "c3"), n)
+            y = np.where(rng.random(n) < 0.2, np.nan, rng.exponential(3.0, n))
+            if campaign == "c3":
+                y[:] = np.nan
+            ys = [None if np.isnan(value) else value for value in y.tolist()]
+            rows += [(campaign, arm, xi, yi) for xi, yi in zip(x.tolist(), ys, strict=True)]
+    frame = pd.DataFrame(rows, columns=["campaign_id", "arm", "x", "y"])
+    sdf = spark.createDataFrame(rows, "campaign_id string, arm string, x double, y double")
+
+    smd = covariate_balance(sdf, "control", ["x", "y"])
+
+    by_arm = frame.groupby("arm")
+    for arm in ("a", "b"):
+        for feature in ("x", "y"):
+            mean, var = by_arm[feature].mean(), by_arm[feature].var(ddof=1)
+            expected = abs(mean[arm] - mean["control"]) / ((var[arm] + var["control"]) / 2) ** 0.5
+            assert smd[arm][feature] == pytest.approx(expected, rel=1e-9), (arm, feature)
+    assert set(smd) == {"a", "b"}
+    assert _arm_counts_by_campaign(sdf) == sizes
+    assert covariate_balance(sdf.where("arm != 'control'"), "control", ["x"]) == {}, "no control, no balance"
 
 
 def test_each_campaign_is_tested_against_its_own_split(settings):
