@@ -1,6 +1,7 @@
 """Batch scoring: every eligible customer, inside Spark, into the audience (the champion's, or a constant policy).
 
-The driver resolves the champion in the MLflow registry and loads it once; its boosters go to
+The driver resolves the champion in the MLflow registry and loads it once, while the Python
+workers start and import LightGBM (`jobs.spark.start_python_workers`); its boosters go to
 the executors as LightGBM model strings (inside the scoring function: PySpark broadcasts a
 large one by itself, and a Spark Connect client has no broadcast of its own), where `mapInPandas` scores Arrow
 batches with `jobs.tlearner`, one LightGBM thread per Python worker (Spark runs one worker
@@ -29,8 +30,8 @@ from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from jobs import policy
 from jobs.lake import partition_dir, publish_partition, read_partition, training_effects
-from jobs.registry import CHAMPION, alias_version, portable_model
 from jobs.settings import Settings
+from jobs.spark import start_python_workers
 from jobs.tlearner import PortableTLearner, key, output_columns, serving_problem
 
 
@@ -226,9 +227,13 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     (its features or arms differ from tonight's: it refuses, naming them), the best constant
     policy (`constant:<arm|none>`).
     """
+    features = read_partition(spark, settings, "features/scoring", run_date)
+    # The workers start and import LightGBM while MLflow loads here and resolves the champion.
+    workers = start_python_workers(features.select("customer_id"), ("lightgbm", "jobs.policy", "jobs.tlearner"))
+    from jobs.registry import CHAMPION, alias_version, portable_model
+
     champion = alias_version(settings, CHAMPION)
     name, exp = settings.mlflow.registered_model, settings.experiment
-    features = read_partition(spark, settings, "features/scoring", run_date)
     reasons: list[str] = []
     model = None
     if champion is None:
@@ -239,6 +244,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         if problem:
             reasons.append(f"champion v{champion.version} cannot serve tonight: {problem}")
             model = None
+    workers.result()
     if model is None:
         audience, arm, constant_reasons = constant_audience(features, settings, run_date)
         reasons += constant_reasons

@@ -7,9 +7,11 @@ resources come from the submit; run by hand from the CLI or the tests, from `spa
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 from jobs.settings import Settings
 
 if TYPE_CHECKING:  # the DAG file reads the JVM options without loading Spark
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 
 # Set by pyspark in a process that opened a Spark Connect session, and left set: while they are,
@@ -126,3 +128,26 @@ def step_session(settings: Settings, app_name: str) -> Iterator[SparkSession]:
             spark.stop()
             for name in CONNECT_ENV:  # what runs next in this process (or its children) is classic
                 os.environ.pop(name, None)
+
+
+def start_python_workers(frame: DataFrame, modules: tuple[str, ...]) -> Future:
+    """Start the Python workers of frame's session now, with modules imported, in the background.
+
+    A job over frame (one task per partition, the partitions a job over frame will have) whose
+    workers import modules and return nothing. Workers are reused within a session, so the
+    job after it starts with warm ones: a step starts this before driver-side work of its own
+    (resolving a model in MLflow), which then overlaps the workers' start and imports. The
+    future's result is None; it raises what the job raised.
+    """
+
+    def imported(batches):
+        for name in modules:
+            importlib.import_module(name)
+        for batch in batches:
+            yield batch.iloc[:0]
+
+    job = frame.mapInPandas(imported, frame.schema)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="python-workers")
+    future = pool.submit(lambda: job.write.format("noop").mode("overwrite").save())
+    pool.shutdown(wait=False)
+    return future
