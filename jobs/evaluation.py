@@ -73,8 +73,7 @@ def increments(assignment: np.ndarray, g: dict[str, np.ndarray], exp: Experiment
     """Per row, G(assigned arm) - G(control) of one outcome's scores (0 where nothing is sent)."""
     out = np.zeros(len(assignment))
     for arm in exp.arms:
-        rows = assignment == arm
-        out[rows] = g[arm][rows] - g[exp.control][rows]
+        np.subtract(g[arm], g[exp.control], out=out, where=assignment == arm)
     return out
 
 
@@ -91,10 +90,26 @@ def contributions(assignment: np.ndarray, g: dict, exp: Experiment, targeting: T
     return out
 
 
+# Resamples weighed against the columns in one matrix product, at most this many bytes of weights at a time.
+BOOTSTRAP_BATCH_BYTES = 64 * 2**20
+
+
 def _bootstrap_means(columns: np.ndarray, rounds: int, seed: int) -> np.ndarray:
-    """rounds x columns: column means of `rounds` row resamples (the same rows for every column)."""
+    """rounds x columns: column means of `rounds` row resamples (the same rows for every column).
+
+    The resamples' row counts are drawn one after another from one generator (the same draws
+    whatever the batch) and weighed against the columns a batch at a time: one matrix product
+    reads the columns once for the batch, where a product per resample read them every round.
+    """
     rng, n = np.random.default_rng(seed), columns.shape[0]
-    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) @ columns / n for _ in range(rounds)])
+    batch = max(1, min(rounds, BOOTSTRAP_BATCH_BYTES // (8 * max(n, 1))))
+    weights, out = np.empty((batch, n)), np.empty((rounds, columns.shape[1]))
+    for start in range(0, rounds, batch):
+        size = min(batch, rounds - start)
+        for row in weights[:size]:
+            row[:] = np.bincount(rng.integers(0, n, n), minlength=n)
+        out[start : start + size] = weights[:size] @ columns / n
+    return out
 
 
 def _interval(samples: np.ndarray, axis=None):
@@ -230,11 +245,17 @@ def budget_curve(
     ks = np.unique(np.linspace(0, len(order), points + 1).round().astype(int))
     rng = np.random.default_rng(seed)
     value, responses = value[order], responses[order]  # in send order, once for every round
+
+    def at_ks(weighted: np.ndarray) -> np.ndarray:
+        """The cumulative sums of weighted at ks, from the sums between consecutive ks."""
+        between = np.add.reduceat(weighted, ks[:-1]) if len(ks) > 1 else np.empty(0)
+        return np.concatenate([[0.0], np.cumsum(between)])
+
     boot_value, boot_resp = [], []
     for _ in range(rounds):
         weight = np.bincount(rng.integers(0, n, n), minlength=n)[order]
-        boot_value.append(np.concatenate([[0.0], np.cumsum(weight * value)])[ks])
-        boot_resp.append(np.concatenate([[0.0], np.cumsum(weight * responses)])[ks])
+        boot_value.append(at_ks(weight * value))
+        boot_resp.append(at_ks(weight * responses))
     curve = {"sends": (ks * scale).round().astype(int)}
     for name, point, boot in (
         ("net_value", np.concatenate([[0.0], np.cumsum(value)])[ks], np.array(boot_value)),

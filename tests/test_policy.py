@@ -225,6 +225,50 @@ def test_aipw_and_ipw_recover_a_known_policy_value(primary):
         assert v["incremental_responses_low"] <= v["sends"] * effect <= v["incremental_responses_high"], (arm, v)
 
 
+def test_the_bootstraps_are_their_per_round_definitions(primary, monkeypatch):
+    """The batched bootstrap means, and the budget curve's cumulative sums at its points, are what
+    one resample per round gives: the same draws, the same numbers (to rounding)."""
+    from jobs.settings import Experiment
+
+    rng = np.random.default_rng(4)
+    n, rounds, seed = 1001, 23, 9
+    columns = rng.normal(size=(n, 3))
+    draws = np.random.default_rng(seed)
+    expected = np.stack([np.bincount(draws.integers(0, n, n), minlength=n) @ columns / n for _ in range(rounds)])
+    monkeypatch.setattr(evaluation, "BOOTSTRAP_BATCH_BYTES", 8 * n * 5)  # batches of 5 rounds, the last of 3
+    assert np.allclose(evaluation._bootstrap_means(columns, rounds, seed), expected, rtol=1e-12, atol=0)
+
+    exp = Experiment(
+        control="control",
+        arms=["a", "b"],
+        expected_split={"control": 0.2, "a": 0.4, "b": 0.4},
+        attribution_window_days=7,
+        qualifying_response_types=["click"],
+        srm_p_value_min=0.001,
+    )
+    targeting = primary.targeting.model_copy(update={"value_per_response": 10.0, "cost_per_send": {"a": 0.1, "b": 0.1}})
+    frame, _, x = _randomized(3000, seed=8)
+    assignment = np.where(x > 0.7, "a", np.where(x > 0.3, "b", "control"))
+    curve = evaluation.budget_curve(assignment, x, frame, exp, targeting, audience_rows=3000, rounds=rounds, seed=seed)
+    value, responses = evaluation._value_and_responses(assignment, frame, exp, targeting)
+    sent = np.flatnonzero(assignment != "control")
+    order = sent[np.argsort(-x[sent], kind="mergesort")]
+    ks = np.unique(np.linspace(0, len(order), 21).round().astype(int))
+    draws = np.random.default_rng(seed)
+    boot = []
+    for _ in range(rounds):
+        weight = np.bincount(draws.integers(0, len(frame), len(frame)), minlength=len(frame))[order]
+        boot.append(np.concatenate([[0.0], np.cumsum(weight * value[order])])[ks])
+    low, high = np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
+    assert np.allclose(curve["net_value_low"], low, rtol=1e-9) and np.allclose(curve["net_value_high"], high, rtol=1e-9)
+    assert np.allclose(curve["net_value"], np.concatenate([[0.0], np.cumsum(value[order])])[ks], rtol=1e-9)
+
+    no_one = evaluation.budget_curve(
+        np.full(len(frame), "control"), x, frame, exp, targeting, audience_rows=3000, rounds=5, seed=seed
+    )
+    assert no_one[["sends", "net_value", "net_value_low", "net_value_high"]].to_numpy().tolist() == [[0, 0, 0, 0]]
+
+
 def test_the_pandas_ranking_is_by_net_value_then_customer_id_and_keeps_the_rows_in_place(primary):
     # Repeated and integer ids, a shuffled index, rounded uplifts (ties): rank follows a sort by
     # (net value descending, customer_id), the rows stay in index order, and one Customers serves every call.
