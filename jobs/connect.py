@@ -11,7 +11,8 @@ memory, JVM options) and listens on 127.0.0.1 only: a Connect server runs whatev
 sends. A remote host (a server in front of a cluster) is never started from here.
 
 The server's Python workers import `jobs` from the checkout that started it, once per worker:
-after changing the code, `uplift spark-server stop` (the next step starts a fresh server).
+after changing the code, `uplift spark-server stop` (the next step starts a fresh server). Their
+daemon, one per session that runs Python, exits once idle (jobs.worker_daemon).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def server_command(settings: Settings, port: int) -> list[str]:
         "spark.connect.grpc.binding.port": port,
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
+        # pyspark's daemon, exiting once idle: Spark keeps a daemon per session until the server stops.
+        "spark.python.daemon.module": "jobs.worker_daemon",
     }
     command = [str(Path(sys.executable).parent / "spark-submit"), "--class", SERVER_CLASS, "--name", "uplift-connect"]
     command += ["--master", spark.master, "--driver-memory", spark.driver_memory]

@@ -135,6 +135,66 @@ def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings, t
         connect.stop(on_port(settings, port))
 
 
+# A session that runs Python, stays open while its daemon goes idle, then runs Python again.
+IDLE_SESSION = """
+import json, time
+import psutil
+from jobs import connect
+from jobs.settings import load_settings
+from jobs.spark import start_python_workers, step_session
+
+settings = load_settings()
+server = psutil.Process(connect.server_pid(connect.address(settings.spark.remote)[1]))
+
+def daemons():
+    # the server's Python daemons, not their workers (forked from them, with the same command)
+    found = []
+    for process in server.children(recursive=True):
+        try:
+            if "jobs.worker_daemon" in process.cmdline() and "jobs.worker_daemon" not in process.parent().cmdline():
+                found.append(process.pid)
+        except psutil.Error:  # gone, or a zombie the JVM has not collected
+            pass
+    return found
+
+seen = {}
+with step_session(settings, "uplift-test-idle") as spark:
+    frame = spark.range(4).selectExpr("cast(id as string) AS customer_id")
+    start_python_workers(frame, ("jobs.tlearner",)).result()
+    seen["daemons_after_python"] = len(daemons())
+    started = time.monotonic()
+    while daemons() and time.monotonic() - started < 240:
+        time.sleep(2)
+    seen["daemons_once_idle"], seen["idle_s"] = len(daemons()), round(time.monotonic() - started)
+    start_python_workers(frame, ("jobs.tlearner",)).result()
+    seen["daemons_after_python_again"] = len(daemons())
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.slow
+def test_the_python_daemon_of_an_idle_session_exits_and_the_session_still_runs_python(settings, tmp_path):
+    """Spark keeps a Python daemon per Connect session until the server stops: a server that runs
+    for months would keep one per night. Ours exits once idle (jobs.worker_daemon), and a session
+    that runs Python after that gets a new one."""
+    port = free_port()
+    (tmp_path / "remote.yml").write_text(f"spark:\n  remote: sc://localhost:{port}\n")
+    env = {
+        **os.environ,
+        "UPLIFT_CONF": f"{os.environ['UPLIFT_CONF']}{os.pathsep}{tmp_path / 'remote.yml'}",
+        "UPLIFT_PYTHON_DAEMON_IDLE_S": "3",  # the server's environment, so its daemons'
+    }
+    try:
+        done = subprocess.run([sys.executable, "-c", IDLE_SESSION], env=env, capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["daemons_after_python"] == 1, seen
+        assert seen["daemons_once_idle"] == 0, f"the idle daemon is still there: {seen}"
+        assert seen["daemons_after_python_again"] == 1, seen
+    finally:
+        connect.stop(on_port(settings, port))
+
+
 @pytest.mark.slow
 def test_a_server_that_cannot_start_is_named_with_its_log(settings):
     port = free_port()
