@@ -185,7 +185,8 @@ def test_the_python_daemon_of_an_idle_session_exits_and_the_session_still_runs_p
         "UPLIFT_PYTHON_DAEMON_IDLE_S": "3",  # the server's environment, so its daemons'
     }
     try:
-        done = subprocess.run([sys.executable, "-c", IDLE_SESSION], env=env, capture_output=True, text=True, timeout=400)
+        step = [sys.executable, "-c", IDLE_SESSION]
+        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
         seen = json.loads(done.stdout.strip().splitlines()[-1])
         assert seen["daemons_after_python"] == 1, seen
