@@ -171,7 +171,8 @@ def _randomized(n: int, seed: int):
     return frame, truth, x
 
 
-def test_aipw_and_ipw_recover_a_known_policy_value(primary):
+def _randomized_policy(primary):
+    """_randomized's experiment, and a targeting of value 10 a response and 0.1 a send."""
     from jobs.settings import Experiment
 
     exp = Experiment(
@@ -182,7 +183,11 @@ def test_aipw_and_ipw_recover_a_known_policy_value(primary):
         qualifying_response_types=["click"],
         srm_p_value_min=0.001,
     )
-    targeting = primary.targeting.model_copy(update={"value_per_response": 10.0, "cost_per_send": {"a": 0.1, "b": 0.1}})
+    return exp, primary.targeting.model_copy(update={"value_per_response": 10.0, "cost_per_send": {"a": 0.1, "b": 0.1}})
+
+
+def test_aipw_and_ipw_recover_a_known_policy_value(primary):
+    exp, targeting = _randomized_policy(primary)
     frame, truth, x = _randomized(40_000, seed=5)
     target = np.where(x > 0.5, "a", "b")  # the best arm for everyone
     assignments = {"model": target, "everyone gets b": np.full(len(x), "b"), "no one": np.full(len(x), "control")}
@@ -228,8 +233,6 @@ def test_aipw_and_ipw_recover_a_known_policy_value(primary):
 def test_the_bootstraps_are_their_per_round_definitions(primary, monkeypatch):
     """The batched bootstrap means, and the budget curve's cumulative sums at its points, are what
     one resample per round gives: the same draws, the same numbers (to rounding)."""
-    from jobs.settings import Experiment
-
     rng = np.random.default_rng(4)
     n, rounds, seed = 1001, 23, 9
     columns = rng.normal(size=(n, 3))
@@ -238,15 +241,7 @@ def test_the_bootstraps_are_their_per_round_definitions(primary, monkeypatch):
     monkeypatch.setattr(evaluation, "BOOTSTRAP_BATCH_BYTES", 8 * n * 5)  # batches of 5 rounds, the last of 3
     assert np.allclose(evaluation._bootstrap_means(columns, rounds, seed), expected, rtol=1e-12, atol=0)
 
-    exp = Experiment(
-        control="control",
-        arms=["a", "b"],
-        expected_split={"control": 0.2, "a": 0.4, "b": 0.4},
-        attribution_window_days=7,
-        qualifying_response_types=["click"],
-        srm_p_value_min=0.001,
-    )
-    targeting = primary.targeting.model_copy(update={"value_per_response": 10.0, "cost_per_send": {"a": 0.1, "b": 0.1}})
+    exp, targeting = _randomized_policy(primary)
     frame, _, x = _randomized(3000, seed=8)
     assignment = np.where(x > 0.7, "a", np.where(x > 0.3, "b", "control"))
     curve = evaluation.budget_curve(assignment, x, frame, exp, targeting, audience_rows=3000, rounds=rounds, seed=seed)
