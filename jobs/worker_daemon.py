@@ -25,7 +25,7 @@ IDLE_S = float(os.environ.get("UPLIFT_PYTHON_DAEMON_IDLE_S", 600))
 
 
 def exit_when_idle(idle_s: float = IDLE_S) -> None:
-    """Check for workers every few seconds (SIGALRM, in the daemon's own loop); exit after idle_s without one.
+    """Check for workers every 30 s at most (SIGALRM, in the daemon's own loop); exit after idle_s without one.
 
     The exit is pyspark's own shutdown (its manager's `finally`), with no worker to end. Forked
     workers reset the handler: a worker must never run this check.
