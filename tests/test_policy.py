@@ -245,7 +245,7 @@ def test_the_bootstraps_are_their_per_round_definitions(primary, monkeypatch):
     frame, _, x = _randomized(3000, seed=8)
     assignment = np.where(x > 0.7, "a", np.where(x > 0.3, "b", "control"))
     curve = evaluation.budget_curve(assignment, x, frame, exp, targeting, audience_rows=3000, rounds=rounds, seed=seed)
-    value, responses = evaluation._value_and_responses(assignment, frame, exp, targeting)
+    value, _ = evaluation._value_and_responses(assignment, frame, exp, targeting)
     sent = np.flatnonzero(assignment != "control")
     order = sent[np.argsort(-x[sent], kind="mergesort")]
     ks = np.unique(np.linspace(0, len(order), 21).round().astype(int))

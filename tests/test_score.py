@@ -83,9 +83,9 @@ def test_a_scoring_set_with_other_features_than_the_models_is_refused_by_name():
     assert "the model knows arms ['control', 'a']" in serving_problem(["customer_id"], model, "control", ["a", "b"])
 
 
-def test_the_workers_started_ahead_of_scoring_write_nothing_and_report_a_failure(spark):
-    """score starts the Python workers while it resolves the champion: the warm-up job has no
-    output, and a worker that cannot import what scoring needs is an error, not a silent skip."""
+def test_the_workers_started_ahead_of_scoring_report_a_failure(spark):
+    """score starts the Python workers while it resolves the champion: the warm-up job completes,
+    and a worker that cannot import what scoring needs is an error, not a silent skip."""
     frame = spark.createDataFrame(pd.DataFrame({"customer_id": ["a", "b", "c"]}))
     assert start_python_workers(frame, ("lightgbm", "jobs.tlearner")).result() is None
     with pytest.raises(Exception, match="jobs.no_such_module"):
