@@ -13,6 +13,13 @@ sends. A remote host (a server in front of a cluster) is never started from here
 The server's Python workers import `jobs` from the checkout that started it, once per worker:
 after changing the code, `uplift spark-server stop` (the next step starts a fresh server). Their
 daemon, one per session that runs Python, exits once idle (jobs.worker_daemon).
+
+The nightly's Spark steps share one session on a local server (`shared_session`), from night to
+night: Spark keeps the classes it generates for a query per session (their class loader is the
+session's), so a step in a session of its own compiled its ~300 classes again every night. A
+step that fails releases the shared session, and with it what the server runs for it; the next
+step gets a new one (`renew_session`), as it does when the session expired unused
+(SESSION_TIMEOUT).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlparse
@@ -39,6 +47,11 @@ SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 DEFAULT_PORT = 15002
 START_TIMEOUT_S = 180
+# How long the server keeps a session no client has used: the steps' shared session must outlive
+# the day between two nights (a weekly cadence gets a new one, and compiles again).
+SESSION_TIMEOUT = "48h"
+# Generated classes kept (Spark's default, 100, is a third of what one night generates).
+CODEGEN_CACHE_ENTRIES = 1000
 
 
 class ServerError(RuntimeError):
@@ -81,6 +94,8 @@ def server_command(settings: Settings, port: int) -> list[str]:
         "spark.connect.grpc.binding.port": port,
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
+        "spark.connect.session.manager.defaultSessionTimeout": SESSION_TIMEOUT,
+        "spark.sql.codegen.cache.maxEntries": CODEGEN_CACHE_ENTRIES,
         # pyspark's daemon, exiting once idle: Spark keeps a daemon per session until the server stops.
         "spark.python.daemon.module": "jobs.worker_daemon",
     }
@@ -155,7 +170,7 @@ def start(settings: Settings, port: int) -> int:
             cwd=folder,
             start_new_session=True,  # outlives the step (and the Airflow task) that started it
         )
-    record = {"pid": process.pid, "project": str(PROJECT_ROOT), "python": sys.executable}
+    record = {"pid": process.pid, "project": str(PROJECT_ROOT), "python": sys.executable, "session": _new_session()}
     (folder / "server.json").write_text(json.dumps(record))
     while not listening("127.0.0.1", port):
         if process.poll() is not None or time.perf_counter() - started > START_TIMEOUT_S:
@@ -183,6 +198,32 @@ def ensure_server(settings: Settings) -> None:
             _check_same_code(port)
         else:
             start(settings, port)
+
+
+def _new_session() -> str:
+    return str(uuid.uuid4())
+
+
+def shared_session(settings: Settings) -> str | None:
+    """The id of the session the nightly's steps share on the local server of `spark.remote`
+    (None for a remote host, or a server not started from here)."""
+    if not is_local(settings.spark.remote):
+        return None
+    record = _record(address(settings.spark.remote)[1])
+    return record.get("session") if record else None
+
+
+def renew_session(settings: Settings, stale: str) -> str:
+    """Replace the shared session `stale` (released or expired: the server refuses its id for
+    good) with a new one, unless another step did already; the id to use."""
+    port = address(settings.spark.remote)[1]
+    with _start_lock(port):
+        path = state_dir(port) / "server.json"
+        record = json.loads(path.read_text())
+        if record.get("session") in (None, stale):
+            record["session"] = _new_session()
+            path.write_text(json.dumps(record))
+        return record["session"]
 
 
 def stop_pid(pid: int, timeout_s: float = 60) -> None:

@@ -99,14 +99,19 @@ def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
     return spark
 
 
-def _connect(settings: Settings) -> SparkSession:
-    """A session on the Spark Connect server of `spark.remote` (jobs/connect.py), started if local and down."""
+def _connect(settings: Settings, session_id: str | None = None) -> SparkSession:
+    """A session on the Spark Connect server of `spark.remote` (jobs/connect.py), started if local
+    and down: a new one, or the one session_id names (created by the first client that names it)."""
     from pyspark.sql import SparkSession
 
     from jobs.connect import ensure_server
 
     ensure_server(settings)
-    spark = SparkSession.builder.remote(settings.spark.remote).getOrCreate()
+    remote = settings.spark.remote
+    if session_id is not None:
+        base = remote if ";" in remote else f"{remote.rstrip('/')}/"  # sc://host:port/;param=value;...
+        remote = f"{base};session_id={session_id}"
+    spark = SparkSession.builder.remote(remote).getOrCreate()
     # The server's static settings (master, memory, JVM options) come from its start; these are
     # the session's, the same as get_spark gives an in-process session.
     for key, value in SESSION_CONF.items():
@@ -115,16 +120,56 @@ def _connect(settings: Settings) -> SparkSession:
     return spark
 
 
+def _shared_session(settings: Settings) -> SparkSession:
+    """The session the nightly's steps share on the local server (jobs.connect.shared_session);
+    when the server refuses it (released by a failed step, or expired unused), a new one."""
+    from jobs.connect import ensure_server, renew_session, shared_session
+
+    ensure_server(settings)
+    session_id = shared_session(settings)
+    if session_id is None:  # a remote host, or a server started by code from before sharing
+        return _connect(settings)
+    try:
+        return _connect(settings, session_id)
+    except Exception as error:  # pyspark's SparkConnectGrpcException, named by its error class
+        if "SESSION_CLOSED" not in str(error) and "SESSION_NOT_FOUND" not in str(error):
+            raise
+        _forget_session()
+        return _connect(settings, renew_session(settings, session_id))
+
+
+def _forget_session() -> None:
+    """Drop this process's Connect session without releasing it on the server (what the next
+    getOrCreate would otherwise return)."""
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    active = ConnectSession.getActiveSession()
+    if active is not None:
+        active.release_session_on_close = False
+        active.stop()
+
+
 @contextmanager
-def step_session(settings: Settings, app_name: str) -> Iterator[SparkSession]:
+def step_session(settings: Settings, app_name: str, shared: bool = False) -> Iterator[SparkSession]:
     """The session of one step. On a Connect server it is released after the step, with what it
-    cached: the server outlives the step. An in-process session stays for whoever runs next."""
-    spark = get_spark(settings, app_name)
+    cached: the server outlives the step. An in-process session stays for whoever runs next.
+
+    shared: the nightly's steps on a local Connect server share one session from step to step and
+    night to night (jobs.connect: Spark's generated classes are kept per session). A step clears
+    the session's cache after it, and releases the session when it fails, so that the server
+    stops what it was running for it (the next step gets a new session). The DAG runs one step
+    at a time (max_active_runs=1); a step run by hand beside it would share the session: it
+    could lose its cache to the other's end, never its results."""
+    spark = _shared_session(settings) if shared and settings.spark.remote else get_spark(settings, app_name)
+    failed = True
     try:
         yield spark
+        failed = False
     finally:
         if settings.spark.remote:
             spark.catalog.clearCache()
+            # pyspark calls this attribute "testing only": it is what leaves a session open on close.
+            spark.release_session_on_close = not shared or failed
             spark.stop()
             for name in CONNECT_ENV:  # what runs next in this process (or its children) is classic
                 os.environ.pop(name, None)

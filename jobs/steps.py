@@ -24,7 +24,7 @@ def _validate_raw(settings: Settings, run_date: date) -> dict:
     from jobs.validate import preload_gx, validate_raw
 
     preload_gx()  # while the session starts (and, on a machine's first night, the Connect server)
-    with step_session(settings, "uplift-validate-raw") as spark:
+    with step_session(settings, "uplift-validate-raw", shared=True) as spark:
         return validate_raw(spark, settings, run_date)
 
 
@@ -32,7 +32,7 @@ def _etl(settings: Settings, run_date: date) -> dict:
     from jobs.etl import run_etl
     from jobs.spark import step_session
 
-    with step_session(settings, "uplift-etl") as spark:
+    with step_session(settings, "uplift-etl", shared=True) as spark:
         return run_etl(spark, settings, run_date)
 
 
@@ -41,7 +41,7 @@ def _validate_features(settings: Settings, run_date: date) -> dict:
     from jobs.validate import preload_gx, validate_features
 
     preload_gx()
-    with step_session(settings, "uplift-validate-features") as spark:
+    with step_session(settings, "uplift-validate-features", shared=True) as spark:
         return validate_features(spark, settings, run_date)
 
 
@@ -86,7 +86,7 @@ def _score(settings: Settings, run_date: date) -> dict:
     from jobs.score import score
     from jobs.spark import step_session
 
-    with step_session(settings, "uplift-score") as spark:
+    with step_session(settings, "uplift-score", shared=True) as spark:
         result = score(spark, settings, run_date)
     return {**result, "postgres_rows": to_postgres(settings, run_date)}
 

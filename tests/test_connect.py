@@ -16,6 +16,7 @@ import pytest
 
 from conftest import free_port
 from jobs import connect
+from jobs.spark import step_session
 
 UPLIFT = str(Path(sys.executable).parent / "uplift")
 
@@ -93,7 +94,8 @@ def long_query(spark):
         seen["query"] = type(error).__name__
 
 try:
-    with step_session(settings, "uplift-test-cancel") as spark:
+    with step_session(settings, "uplift-test-cancel", shared=SHARED) as spark:
+        seen["session"] = spark.session_id
         query = threading.Thread(target=long_query, args=(spark,))
         query.start()
         time.sleep(5)
@@ -109,21 +111,25 @@ except TimeoutError:
     time.sleep(2)
     seen["cpu_after"] = server.cpu_percent(None)
     seen["connect_env_left"] = sorted({"SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE"} & set(os.environ))
+    with step_session(settings, "uplift-test-next", shared=SHARED) as spark:
+        seen["next_session"], seen["next_rows"] = spark.session_id, spark.range(5).count()
 print(json.dumps(seen))
 os._exit(0)  # a query thread left running must not hold the process
 """
 
 
 @pytest.mark.slow
-def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings, tmp_path):
+@pytest.mark.parametrize("shared", [False, True], ids=["own session", "shared session"])
+def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings, tmp_path, shared):
     """A failing or timed-out step (an exception in its process) releases its session, and with
-    it what the server was running for it: the next step finds the server idle. And the process
-    is left classic: pyspark would leave it in Connect mode."""
+    it what the server was running for it: the next step finds the server idle, and runs (in a
+    new session: a released one is gone). And the process is left classic: pyspark would leave
+    it in Connect mode."""
     port = free_port()
     (tmp_path / "remote.yml").write_text(f"spark:\n  remote: sc://localhost:{port}\n")
     env = {**os.environ, "UPLIFT_CONF": f"{os.environ['UPLIFT_CONF']}{os.pathsep}{tmp_path / 'remote.yml'}"}
     try:
-        step = [sys.executable, "-c", FAILING_STEP]
+        step = [sys.executable, "-c", f"SHARED = {shared}\n" + FAILING_STEP]
         done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
         seen = json.loads(done.stdout.strip().splitlines()[-1])
@@ -131,6 +137,51 @@ def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings, t
         assert not seen["query_alive"] and seen["query"] != "finished", seen
         assert seen["cpu_after"] < 50, f"the server still runs the failed step's query: {seen}"
         assert seen["connect_env_left"] == [], seen
+        assert seen["next_rows"] == 5 and seen["next_session"] != seen["session"], seen
+    finally:
+        connect.stop(on_port(settings, port))
+
+
+# One step of a night on the shared session: a query whose classes Spark generates and compiles.
+SHARED_STEP = """
+import json
+from jobs.settings import load_settings
+from jobs.spark import step_session
+
+with step_session(load_settings(), "uplift-test-shared", shared=True) as spark:
+    frame = spark.range(10_000).selectExpr("id % 7 AS k", "id * 3 AS v").groupBy("k").sum("v")
+    cached_before = frame.storageLevel.useMemory  # left by the step before?
+    frame.cache().count()
+    print(json.dumps({"session": spark.session_id, "cached_before": cached_before}))
+"""
+
+
+@pytest.mark.slow
+def test_the_nightly_steps_share_a_session_and_the_classes_spark_compiled_for_it(settings, tmp_path):
+    """Spark keeps the classes it generates for a query per Connect session: a step in a session
+    of its own compiled the same classes again every night. The nightly's steps share one
+    session on the local server, so a step run again compiles (almost) nothing; a step that
+    leaves nothing cached behind for the next one; a step outside the night (what-if) keeps a
+    session of its own."""
+    port = free_port()
+    (tmp_path / "remote.yml").write_text(f"spark:\n  remote: sc://localhost:{port}\n")
+    env = {**os.environ, "UPLIFT_CONF": f"{os.environ['UPLIFT_CONF']}{os.pathsep}{tmp_path / 'remote.yml'}"}
+    log = connect.state_dir(port) / "server.log"
+
+    def step() -> tuple[str, int]:
+        before = log.read_text().count("Code generated in") if log.exists() else 0
+        done = subprocess.run([sys.executable, "-c", SHARED_STEP], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert not seen["cached_before"], "the step before left its cache in the shared session"
+        return seen["session"], log.read_text().count("Code generated in") - before
+
+    try:
+        (first, compiled), (second, compiled_again) = step(), step()
+        assert first == second == connect.shared_session(on_port(settings, port))
+        assert compiled >= 3 and compiled_again < compiled / 2, (compiled, compiled_again)
+        with step_session(on_port(settings, port), "uplift-test-own") as spark:  # not a nightly step
+            assert spark.session_id != first
     finally:
         connect.stop(on_port(settings, port))
 
