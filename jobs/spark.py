@@ -77,6 +77,9 @@ def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
     from pyspark.sql import SparkSession
 
     if settings.spark.remote:
+        from jobs.connect import ensure_server
+
+        ensure_server(settings)
         return _connect(settings)
 
     # Workers must run this interpreter, or every UDF dies without pandas/lightgbm.
@@ -100,13 +103,11 @@ def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
 
 
 def _connect(settings: Settings, session_id: str | None = None) -> SparkSession:
-    """A session on the Spark Connect server of `spark.remote` (jobs/connect.py), started if local
-    and down: a new one, or the one session_id names (created by the first client that names it)."""
+    """A session on the Spark Connect server of `spark.remote` (jobs/connect.py; the caller has
+    started it if it is local and was down): a new one, or the one session_id names (created by
+    the first client that names it)."""
     from pyspark.sql import SparkSession
 
-    from jobs.connect import ensure_server
-
-    ensure_server(settings)
     remote = settings.spark.remote
     if session_id is not None:
         base = remote if ";" in remote else f"{remote.rstrip('/')}/"  # sc://host:port/;param=value;...
