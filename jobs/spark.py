@@ -118,6 +118,11 @@ def _connect(settings: Settings, session_id: str | None = None) -> SparkSession:
     for key, value in SESSION_CONF.items():
         spark.conf.set(key, str(value))
     spark.conf.set("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
+    if session_id is not None:
+        # The server keeps each session's resolved plans by their protobuf, a read with its file
+        # listing; a later step sends the same protobuf for the same path (its plan ids restart
+        # in every process) and would read the files the folder held then (a republished date).
+        spark.conf.set("spark.connect.session.planCache.enabled", "false")
     return spark
 
 

@@ -12,6 +12,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import free_port
@@ -144,7 +145,7 @@ def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings, t
 
 # One step of a night on the shared session: a query whose classes Spark generates and compiles.
 SHARED_STEP = """
-import json
+import json, sys
 from jobs.settings import load_settings
 from jobs.spark import step_session
 
@@ -152,7 +153,8 @@ with step_session(load_settings(), "uplift-test-shared", shared=True) as spark:
     frame = spark.range(10_000).selectExpr("id % 7 AS k", "id * 3 AS v").groupBy("k").sum("v")
     cached_before = frame.storageLevel.useMemory  # left by the step before?
     frame.cache().count()
-    print(json.dumps({"session": spark.session_id, "cached_before": cached_before}))
+    rows = spark.read.parquet(sys.argv[1]).count()  # a folder whose files change between the steps
+    print(json.dumps({"session": spark.session_id, "cached_before": cached_before, "rows": rows}))
 """
 
 
@@ -161,23 +163,32 @@ def test_the_nightly_steps_share_a_session_and_the_classes_spark_compiled_for_it
     """Spark keeps the classes it generates for a query per Connect session: a step in a session
     of its own compiled the same classes again every night. The nightly's steps share one
     session on the local server, so a step run again compiles (almost) nothing; a step that
-    leaves nothing cached behind for the next one; a step outside the night (what-if) keeps a
-    session of its own."""
+    leaves nothing cached behind for the next one, and reads a folder as it is now (a date
+    republished between two steps); a step outside the night (what-if) keeps a session of its own."""
     port = free_port()
     (tmp_path / "remote.yml").write_text(f"spark:\n  remote: sc://localhost:{port}\n")
     env = {**os.environ, "UPLIFT_CONF": f"{os.environ['UPLIFT_CONF']}{os.pathsep}{tmp_path / 'remote.yml'}"}
     log = connect.state_dir(port) / "server.log"
 
-    def step() -> tuple[str, int]:
+    folder = tmp_path / "published"
+    folder.mkdir()
+    pd.DataFrame({"x": range(5)}).to_parquet(folder / "part-a.parquet")
+
+    def step(rows: int) -> tuple[str, int]:
         before = log.read_text().count("Code generated in") if log.exists() else 0
-        done = subprocess.run([sys.executable, "-c", SHARED_STEP], env=env, capture_output=True, text=True, timeout=300)
+        command = [sys.executable, "-c", SHARED_STEP, str(folder)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
         seen = json.loads(done.stdout.strip().splitlines()[-1])
         assert not seen["cached_before"], "the step before left its cache in the shared session"
+        assert seen["rows"] == rows, f"read {seen['rows']} rows of the folder, not the {rows} it holds"
         return seen["session"], log.read_text().count("Code generated in") - before
 
     try:
-        (first, compiled), (second, compiled_again) = step(), step()
+        first, compiled = step(5)
+        (folder / "part-a.parquet").unlink()  # republished: other files, other rows
+        pd.DataFrame({"x": range(7)}).to_parquet(folder / "part-b.parquet")
+        second, compiled_again = step(7)
         assert first == second == connect.shared_session(on_port(settings, port))
         assert compiled >= 3 and compiled_again < compiled / 2, (compiled, compiled_again)
         with step_session(on_port(settings, port), "uplift-test-own") as spark:  # not a nightly step
