@@ -17,7 +17,6 @@ import pytest
 
 from conftest import free_port
 from jobs import connect
-from jobs.spark import step_session
 
 UPLIFT = str(Path(sys.executable).parent / "uplift")
 
@@ -149,7 +148,7 @@ import json, sys
 from jobs.settings import load_settings
 from jobs.spark import step_session
 
-with step_session(load_settings(), "uplift-test-shared", shared=True) as spark:
+with step_session(load_settings(), "uplift-test-shared", shared=sys.argv[2] == "shared") as spark:
     frame = spark.range(10_000).selectExpr("id % 7 AS k", "id * 3 AS v").groupBy("k").sum("v")
     cached_before = frame.storageLevel.useMemory  # left by the step before?
     frame.cache().count()
@@ -174,9 +173,9 @@ def test_the_nightly_steps_share_a_session_and_the_classes_spark_compiled_for_it
     folder.mkdir()
     pd.DataFrame({"x": range(5)}).to_parquet(folder / "part-a.parquet")
 
-    def step(rows: int) -> tuple[str, int]:
+    def step(rows: int, session: str = "shared") -> tuple[str, int]:
         before = log.read_text().count("Code generated in") if log.exists() else 0
-        command = [sys.executable, "-c", SHARED_STEP, str(folder)]
+        command = [sys.executable, "-c", SHARED_STEP, str(folder), session]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
         seen = json.loads(done.stdout.strip().splitlines()[-1])
@@ -191,8 +190,8 @@ def test_the_nightly_steps_share_a_session_and_the_classes_spark_compiled_for_it
         second, compiled_again = step(7)
         assert first == second == connect.shared_session(on_port(settings, port))
         assert compiled >= 3 and compiled_again < compiled / 2, (compiled, compiled_again)
-        with step_session(on_port(settings, port), "uplift-test-own") as spark:  # not a nightly step
-            assert spark.session_id != first
+        own, _ = step(7, session="own")  # a step outside the night
+        assert own != first
     finally:
         connect.stop(on_port(settings, port))
 
