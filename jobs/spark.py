@@ -165,7 +165,8 @@ def step_session(settings: Settings, app_name: str, shared: bool = False) -> Ite
     the session's cache after it, and releases the session when it fails, so that the server
     stops what it was running for it (the next step gets a new session). The DAG runs one step
     at a time (max_active_runs=1); a step run by hand beside it would share the session: it
-    could lose its cache to the other's end, never its results."""
+    could lose its cache to the other's end, and its running query to the other's failure (the
+    release), never its results."""
     spark = _shared_session(settings) if shared and settings.spark.remote else get_spark(settings, app_name)
     failed = True
     try:
