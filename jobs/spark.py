@@ -126,15 +126,16 @@ def _connect(settings: Settings, session_id: str | None = None) -> SparkSession:
     return spark
 
 
-def _shared_session(settings: Settings) -> SparkSession:
+def _shared_session(settings: Settings) -> SparkSession | None:
     """The session the nightly's steps share on the local server (jobs.connect.shared_session);
-    when the server refuses it (released by a failed step, or expired unused), a new one."""
+    when the server refuses it (released by a failed step, or expired unused), a new one. None
+    where there is none to share: a remote host, or a server started by code from before sharing."""
     from jobs.connect import ensure_server, renew_session, shared_session
 
     ensure_server(settings)
     session_id = shared_session(settings)
-    if session_id is None:  # a remote host, or a server started by code from before sharing
-        return _connect(settings)
+    if session_id is None:
+        return None
     try:
         return _connect(settings, session_id)
     except Exception as error:  # pyspark's SparkConnectGrpcException, named by its error class
@@ -167,7 +168,10 @@ def step_session(settings: Settings, app_name: str, shared: bool = False) -> Ite
     at a time (max_active_runs=1); a step run by hand beside it would share the session: it
     could lose its cache to the other's end, and its running query to the other's failure (the
     release), never its results."""
-    spark = _shared_session(settings) if shared and settings.spark.remote else get_spark(settings, app_name)
+    spark = _shared_session(settings) if shared and settings.spark.remote else None
+    shared = spark is not None
+    if not shared:  # a session of the step's own, released after it
+        spark = get_spark(settings, app_name)
     failed = True
     try:
         yield spark

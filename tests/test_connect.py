@@ -156,6 +156,19 @@ with step_session(load_settings(), "uplift-test-shared", shared=sys.argv[2] == "
     print(json.dumps({"session": spark.session_id, "cached_before": cached_before, "rows": rows}))
 """
 
+# Attach to a session by its id: a released one the server refuses for good.
+REATTACH = """
+import sys
+from jobs.settings import load_settings
+from jobs.spark import _connect
+
+try:
+    _connect(load_settings(), sys.argv[1]).range(1).count()
+    print("open")
+except Exception as error:
+    print("refused" if "SESSION_CLOSED" in str(error) else f"failed: {error}")
+"""
+
 
 @pytest.mark.slow
 def test_the_nightly_steps_share_a_session_and_the_classes_spark_compiled_for_it(settings, tmp_path):
@@ -192,6 +205,14 @@ def test_the_nightly_steps_share_a_session_and_the_classes_spark_compiled_for_it
         assert compiled >= 3 and compiled_again < compiled / 2, (compiled, compiled_again)
         own, _ = step(7, session="own")  # a step outside the night
         assert own != first
+        # A server that names no session to share (started by code from before sharing): the
+        # night's step runs in a session of its own, and releases it like any other.
+        record = connect.state_dir(port) / "server.json"
+        record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "session"}))
+        unshared, _ = step(7)
+        assert unshared != first
+        done = subprocess.run([sys.executable, "-c", REATTACH, unshared], env=env, capture_output=True, text=True)
+        assert done.stdout.strip().splitlines()[-1:] == ["refused"], done.stdout + done.stderr[-3000:]
     finally:
         connect.stop(on_port(settings, port))
 
