@@ -20,6 +20,10 @@ plumbing (ranking windows over the whole audience) around the same column rules.
   only the recommended customers whose running count / spend stays within budget are selected.
 - A stable pseudo-random `holdout_share` of the selected is flagged `holdout`: not sent, kept
   as a fresh randomized control. The draw depends on (customer_id, run_date) only.
+- Every audience is also an experiment (`assign`): an `exploration_share` of the eligible is sent
+  control or an allowed arm at random, and each row records its assignment route, the arm it is
+  sent and the probability of that arm under all routes (`propensity`), which the nights after
+  weigh its outcome by.
 - Until a model passes the gate, the night's policy is a constant one (`best_constant`): every
   eligible customer gets the arm whose net value's lower 95% bound is highest if that bound is
   above zero (and which keeps every guardrail), otherwise no one.
@@ -81,19 +85,26 @@ def net_values(uplifts: pd.DataFrame, targeting: Targeting, arms: list[str]) -> 
 def _parts(frame: pd.DataFrame, targeting: Targeting, arms: list[str]) -> dict:
     """What the choice reads, rows x arms: net values, primary uplifts, the arms the per-customer
     guardrails allow, and each campaign-limited outcome's uplift above its limit."""
-    allowed = np.ones((len(frame), len(arms)), dtype=bool)
-    above = {}
-    for outcome, guardrail in targeting.guardrails.items():
-        if guardrail.max_uplift is not None:
-            allowed &= _uplifts(frame, arms, outcome, "uplift_high_") <= guardrail.max_uplift
-        if guardrail.max_increase_per_send is not None:
-            above[outcome] = _uplifts(frame, arms, outcome) - guardrail.max_increase_per_send
+    above = {
+        outcome: _uplifts(frame, arms, outcome) - guardrail.max_increase_per_send
+        for outcome, guardrail in targeting.guardrails.items()
+        if guardrail.max_increase_per_send is not None
+    }
     return {
         "net": net_values(frame, targeting, arms),
         "uplift": _uplifts(frame, arms),
-        "allowed": allowed,
+        "allowed": allowed_arms(frame, targeting, arms),
         "above": above,
     }
+
+
+def allowed_arms(frame: pd.DataFrame, targeting: Targeting, arms: list[str]) -> np.ndarray:
+    """rows x arms: the arms the per-customer guardrails allow (upper bound within max_uplift)."""
+    allowed = np.ones((len(frame), len(arms)), dtype=bool)
+    for outcome, guardrail in targeting.guardrails.items():
+        if guardrail.max_uplift is not None:
+            allowed &= _uplifts(frame, arms, outcome, "uplift_high_") <= guardrail.max_uplift
+    return allowed
 
 
 def _pick(parts: dict, targeting: Targeting, prices: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -167,9 +178,11 @@ def guardrail_prices(frame: pd.DataFrame, targeting: Targeting, arms: list[str])
     return search_prices(targeting, lambda o, grid, prices: _excess(parts, targeting, o, grid, prices), chunk=8)
 
 
-def holdout_draw(customer_ids: pd.Series, run_date: date) -> np.ndarray:
-    """A stable uniform draw in [0, 1) per (customer, run date): the same on every rerun and path."""
-    keys = customer_ids.astype(str) + "|" + run_date.isoformat()
+def holdout_draw(customer_ids: pd.Series, run_date: date, stream: str = "") -> np.ndarray:
+    """A stable uniform draw in [0, 1) per (customer, run date): the same on every rerun and path.
+
+    stream: another independent draw of the same customer and night (the holdout's is "")."""
+    keys = customer_ids.astype(str) + "|" + run_date.isoformat() + (f"|{stream}" if stream else "")
     hashed = pd.util.hash_pandas_object(keys, index=False).to_numpy()
     return (hashed >> np.uint64(11)).astype(np.float64) / float(2**53)
 
@@ -228,13 +241,14 @@ def within_budget(recommended, sends_so_far, spend_so_far, targeting: Targeting)
     """Selected under the budgets. Works on pandas Series and on Spark Columns alike.
 
     sends_so_far / spend_so_far: running count and spend of the recommended customers up to
-    and including this one, in rank order.
+    and including this one, in rank order. The ranking gets the budgets less the exploration
+    share, which the explore route spends (`exploration_probability`).
     """
-    selected = recommended
+    selected, room = recommended, 1 - targeting.exploration_share
     if targeting.max_sends is not None:
-        selected = selected & (sends_so_far <= targeting.max_sends)
+        selected = selected & (sends_so_far <= targeting.max_sends * room)
     if targeting.max_spend is not None:
-        selected = selected & (spend_so_far <= targeting.max_spend)
+        selected = selected & (spend_so_far <= targeting.max_spend * room)
     return selected
 
 
@@ -263,6 +277,83 @@ def apply(
     out["rank"], out["selected"] = rank, selected
     out["holdout"] = is_holdout(selected, customers.draw, targeting)
     return out if out.index.is_monotonic_increasing else out.sort_index()
+
+
+TARGET, HOLDOUT, EXPLORE = "target", "holdout", "explore"
+ASSIGNMENTS = (TARGET, HOLDOUT, EXPLORE, NONE)
+ASSIGNMENT_COLUMNS = ["assignment", "assigned_arm", "propensity", "inclusion_probability"]
+EXPLORE_STREAM, EXPLORE_ARM_STREAM = "explore", "explore_arm"  # holdout_draw's streams of the explore route
+
+
+def budgeted_sends(targeting: Targeting, arms: list[str]) -> float | None:
+    """The sends the budgets buy (max_sends; max_spend at the arms' mean cost); None without a budget."""
+    limits = [] if targeting.max_sends is None else [float(targeting.max_sends)]
+    if targeting.max_spend is not None:
+        cost = float(np.mean([targeting.cost_per_send[a] for a in arms]))
+        limits += [targeting.max_spend / cost] if cost > 0 else []
+    return min(limits) if limits else None
+
+
+def exploration_probability(targeting: Targeting, arms: list[str], eligible: int) -> float:
+    """Each eligible customer's chance of the explore route tonight: `exploration_share`, or with a
+    budget that share of the budgeted sends spread over the eligible (never more than the share)."""
+    share, budget = targeting.exploration_share, budgeted_sends(targeting, arms)
+    if budget is None or eligible <= 0:
+        return share
+    return min(share, share * budget / eligible)
+
+
+def assign(
+    frame: pd.DataFrame, targeting: Targeting, control: str, split: dict[str, float], run_date: date, explore: float
+) -> pd.DataFrame:
+    """frame (customer_id, recommended_arm, selected, holdout, the guardrails' uplift_high_*) with
+    ASSIGNMENT_COLUMNS: what is sent to each customer tonight, and with what probability.
+
+    Routes, decided by independent stable draws per (customer, run date) (`holdout_draw`'s streams):
+    - explore, with probability p = `explore` (exploration_probability): control or an arm the
+      guardrails allow the customer, drawn at `split` renormalised over those: q_b(x);
+    - otherwise holdout: a selected customer whose holdout draw is below holdout_share h: control;
+    - otherwise target: a selected customer (s(x) = 1) gets the recommended arm r(x);
+    - otherwise none: nothing is sent (assigned_arm null).
+    `propensity` is the probability that the customer is recorded with this assigned arm, summed over
+    every route that could give it (the route that happened alone would bias every weighted estimate):
+
+        P(b | x) = p q_b(x) + (1 - p) s(x) [h if b = control, else (1 - h) 1(b = r(x))]
+        P(none | x) = (1 - p) (1 - s(x))
+
+    `inclusion_probability` = p + (1 - p) s(x), the chance of being on the send list at all (any
+    arm or control): a sent row stands for 1 / inclusion_probability eligible customers.
+    A guardrail-forbidden arm has probability 0; every other arm and control keep at least p q_b(x) > 0.
+    """
+    arms = [a for a in split if a != control]
+    options = np.array([control, *arms], dtype=object)
+    n = len(frame)
+    shares = np.column_stack(
+        [np.full(n, split[control]), allowed_arms(frame, targeting, arms) * np.array([split[a] for a in arms])]
+    )
+    shares = shares / shares.sum(axis=1, keepdims=True)
+    ids = frame["customer_id"]
+    exploring = holdout_draw(ids, run_date, EXPLORE_STREAM) < explore
+    picked = np.minimum(
+        (holdout_draw(ids, run_date, EXPLORE_ARM_STREAM)[:, None] >= shares.cumsum(axis=1)).sum(1),
+        len(options) - 1,  # a draw at the very top of a rounded cumulative share
+    )
+    selected, holdout = frame["selected"].to_numpy(bool), frame["holdout"].to_numpy(bool)
+    recommended = pd.Series(frame["recommended_arm"].to_numpy()).map({a: i for i, a in enumerate(options)})
+    recommended = recommended.fillna(-1).to_numpy(np.int64)
+    chosen = np.where(exploring, picked, np.where(holdout, 0, np.where(selected, recommended, -1)))
+    rows = np.arange(n)
+    by_route = np.where(chosen == 0, targeting.holdout_share, (1 - targeting.holdout_share) * (chosen == recommended))
+    out = frame.copy()
+    out["assignment"] = np.where(exploring, EXPLORE, np.where(holdout, HOLDOUT, np.where(selected, TARGET, NONE)))
+    out["assigned_arm"] = np.where(chosen >= 0, options[np.maximum(chosen, 0)], None)
+    out["propensity"] = np.where(
+        chosen >= 0,
+        explore * shares[rows, np.maximum(chosen, 0)] + (1 - explore) * selected * by_route,
+        (1 - explore) * (1 - selected),
+    )
+    out["inclusion_probability"] = explore + (1 - explore) * selected
+    return out
 
 
 def scaled(targeting: Targeting, factor: float) -> Targeting:

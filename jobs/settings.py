@@ -176,6 +176,10 @@ class Targeting(_Strict):
     max_sends: int | None = Field(default=None, gt=0)
     max_spend: float | None = Field(default=None, gt=0)
     holdout_share: float = Field(ge=0, lt=1)
+    # Of the eligible customers (with a budget: of the budgeted sends), the random share assigned
+    # across control and the arms the guardrails allow at experiment.expected_split, whatever the
+    # model thinks: every arm stays observable for every kind of customer (jobs.policy.assign).
+    exploration_share: float = Field(default=0.05, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _outcome_names(self) -> Targeting:
@@ -196,6 +200,23 @@ class Targeting(_Strict):
 class Export(_Strict):
     postgres_dsn_env: str | None = None
     postgres_table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # The campaign id an audience's send list carries: a format string of the run date. Sends that
+    # come back under it are the pipeline's own campaign (validated against that audience).
+    campaign_id: str = "uplift_{run_date:%Y%m%d}"
+
+    @model_validator(mode="after")
+    def _campaign_id_names_the_run_date(self) -> Export:
+        try:
+            first, second = self.campaign_of(date(2026, 1, 1)), self.campaign_of(date(2026, 1, 2))
+        except (KeyError, ValueError, IndexError) as err:
+            raise ValueError(f"export.campaign_id '{self.campaign_id}': {err!r}; use {{run_date:%Y%m%d}}") from None
+        if first == second:
+            raise ValueError(f"export.campaign_id '{self.campaign_id}' must contain {{run_date...}}: one id per night")
+        return self
+
+    def campaign_of(self, run_date: date) -> str:
+        """The campaign id of run_date's audience."""
+        return self.campaign_id.format(run_date=run_date)
 
 
 class Drift(_Strict):
