@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.features import FeatureSpec
-from jobs.lake import MissingInputError, raw_dir, raw_partitions
+from jobs.lake import ASSIGNMENT_RECORD, MissingInputError, own_campaigns, raw_dir, raw_partitions
 from jobs.settings import Settings, Source, load_settings
 from jobs.tlearner import label_column
 
@@ -173,6 +173,35 @@ def _point_in_time_sql(spec: FeatureSpec, anchors: str) -> str:
     """
 
 
+def _records_sql(settings: Settings, run_date: date) -> str:
+    """The own campaigns' assignment records (jobs.lake.assignment_records), or an empty table of them."""
+    folders = [str(p / "*.parquet") for p in own_campaigns(settings, run_date).values()]
+    if not folders:
+        return (
+            "SELECT NULL::VARCHAR AS campaign_id, NULL::VARCHAR AS customer_id, NULL::VARCHAR AS assignment, "
+            "NULL::VARCHAR AS assigned_arm, NULL::DOUBLE AS propensity, NULL::DOUBLE AS inclusion_probability "
+            "WHERE false"
+        )
+    columns = ", ".join(ASSIGNMENT_RECORD)
+    return f"SELECT {columns} FROM read_parquet({folders!r}) WHERE assigned_arm IS NOT NULL"
+
+
+def _split_sql(settings: Settings) -> str:
+    """The randomization share of m.arm in m.campaign_id (jobs.etl.split_share)."""
+    exp = settings.experiment
+    default = " ".join(f"WHEN m.arm = {_quote(a)} THEN {float(v)!r}" for a, v in exp.expected_split.items())
+    own = " ".join(
+        f"WHEN m.campaign_id = {_quote(c)} AND m.arm = {_quote(a)} THEN {float(v)!r}"
+        for c, split in exp.campaign_splits.items()
+        for a, v in split.items()
+    )
+    declared = ", ".join(_quote(c) for c in exp.campaign_splits)
+    fallback = f"CASE {default} END"
+    if not declared:
+        return fallback
+    return f"CASE WHEN m.campaign_id IN ({declared}) THEN COALESCE(CASE {own} END, 0.0) ELSE {fallback} END"
+
+
 def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
     """Write out_dir/training.parquet and out_dir/scoring.parquet as jobs.etl.build_sets defines them.
 
@@ -247,12 +276,21 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
             FROM users WHERE dt = (SELECT max(snapshot_dt) FROM snapshot_days)
             AND ({spec.eligibility})  -- Spark SQL, which DuckDB reads alike for plain conditions
         """)
+        con.execute(f"CREATE TEMP TABLE records AS {_records_sql(settings, run_date)}")
         training_file, scoring_file = out_dir / "training.parquet", out_dir / "scoring.parquet"
         training_rows = con.execute(f"""
             COPY (
                 SELECT f.anchor_id AS send_id, f.customer_id, m.campaign_id, f.as_of AS sent_at, m.arm, m.label,
-                       {"".join(f"m.{_ident(label_column(o))}, " for o in settings.targeting.outcomes)}{features}
+                       {"".join(f"m.{_ident(label_column(o))}, " for o in settings.targeting.outcomes)}
+                       CASE WHEN o.campaign_id IS NOT NULL THEN r.assignment ELSE 'randomized' END AS assignment,
+                       CASE WHEN o.campaign_id IS NOT NULL THEN r.propensity ELSE {_split_sql(settings)} END
+                           AS propensity,
+                       CASE WHEN o.campaign_id IS NOT NULL THEN r.inclusion_probability ELSE 1.0 END
+                           AS inclusion_probability,
+                       {features}
                 FROM ({_point_in_time_sql(spec, "training_anchors")}) f JOIN matured m ON m.send_id = f.anchor_id
+                LEFT JOIN (SELECT DISTINCT campaign_id FROM records) o ON o.campaign_id = m.campaign_id
+                LEFT JOIN records r ON r.campaign_id = m.campaign_id AND r.customer_id = m.customer_id
             ) TO {_quote(str(training_file))} (FORMAT parquet)
         """).fetchone()[0]
         scoring_rows = con.execute(f"""

@@ -89,13 +89,34 @@ def budget_peak(settings: Settings, run_date: date) -> dict | None:
     return curve.loc[curve["net_value"].idxmax()].to_dict()
 
 
-def export_csv(settings: Settings, run_date: date, arm: str, output: Path) -> int:
-    """Write the send list of one arm (selected, not held out) as CSV; return the row count."""
-    if arm not in settings.experiment.arms:
-        raise ValueError(f"unknown arm '{arm}': the arms are {settings.experiment.arms}")
-    wanted = (pc.field("recommended_arm") == arm) & pc.field("selected") & ~pc.field("holdout")
-    columns = ["customer_id", "recommended_arm", f"uplift_{arm}", "expected_net_value", "rank", "model_version"]
-    scanner = _dataset(settings, run_date).scanner(columns=columns, filter=wanted)
+def export_csv(settings: Settings, run_date: date, arm: str | None, output: Path) -> int:
+    """Write the send list as CSV (every assigned row, or one arm's: control names the holdout and
+    explore-control rows, delivered back as `control` like a randomized campaign's); return the rows.
+
+    Each row carries what the e-mail tool sends back under campaign_id and what the nights after
+    learn from: the assigned arm, how it was assigned and its propensity.
+    """
+    exp = settings.experiment
+    if arm is not None and arm not in exp.all_arms:
+        raise ValueError(f"unknown arm '{arm}': the arms are {exp.all_arms}")
+    dataset = _dataset(settings, run_date)
+    if "assigned_arm" not in dataset.schema.names:
+        raise MissingInputError(
+            f"the audience of run_date={run_date} has no assignment record: rescore it (`uplift score`) to export it"
+        )
+    wanted = pc.field("assigned_arm").is_valid() if arm is None else pc.field("assigned_arm") == arm
+    columns = [
+        "customer_id",
+        "campaign_id",
+        "assigned_arm",
+        "assignment",
+        "propensity",
+        "recommended_arm",
+        "expected_net_value",
+        "rank",
+        "model_version",
+    ]
+    scanner = dataset.scanner(columns=columns, filter=wanted)
     output.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with pacsv.CSVWriter(str(output), scanner.projected_schema) as writer:

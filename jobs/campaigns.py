@@ -144,9 +144,9 @@ def budget(settings: Settings, run_date: date, max_sends: int) -> dict:
     """What the audience would select with another `max_sends` (holdout counted), per arm, without rerunning.
 
     The policy's budget rule over the published ranking: recommended customers in rank order
-    while their running count is within the budget (jobs.policy.within_budget; `max_spend`,
-    if set, is not applied here). Sums are the model's expectations over the selected,
-    before the fresh holdout is drawn from them.
+    while their running count is within the budget less the exploration share
+    (jobs.policy.within_budget; `max_spend`, if set, is not applied here). Sums are the model's
+    expectations over the selected, before the fresh holdout is drawn from them.
     """
     frame = _query(
         f"""
@@ -160,7 +160,7 @@ def budget(settings: Settings, run_date: date, max_sends: int) -> dict:
         WHERE recommended_arm <> '{NONE}' AND so_far <= ?
         GROUP BY recommended_arm ORDER BY recommended_arm
         """,
-        [_files(settings, "audience", run_date), max_sends],
+        [_files(settings, "audience", run_date), max_sends * (1 - settings.targeting.exploration_share)],
     )
     return {
         "max_sends": max_sends,
@@ -241,7 +241,7 @@ def segment(settings: Settings, run_date: date, picks: dict[str, str], arm: str)
         f"""
         SELECT count(*) AS customers, avg(p_control) AS without_message, avg("p_{arm}") AS with_message,
                avg(CASE WHEN recommended_arm = ? THEN 1.0 ELSE 0.0 END) AS recommended_share,
-               sum(CASE WHEN recommended_arm = ? AND selected AND NOT holdout THEN 1 ELSE 0 END) AS sends,
+               sum(CASE WHEN assigned_arm = ? THEN 1 ELSE 0 END) AS sends,
                avg("uplift_{arm}") AS targeting_uplift
         FROM ({base}) WHERE {conditions}
         """,

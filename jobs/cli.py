@@ -88,6 +88,31 @@ def nightly(run_date: RunDate) -> None:
 
 
 @app.command()
+def simulate(
+    first_night: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="The first night of the loop.")],
+    nights: Annotated[int, typer.Option(min=1, help="Nights of the loop, the first one included.")] = 5,
+    customers: Annotated[int, typer.Option(min=10)] = 30_000,
+    days: Annotated[int, typer.Option(min=1, help="Days of randomized history before the loop.")] = 30,
+    sends_per_day: Annotated[int, typer.Option(min=1)] = 6_000,
+    seed: int = 7,
+) -> None:
+    """Play the loop on the demo generator's truth: each night's audience is sent and learned from."""
+    from jobs.simulate import simulate as run_simulate
+
+    table = run_simulate(
+        load_settings(),
+        nights=nights,
+        customers=customers,
+        days=days,
+        sends_per_day=sends_per_day,
+        first_night=first_night.date(),
+        seed=seed,
+    )
+    for line in table:
+        typer.echo(json.dumps(line))
+
+
+@app.command()
 def generate(
     last_day: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day of landed data.")],
     customers: Annotated[int, typer.Option(min=10)] = 30_000,
@@ -128,18 +153,20 @@ def audience_show(run_date: RunDate, top: int = 10) -> None:
 @audience_app.command("export")
 def audience_export(
     run_date: RunDate,
-    arm: Annotated[str, typer.Option(help="The arm whose send list to write.")],
+    arm: Annotated[
+        str | None, typer.Option(help="One arm's rows (control: the holdout and explore-control); default: all.")
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="CSV file (default: var/exports/...).")] = None,
     format: Annotated[str, typer.Option(help="Only csv for now.")] = "csv",
 ) -> None:
-    """Write the send list of one arm (selected customers, holdout excluded) for the e-mail tool."""
+    """Write the send list for the e-mail tool: customer, campaign_id, assigned arm, assignment, propensity."""
     from jobs.audience import export_csv
 
     if format != "csv":
         raise typer.BadParameter("only --format csv is supported", param_hint="--format")
     settings = load_settings()
     day = run_date.date()
-    target = output or settings.paths.reports.parent / "exports" / f"audience-{day}-{arm}.csv"
+    target = output or settings.paths.reports.parent / "exports" / f"audience-{day}-{arm or 'all'}.csv"
     rows = export_csv(settings, day, arm, target)
     typer.echo(json.dumps({"rows": rows, "file": str(target)}))
 

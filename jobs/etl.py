@@ -11,6 +11,11 @@ Every feature of a row is computed as of an anchor time from data strictly befor
 User attributes come from the latest snapshot dated before the anchor's day. Which attributes
 and history features are computed is the feature spec's (`features:` in conf, jobs.features).
 Nothing about the send itself (its arm, its outcome) enters a feature.
+
+Every training row also says how its arm was assigned and with what probability (ASSIGNMENT_KEYS):
+a randomized campaign's share of the arm, or, for a campaign the pipeline published itself
+(export.campaign_id), the propensity its audience recorded (jobs.policy.assign), which training,
+diagnostics and the gate weigh the send by.
 """
 
 from __future__ import annotations
@@ -23,17 +28,60 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs.features import FeatureSpec
-from jobs.lake import MissingInputError, publish_partition, raw_partitions, read_raw
-from jobs.settings import Settings
+from jobs.lake import MissingInputError, assignment_records, publish_partition, raw_partitions, read_raw
+from jobs.settings import Experiment, Settings
 from jobs.tlearner import label_column
 
 # The send's columns the training set carries next to its features (never features themselves).
 TRAINING_KEYS = ["send_id", "customer_id", "campaign_id", "sent_at", "arm", "label"]
+# How the send's arm was assigned: `randomized` (a randomized campaign, propensity = its split's share
+# of the arm, inclusion 1) or the own audience's record (jobs.policy.assign: target, holdout, explore).
+ASSIGNMENT_KEYS = ["assignment", "propensity", "inclusion_probability"]
+RANDOMIZED = "randomized"
 
 
 def training_keys(settings: Settings) -> list[str]:
-    """TRAINING_KEYS and the label of every further outcome."""
-    return [*TRAINING_KEYS, *(label_column(o) for o in settings.targeting.outcomes)]
+    """TRAINING_KEYS, the label of every further outcome, then ASSIGNMENT_KEYS."""
+    return [*TRAINING_KEYS, *(label_column(o) for o in settings.targeting.outcomes), *ASSIGNMENT_KEYS]
+
+
+def split_share(exp: Experiment, campaign: Column, arm: Column) -> Column:
+    """The randomization share of a send's arm in its campaign (campaign_splits, else expected_split)."""
+    default = F.create_map(*[F.lit(x) for a, share in exp.expected_split.items() for x in (a, float(share))])
+    share = default[arm]
+    if exp.campaign_splits:
+        own = F.create_map(
+            *[
+                F.lit(x)
+                for c, split in exp.campaign_splits.items()
+                for a, v in split.items()
+                for x in (f"{c}|{a}", float(v))
+            ]
+        )
+        declared = F.array(*[F.lit(c) for c in exp.campaign_splits])
+        share = F.when(
+            F.array_contains(declared, campaign), F.coalesce(own[F.concat_ws("|", campaign, arm)], F.lit(0.0))
+        ).otherwise(share)
+    return share
+
+
+def with_assignment(training: DataFrame, records: DataFrame | None, exp: Experiment) -> DataFrame:
+    """training with ASSIGNMENT_KEYS: an own campaign's send takes its audience's record (by campaign and
+    customer; null when the audience has no such row, which validation refuses), any other its split's share."""
+    randomized = {
+        "assignment": F.lit(RANDOMIZED),
+        "propensity": split_share(exp, F.col("campaign_id"), F.col("arm")),
+        "inclusion_probability": F.lit(1.0),
+    }
+    if records is None:
+        return training.select("*", *[column.alias(name) for name, column in randomized.items()])
+    own_ids = [row.campaign_id for row in records.select("campaign_id").distinct().collect()]
+    record = records.select("campaign_id", "customer_id", *[F.col(c).alias(f"_own_{c}") for c in ASSIGNMENT_KEYS])
+    own = F.col("campaign_id").isin(own_ids)
+    return training.join(record, ["campaign_id", "customer_id"], "left").select(
+        *training.columns,
+        *[F.when(own, F.col(f"_own_{name}")).otherwise(column).alias(name) for name, column in randomized.items()],
+    )
 
 
 SCORING_KEYS = ["customer_id"]
@@ -304,7 +352,7 @@ def build_sets(
         return timeline.where(F.col("scoring") == scoring).withColumn("anchor_day", F.to_date("as_of"))
 
     keys = training_keys(settings)
-    carry = ["campaign_id", "arm", *keys[5:]]  # the send's own columns: never features
+    carry = ["campaign_id", "arm", *(label_column(o) for o in [None, *settings.targeting.outcomes])]
     # Only the snapshots some anchor uses are read (the scoring set: the latest alone).
     training_users = read_raw(
         spark, settings, "users", run_date, days={dt for _, dt in training_pairs} or {max(snapshot_days)}
@@ -313,6 +361,7 @@ def build_sets(
         anchors_of(False), training_users, _snapshot_for(spark, training_pairs), spec, carry
     )
     training = training.withColumnRenamed("anchor_id", "send_id").withColumnRenamed("as_of", "sent_at")
+    training = with_assignment(training, assignment_records(spark, settings, run_date), exp)
     training = training.select(*keys, *spec.names)
     scoring = point_in_time_features(
         anchors_of(True), latest, _snapshot_for(spark, _snapshot_pairs(snapshot_days, [scoring_day])), spec

@@ -4,15 +4,21 @@ The estimand is the net value per customer of a policy pi, relative to sending n
 
     V(pi) = E[ value_per_response * (Y(pi(x)) - Y(control)) - cost(pi(x)) ]
 
-estimated on holdout rows (customer x_i, received arm A_i, outcome Y_i, randomization
-propensity e_i(a) from the campaign's split) with per-row scores for every arm a:
+estimated on holdout rows (customer x_i, received arm A_i, outcome Y_i, and the propensity of A_i:
+its randomized campaign's split share, or the probability its own audience recorded, jobs.policy.assign)
+with per-row scores for every arm a:
 
     AIPW:  G_i(a) = mu_a(x_i) + 1[A_i = a] * (Y_i - mu_a(x_i)) / e_i(a)
     IPW:   G_i(a) = 1[A_i = a] * Y_i / e_i(a)
 
-where mu_a are the T-learner's own outcome models (p_<arm>, never fitted on these rows). A
-row's contribution is ``value * (G_i(pi_i) - G_i(control)) - cost(pi_i)`` (0 when pi_i is
-control); V is their mean. Intervals are percentile intervals of a paired bootstrap: every
+where mu_a are the T-learner's own outcome models (p_<arm>, never fitted on these rows) and e_i(a) =
+propensity_i / inclusion_probability_i is the probability of a among the customers on the send list
+(an own audience sends only some of its eligible customers: the targeted, the holdout, the explored).
+Each row also stands for 1 / inclusion_probability_i eligible customers (row_weights, normalised to
+a mean of 1; every row of a randomized campaign weighs 1), so every mean below is over the eligible
+population the policy will be applied to, not over the customers an earlier audience chose to send.
+A row's contribution is ``value * (G_i(pi_i) - G_i(control)) - cost(pi_i)`` (0 when pi_i is
+control); V is their weighted mean. Intervals are percentile intervals of a paired bootstrap: every
 round resamples the same rows for every policy, so differences between policies get their
 own interval, narrower than the difference of two separate ones.
 
@@ -23,10 +29,6 @@ over the outcomes. A guardrail outcome's effect of a policy is its increase per 
 
 A row whose outcome label has not matured (null) has no observation either: AIPW counts its
 outcome model's prediction there, IPW nothing.
-
-Where a row's campaign never randomized arm a (e_i(a) = 0, a campaign with its own split),
-IPW has no observation to weight and counts nothing for a, so it understates a policy that
-sends a there; AIPW falls back on the outcome model mu_a for those rows.
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ from jobs.tlearner import key, label_column
 LEVEL = 0.95
 
 
-def propensities(holdout: pd.DataFrame, exp: Experiment) -> dict[str, np.ndarray]:
-    """P(arm | campaign) per row and arm, from the experiment's split of each row's campaign."""
-    row_campaign, campaigns = pd.factorize(holdout["campaign_id"], use_na_sentinel=False)
-    splits = [exp.split_of(c) for c in campaigns]
-    return {a: np.array([split.get(a, 0.0) for split in splits], dtype=float)[row_campaign] for a in exp.all_arms}
+def row_weights(holdout: pd.DataFrame) -> np.ndarray:
+    """Each row's weight for the population of eligible customers: 1 / inclusion_probability, scaled
+    to a mean of 1 (exactly 1 on every row of randomized campaigns, whose sends are their population)."""
+    w = 1.0 / holdout["inclusion_probability"].to_numpy(float)
+    return w * (len(w) / w.sum()) if len(w) else w
 
 
 def scores(holdout: pd.DataFrame, exp: Experiment, estimator: str, outcome: str | None = None) -> dict[str, np.ndarray]:
@@ -52,10 +54,11 @@ def scores(holdout: pd.DataFrame, exp: Experiment, estimator: str, outcome: str 
     y, received = holdout[label_column(outcome)].to_numpy(float), holdout["arm"].to_numpy()
     known = ~np.isnan(y)  # a further outcome's label is null where its window has not matured
     y = np.nan_to_num(y)
+    # e_i(A_i): the received arm's probability among the rows on the send list (randomized: the split's share)
+    e = holdout["propensity"].to_numpy(float) / holdout["inclusion_probability"].to_numpy(float)
     out = {}
-    for arm, e in propensities(holdout, exp).items():
-        got = (received == arm) & (e > 0) & known
-        weighted = np.divide(got, e, out=np.zeros_like(e), where=e > 0)
+    for arm in exp.all_arms:
+        weighted = ((received == arm) & known) / e
         if estimator == "ipw":
             out[arm] = weighted * y
         else:
@@ -136,8 +139,9 @@ def value_table(
     names = list(assignments)
     # Every bootstrapped column side by side, so one set of resamples serves them all (each draw
     # of `rounds` resamples of n rows costs as much as the products it feeds).
+    weight = row_weights(holdout)[:, None]
     blocks = [
-        np.column_stack([contributions(assignments[n], g, exp, targeting) for n in names])
+        np.column_stack([contributions(assignments[n], g, exp, targeting) for n in names]) * weight
         for g in (all_scores(holdout, exp, targeting, estimator) for estimator in ("aipw", "ipw"))
     ]
     guardrails = _guardrail_columns(assignments, holdout, exp, targeting)
@@ -158,7 +162,7 @@ def value_table(
             "ipw": float(ipw_point[i]),
             "ipw_low": ipw_low,
             "ipw_high": ipw_high,
-            "sends_share": float(np.isin(assignments[name], exp.arms).mean()),
+            "sends_share": float((np.isin(assignments[name], exp.arms) * weight[:, 0]).mean()),
         }
     differences = {}
     for label, (a, b) in pairs.items():
@@ -180,12 +184,12 @@ def _guardrail_columns(
     increase of that outcome under each policy), or None without guardrails."""
     if not targeting.guardrails:
         return None
-    names = list(assignments)
-    sent = np.column_stack([np.isin(assignments[n], exp.arms) for n in names]).astype(float)
+    names, weight = list(assignments), row_weights(holdout)[:, None]
+    sent = np.column_stack([np.isin(assignments[n], exp.arms) for n in names]) * weight
     increments_by_outcome = {}
     for outcome in targeting.guardrails:
         g = scores(holdout, exp, "aipw", outcome)
-        increments_by_outcome[outcome] = np.column_stack([increments(assignments[n], g, exp) for n in names])
+        increments_by_outcome[outcome] = np.column_stack([increments(assignments[n], g, exp) for n in names]) * weight
     return sent, increments_by_outcome
 
 
@@ -215,9 +219,10 @@ def _guardrail_effects(
 
 
 def _value_and_responses(assignment, holdout: pd.DataFrame, exp: Experiment, targeting: Targeting):
-    """Per holdout row, the AIPW net value and incremental (primary) responses of giving it its assigned arm."""
-    g = all_scores(holdout, exp, targeting, "aipw")
-    return contributions(assignment, g, exp, targeting), increments(assignment, g[None], exp)
+    """Per holdout row, the AIPW net value and incremental (primary) responses of giving it its assigned arm,
+    weighed for the population (row_weights)."""
+    g, weight = all_scores(holdout, exp, targeting, "aipw"), row_weights(holdout)
+    return contributions(assignment, g, exp, targeting) * weight, increments(assignment, g[None], exp) * weight
 
 
 def budget_curve(
@@ -256,7 +261,8 @@ def budget_curve(
         weight = np.bincount(rng.integers(0, n, n), minlength=n)[order]
         boot_value.append(at_ks(weight * value))
         boot_resp.append(at_ks(weight * responses))
-    curve = {"sends": (ks * scale).round().astype(int)}
+    sends = np.concatenate([[0.0], np.cumsum(row_weights(holdout)[order])])[ks]  # the population's sends
+    curve = {"sends": (sends * scale).round().astype(int)}
     for name, point, boot in (
         ("net_value", np.concatenate([[0.0], np.cumsum(value)])[ks], np.array(boot_value)),
         ("incremental_responses", np.concatenate([[0.0], np.cumsum(responses)])[ks], np.array(boot_resp)),
@@ -285,13 +291,14 @@ def arm_values(
     value, responses = _value_and_responses(assignment, holdout, exp, targeting)
     given = np.column_stack([assignment == arm for arm in exp.arms]).astype(float)
     columns = np.column_stack([given * value[:, None], given * responses[:, None]])
+    sent = given * row_weights(holdout)[:, None]
     scale = audience_rows  # a mean per holdout row, times the audience
     boot = _bootstrap_means(columns, rounds, seed) * scale
     low, high = _interval(boot, axis=0)
     point, k = columns.mean(axis=0) * scale, len(exp.arms)
     return {
         arm: {
-            "sends": int(round(given[:, i].mean() * scale)),
+            "sends": int(round(sent[:, i].mean() * scale)),
             "net_value": float(point[i]),
             "net_value_low": float(low[i]),
             "net_value_high": float(high[i]),

@@ -212,6 +212,7 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         "champion": None if champion is None else {"version": str(champion.version), "note": champion_note},
         "constant_policy": {"arm": constant_arm, "reasons": constant_reasons, "effects": effects},
         "deployed_policy": f"model:{version}" if deployed else f"constant:{constant_arm}",
+        "deployed_value": table[deployed_name],
         "budget_curve": curve.to_dict(orient="records"),
         "deployed_arms": by_arm,
         "value_definition": "net value per customer vs sending nothing: value_per_response x incremental "

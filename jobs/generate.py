@@ -93,27 +93,80 @@ def _users(rng: np.random.Generator, n: int, last_day: date, days: int) -> pd.Da
     )
 
 
-def _write(frame: pd.DataFrame, folder: Path, fmt: str) -> None:
+def _write(frame: pd.DataFrame, folder: Path, fmt: str, part: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-        frame.to_csv(folder / "part-0.csv", index=False)
+        frame.to_csv(folder / f"{part}.csv", index=False)
     else:
         frame.to_parquet(
-            folder / "part-0.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True
+            folder / f"{part}.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True
         )
 
 
-def deliver(settings: Settings, source: str, frame: pd.DataFrame, day: date) -> None:
-    """Write one day's delivery of a source under the delivered column names from conf."""
+def deliver(settings: Settings, source: str, frame: pd.DataFrame, day: date, part: str = "part-0") -> None:
+    """Write one day's delivery of a source under the delivered column names from conf (as file `part`:
+    a delivery that arrives in several files gets one name per file)."""
     conf = settings.sources[source]
     delivered = frame.rename(columns=conf.columns)
-    _write(delivered, settings.paths.lake / "raw" / source / f"dt={day.isoformat()}", conf.format)
+    _write(delivered, settings.paths.lake / "raw" / source / f"dt={day.isoformat()}", conf.format, part)
+
+
+def draw_responses(
+    sends: pd.DataFrame,
+    p_respond: np.ndarray,
+    p_unsubscribe: np.ndarray,
+    treated: np.ndarray,
+    rng: np.random.Generator,
+    harm_rng: np.random.Generator,
+    window: int,
+) -> list[pd.DataFrame]:
+    """The responses of sends (customer_id, sent_at) drawn from their true probabilities: qualifying
+    clicks and purchases, opens of the treated (not qualifying), and unsubscribes (from harm_rng)."""
+    n = len(sends)
+    responded = rng.random(n) < p_respond
+    delay = pd.to_timedelta(rng.exponential(1.5, n).clip(0.01, window - 0.01), unit="D")
+    qualifying = pd.DataFrame(
+        {
+            "customer_id": sends["customer_id"].to_numpy(),
+            "responded_at": sends["sent_at"].to_numpy() + delay,
+            "response_type": rng.choice(np.array(["click", "purchase"]), n, p=[0.7, 0.3]),
+        }
+    )[responded]
+    # Opens are responses too, but not qualifying ones: the label must ignore them.
+    opened = treated & (rng.random(n) < 0.3)
+    opens = pd.DataFrame(
+        {
+            "customer_id": sends["customer_id"].to_numpy(),
+            "responded_at": sends["sent_at"].to_numpy() + pd.to_timedelta(rng.random(n), unit="D"),
+            "response_type": "open",
+        }
+    )[opened]
+    unsubscribed = harm_rng.random(n) < p_unsubscribe
+    delay = pd.to_timedelta(harm_rng.exponential(2.0, n).clip(0.01, window - 0.01), unit="D")
+    unsubscribes = pd.DataFrame(
+        {
+            "customer_id": sends["customer_id"].to_numpy(),
+            "responded_at": sends["sent_at"].to_numpy() + delay,
+            "response_type": UNSUBSCRIBE,
+        }
+    )[unsubscribed]
+    return [qualifying, opens, unsubscribes]
 
 
 def generate(
-    settings: Settings, *, customers: int, days: int, sends_per_day: int, last_day: date, seed: int
+    settings: Settings,
+    *,
+    customers: int,
+    days: int,
+    sends_per_day: int,
+    last_day: date,
+    seed: int,
+    tail: bool = False,
 ) -> GeneratedData:
     """Land `days` daily deliveries ending on last_day, and write the ground truth.
+
+    tail: also deliver the responses that come after last_day (in their own later dt= folders,
+    which a night reads only once its date comes), as the loop simulation needs (jobs.simulate).
 
     Streams day by day: a day's users snapshot and sends are written as they are drawn, and a
     day's responses as soon as no later send can add to them, so memory holds the customers
@@ -168,42 +221,17 @@ def generate(
         deliver(settings, "sends", sends, day)
         n_sends += who.size
 
-        responded = rng.random(who.size) < arm_prob[who, arm_idx]
-        delay = pd.to_timedelta(rng.exponential(1.5, who.size).clip(0.01, window - 0.01), unit="D")
-        qualifying = pd.DataFrame(
-            {
-                "customer_id": sends["customer_id"],
-                "responded_at": sends["sent_at"] + delay,
-                "response_type": rng.choice(np.array(["click", "purchase"]), who.size, p=[0.7, 0.3]),
-            }
-        )[responded]
-        # Opens are responses too, but not qualifying ones: the label must ignore them.
-        opened = (arm_idx > 0) & (rng.random(who.size) < 0.3)
-        opens = pd.DataFrame(
-            {
-                "customer_id": sends["customer_id"],
-                "responded_at": sends["sent_at"] + pd.to_timedelta(rng.random(who.size), unit="D"),
-                "response_type": "open",
-            }
-        )[opened]
-        unsubscribed = harm_rng.random(who.size) < harm_prob[who, arm_idx]
-        delay = pd.to_timedelta(harm_rng.exponential(2.0, who.size).clip(0.01, window - 0.01), unit="D")
-        unsubscribes = pd.DataFrame(
-            {
-                "customer_id": sends["customer_id"],
-                "responded_at": sends["sent_at"] + delay,
-                "response_type": UNSUBSCRIBE,
-            }
-        )[unsubscribed]
-        for frame in (qualifying, opens, unsubscribes):
+        for frame in draw_responses(
+            sends, arm_prob[who, arm_idx], harm_prob[who, arm_idx], arm_idx > 0, rng, harm_rng, window
+        ):
             for day_out, part in frame.groupby(frame["responded_at"].dt.date):
-                if day_out <= last_day:
+                if tail or day_out <= last_day:
                     pending.setdefault(day_out, []).append(part)
         flush(before=day + timedelta(days=1))  # sends of later days respond later
         log.info(
             "generated %s: %d/%d days, %s sends, %s responses", day, i + 1, days, f"{n_sends:,}", f"{n_responses:,}"
         )
-    flush(before=last_day + timedelta(days=1))
+    flush(before=max(pending, default=last_day) + timedelta(days=1))
     return GeneratedData(customers, n_sends, n_responses, first_day, last_day)
 
 

@@ -150,6 +150,35 @@ def partition_dates(settings: Settings, table: str) -> list[date]:
     )
 
 
+# The audience columns the nights after read back: how each customer's arm was assigned (jobs.policy.assign).
+ASSIGNMENT_RECORD = ["campaign_id", "customer_id", "assignment", "assigned_arm", "propensity", "inclusion_probability"]
+
+
+def own_campaigns(settings: Settings, run_date: date) -> dict[str, Path]:
+    """campaign_id -> audience partition, of every audience published up to run_date that carries an
+    assignment record: the campaigns whose sends are the pipeline's own."""
+    out = {}
+    for day in partition_dates(settings, "audience"):
+        if day > run_date:
+            break
+        dataset = pads.dataset(str(partition_dir(settings, "audience", day)), format="parquet")
+        if not set(ASSIGNMENT_RECORD) <= set(dataset.schema.names):
+            continue
+        first = dataset.head(1, columns=["campaign_id"])
+        if first.num_rows:
+            out[first.column("campaign_id")[0].as_py()] = partition_dir(settings, "audience", day)
+    return out
+
+
+def assignment_records(spark: SparkSession, settings: Settings, run_date: date) -> DataFrame | None:
+    """The assignment record of every own campaign up to run_date (rows with an arm assigned), or None."""
+    campaigns = own_campaigns(settings, run_date)
+    if not campaigns:
+        return None
+    records = spark.read.parquet(*[str(p) for p in campaigns.values()]).select(*ASSIGNMENT_RECORD)
+    return records.where("assigned_arm IS NOT NULL")
+
+
 def read_partition(spark: SparkSession, settings: Settings, table: str, run_date: date) -> DataFrame:
     path = partition_dir(settings, table, run_date)
     if not path.exists():
@@ -160,18 +189,21 @@ def read_partition(spark: SparkSession, settings: Settings, table: str, run_date
 
 
 def training_counts(settings: Settings, run_date: date, label: str = "label") -> pd.DataFrame:
-    """Sends and responses (label's) per (campaign_id, arm) of run_date's training set, streamed batch by batch."""
+    """policy.arm_counts of label over run_date's training set, streamed batch by batch."""
+    from jobs.policy import arm_counts
+
     path = partition_dir(settings, "features/training", run_date)
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
+    columns = ["campaign_id", "arm", label, "propensity"]
     parts = [
-        pa.Table.from_batches([batch]).group_by(["campaign_id", "arm"]).aggregate([(label, "count"), (label, "sum")])
-        for batch in pads.dataset(str(path), format="parquet").to_batches(columns=["campaign_id", "arm", label])
+        arm_counts(batch.to_pandas(), label)
+        for batch in pads.dataset(str(path), format="parquet").to_batches(columns=columns)
     ]
     if not parts:
-        return pd.DataFrame(columns=["campaign_id", "arm", "rows", "responses"])
-    frame = pa.concat_tables(parts).to_pandas().rename(columns={f"{label}_count": "rows", f"{label}_sum": "responses"})
-    return frame.groupby(["campaign_id", "arm"], as_index=False)[["rows", "responses"]].sum()
+        return arm_counts(pd.DataFrame(columns=columns), label)
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.groupby(["campaign_id", "arm"], as_index=False, observed=True).sum()
 
 
 def training_effects(settings: Settings, run_date: date) -> dict[str, dict]:

@@ -366,38 +366,69 @@ def scaled(targeting: Targeting, factor: float) -> Targeting:
     )
 
 
+COUNT_COLUMNS = ["rows", "responses", "weight", "weighted_responses", "weight_sq", "weighted_responses_sq"]
+
+
+def arm_counts(rows: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Per (campaign_id, arm) of rows (label, propensity): the COUNT_COLUMNS average_effects reads,
+    over the rows whose label has matured. Sums, so counts of parts of a table add up to the table's."""
+    known = rows[rows[label].notna()]
+    w = 1.0 / known["propensity"].to_numpy(float)
+    y = known[label].to_numpy(float)
+    frame = pd.DataFrame(
+        {
+            "campaign_id": known["campaign_id"].to_numpy(),
+            "arm": known["arm"].to_numpy(),
+            "rows": 1,
+            "responses": y,
+            "weight": w,
+            "weighted_responses": w * y,
+            "weight_sq": w * w,
+            "weighted_responses_sq": w * w * y,
+        }
+    )
+    return frame.groupby(["campaign_id", "arm"], as_index=False, observed=True)[COUNT_COLUMNS].sum()
+
+
 def average_effects(counts: pd.DataFrame, control: str, arms: list[str]) -> dict[str, dict]:
     """Each arm's average effect on the response rate, stratified by campaign, with a 95% interval.
 
-    counts: rows (campaign_id, arm, rows, responses). Within each campaign where both the arm
-    and control were sent, the difference of response rates; campaigns are weighted by their
-    rows of the two groups (so a campaign with its own split cannot bias the mean).
+    counts: arm_counts' rows (campaign_id, arm, COUNT_COLUMNS). Each send is weighed by the inverse
+    of its propensity, so a campaign's group rate is the Hajek mean sum(w y) / sum(w): the rate the
+    whole campaign population would have had with that arm, whether the campaign was randomized (w
+    constant: the plain rate) or an own audience that targeted by the features. Within each campaign
+    where both the arm and control were sent, the difference of those rates; campaigns are weighted
+    by the effective rows (sum(w)^2 / sum(w^2)) of the two groups, so a campaign with its own split
+    cannot bias the mean.
 
-    A campaign's variance takes each group's rate with two pseudo-rows at the group's rate over
-    all those campaigns (itself Agresti-Caffo: one success and one failure added), so a tiny
-    group with a rate of 0 or 1 does not get a zero-width interval, and a rare outcome split
-    over many small campaigns gets the interval its total rows give: one success per campaign
-    (Agresti-Caffo in every stratum) would inflate it with the number of campaigns.
+    A group's variance is that of a rate over its effective rows, each group's rate shrunk by two
+    pseudo-rows at the group's rate over all those campaigns (itself Agresti-Caffo: one success and
+    one failure added), so a tiny group with a rate of 0 or 1 does not get a zero-width interval, and
+    a rare outcome split over many small campaigns gets the interval its total rows give: one success
+    per campaign (Agresti-Caffo in every stratum) would inflate it with the number of campaigns.
     """
-    pairs = counts.groupby(["campaign_id", "arm"], observed=True)[["rows", "responses"]].sum().unstack("arm")
+    pairs = counts.groupby(["campaign_id", "arm"], observed=True)[COUNT_COLUMNS].sum().unstack("arm")
     effects = {}
     for arm in arms:
-        n = pairs["rows"].reindex(columns=[arm, control]).fillna(0)
-        r = pairs["responses"].reindex(columns=[arm, control]).fillna(0)
-        both = (n > 0).all(axis=1)
+        w = pairs["weight"].reindex(columns=[arm, control]).fillna(0)
+        both = (w > 0).all(axis=1)
         if not both.any():  # the arm and control never sent in the same campaign
             effects[arm] = {"ate": 0.0, "low": 0.0, "high": 0.0, "rows": 0}
             continue
-        n, r = n[both].to_numpy(dtype=float), r[both].to_numpy(dtype=float)
+
+        of = {c: pairs[c].reindex(columns=[arm, control])[both].to_numpy(dtype=float) for c in COUNT_COLUMNS}
+        rate = of["weighted_responses"] / of["weight"]
+        n = of["weight"] ** 2 / of["weight_sq"]  # effective rows: the rows themselves when w is constant
+        r = rate * n
         overall = (r.sum(axis=0) + 1) / (n.sum(axis=0) + 2)
         shrunk = (r + 2 * overall) / (n + 2)
-        diffs = r[:, 0] / n[:, 0] - r[:, 1] / n[:, 1]
+        diffs = rate[:, 0] - rate[:, 1]
         variances = (shrunk * (1 - shrunk) / (n + 2)).sum(axis=1)
         weights = n.sum(axis=1)
-        w = weights / weights.sum()
-        ate = float(w @ diffs)
-        half = 1.96 * float(np.sqrt((w**2) @ variances))
-        effects[arm] = {"ate": ate, "low": ate - half, "high": ate + half, "rows": int(weights.sum())}
+        share = weights / weights.sum()
+        ate = float(share @ diffs)
+        half = 1.96 * float(np.sqrt((share**2) @ variances))
+        effects[arm] = {"ate": ate, "low": ate - half, "high": ate + half, "rows": int(of["rows"].sum())}
     return effects
 
 

@@ -15,6 +15,10 @@ its column rules over Spark's ranking windows, so the audience follows exactly t
 gate valued offline. Until a model has passed the gate there is no champion: the night then
 publishes the best constant policy (`policy.best_constant` on the training set's average
 effects), marked `policy = constant:<arm|none>`; a model's audience is marked `model:<version>`.
+
+Either way every row then gets its assignment record (`policy.assign`: target, holdout, explore or
+none, the arm to send and its propensity) and the night's `campaign_id` (export.campaign_id), the
+id its send list carries and its sends come back under.
 """
 
 from __future__ import annotations
@@ -183,6 +187,27 @@ def _with_draw(frame: DataFrame, run_date: date) -> DataFrame:
     return frame.mapInPandas(draw, schema)
 
 
+def with_assignment(audience: DataFrame, settings: Settings, run_date: date, explore: float) -> DataFrame:
+    """audience with policy.assign's record (assignment, assigned_arm, propensity, inclusion_probability)
+    and `holdout` true for the holdout route alone (a selected customer may explore instead)."""
+    exp, targeting = settings.experiment, settings.targeting
+    schema = StructType(
+        [
+            *audience.schema.fields,
+            StructField("assignment", StringType()),
+            StructField("assigned_arm", StringType()),
+            StructField("propensity", DoubleType()),
+            StructField("inclusion_probability", DoubleType()),
+        ]
+    )
+
+    def assign(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield policy.assign(batch, targeting, exp.control, exp.expected_split, run_date, explore)
+
+    return audience.mapInPandas(assign, schema).withColumn("holdout", F.col("assignment") == policy.HOLDOUT)
+
+
 def constant_audience(features: DataFrame, settings: Settings, run_date: date) -> tuple[DataFrame, str, list[str]]:
     """The best constant policy over the scoring set: everyone eligible gets one arm, or no one.
 
@@ -253,11 +278,17 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     else:
         audience = apply_policy(features, settings, run_date, model)
         label, model_name, model_version = f"model:{champion.version}", name, str(champion.version)
+    eligible = features.count() if policy.budgeted_sends(settings.targeting, exp.arms) is not None else 0
+    explore = policy.exploration_probability(settings.targeting, exp.arms, eligible)
+    audience = with_assignment(audience, settings, run_date, explore)
+    campaign_id = settings.export.campaign_of(run_date)
     audience = audience.select(
         "customer_id",
         "recommended_arm",
         "selected",
         "holdout",
+        *policy.ASSIGNMENT_COLUMNS,
+        F.lit(campaign_id).alias("campaign_id"),
         "expected_uplift",
         "expected_net_value",
         "send_cost",
@@ -274,7 +305,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     )
     path = publish_partition(audience, settings, "audience", run_date)
     published = spark.read.parquet(str(path))
-    sent = F.col("selected") & ~F.col("holdout")
+    sent = F.col("assignment") == policy.TARGET
     summary = (
         published.where("selected")
         .groupBy("recommended_arm")
@@ -282,6 +313,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
             F.count("*").alias("customers"),
             F.sum(sent.cast("int")).alias("sends"),
             F.sum(F.col("holdout").cast("int")).alias("holdout"),
+            F.sum((F.col("assignment") == policy.EXPLORE).cast("int")).alias("explore"),
             F.sum(F.when(sent, F.col("expected_uplift")).otherwise(0.0)).alias("expected_incremental_responses"),
             F.sum(F.when(sent, F.col("expected_net_value")).otherwise(0.0)).alias("expected_net_value"),
             F.sum(F.when(sent, F.col("send_cost")).otherwise(0.0)).alias("spend"),
@@ -311,13 +343,20 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
             }
             for o in settings.targeting.guardrails
         }
-    counts = {row["recommended_arm"]: row["count"] for row in published.groupBy("recommended_arm").count().collect()}
+    counts, assignments = {}, {}
+    for row in published.groupBy("recommended_arm", "assignment", "assigned_arm").count().collect():
+        counts[row["recommended_arm"]] = counts.get(row["recommended_arm"], 0) + row["count"]
+        route = f"{row['assignment']}:{row['assigned_arm']}" if row["assigned_arm"] else row["assignment"]
+        assignments[route] = assignments.get(route, 0) + row["count"]
     spark.catalog.clearCache()  # the scored audience the guardrail price search persisted
     return {
         "audience": str(path),
         "summary": str(partition_dir(settings, "audience_summary", run_date)),
         "rows": sum(counts.values()),
         "recommended": counts,
+        "campaign_id": campaign_id,
+        "exploration_probability": explore,
+        "assignments": dict(sorted(assignments.items())),
         "policy": label,
         "model_version": model_version,
         **({"guardrails": guardrails} if guardrails else {}),

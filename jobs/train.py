@@ -38,6 +38,7 @@ from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
 from jobs import drivers, metrics, policy
+from jobs.etl import ASSIGNMENT_KEYS
 from jobs.lake import MissingInputError, partition_dir, sample_parquet
 from jobs.model import TLearnerModel
 from jobs.registry import PORTABLE_ARTIFACT
@@ -61,7 +62,7 @@ def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
     if not path.exists():
         raise MissingInputError(f"no training set at {path}: run `uplift etl --run-date {run_date}` first")
     labels = [label_column(o) for o in [None, *settings.targeting.outcomes]]
-    columns = ["customer_id", "campaign_id", "arm", *labels, *settings.features.names]
+    columns = ["customer_id", "campaign_id", "arm", *labels, *ASSIGNMENT_KEYS, *settings.features.names]
     rows = settings.training.max_rows or sys.maxsize
     return sample_parquet(path, columns, rows, settings.training.seed, key="send_id")
 
@@ -146,12 +147,9 @@ def evaluate(
 
 
 def _effects(rows: pd.DataFrame, outcome: str | None, arms: list[str], settings: Settings) -> dict[str, dict]:
-    """Each arm's average effect on outcome's label in rows (policy.average_effects, by campaign)."""
-    counts = (
-        rows.groupby(["campaign_id", "arm"], observed=True)[label_column(outcome)]
-        .agg(rows="count", responses="sum")  # count: the rows whose label has matured
-        .reset_index()
-    )
+    """Each arm's average effect on outcome's label in rows (policy.average_effects: by campaign, each
+    send weighed by the inverse of its propensity)."""
+    counts = policy.arm_counts(rows, label_column(outcome))
     return policy.average_effects(counts, settings.experiment.control, arms)
 
 

@@ -10,13 +10,14 @@ Expectations Data Docs under `<reports>/run_date=<ds>/validation/`. A failure ra
 the caller stops before anything downstream is written.
 
 Randomization is checked here too: a sample-ratio-mismatch test per campaign (chi square of
-its arm counts against its split), on each day's sends and on the training set, and covariate
-balance (standardized mean difference of each numeric feature, arm vs control, at most 0.1).
+its arm counts against its split), on each day's sends and on the training set's randomized
+rows, and their covariate balance (each numeric feature, arm vs control: refused when its
+standardized mean difference is above 0.1 and the difference is significant).
 
 The leakage guard on the training set works from the data, not from the feature list: a
-feature that separates the label, or one arm from control, almost perfectly (single-feature
-AUC at or above `validation.leakage_max_auc` on a sample) is, or is derived from, the outcome
-or the treatment, and fails validation by name.
+feature that separates the label (on every row), or one arm from control (on the randomized
+rows), almost perfectly (single-feature AUC at or above `validation.leakage_max_auc` on a
+sample) is, or is derived from, the outcome or the treatment, and fails validation by name.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import features
-from jobs.etl import SCORING_KEYS, training_keys
+from jobs.etl import RANDOMIZED, SCORING_KEYS, training_keys
 from jobs.lake import raw_partitions, read_partition, read_raw
 from jobs.settings import PROJECT_ROOT, SOURCES, Experiment, Settings, report_dir
 from jobs.tlearner import label_column
@@ -49,6 +50,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SUITES_DIR = PROJECT_ROOT / "expectations"
 MAX_SMD = 0.1
+# The training rows whose arm was drawn at one split for everyone: a randomized campaign's sends.
+# An own audience's targeted sends differ from control by design; its holdout is random only among
+# the customers the model selected; its explore rows draw among the arms the guardrails allow each
+# customer, so where a guardrail forbids an arm their shares and features depart from the split by
+# design too. Own campaigns' routes are tested against their audience in validate_raw instead.
+RANDOMIZED_ASSIGNMENTS = (RANDOMIZED,)
 SAMPLE_ROWS = 5
 LEAKAGE_SAMPLE_ROWS = 200_000
 MIN_LEVEL_ROWS = 20  # rarer categorical levels are pooled before scoring a level by its label rate
@@ -479,13 +486,15 @@ def sample_ratio_mismatch(arm_counts: dict[str, int], expected_split: dict[str, 
 
 
 def covariate_balance(training: DataFrame, control: str, numeric: list[str]) -> dict[str, dict[str, float]]:
-    """Standardized mean difference of each numeric feature, every arm against control."""
-    return _balance(_moments_by_campaign(training, numeric), control, numeric)
+    """Standardized mean difference of each numeric feature, every arm against control, on the
+    randomized rows (RANDOMIZED_ASSIGNMENTS)."""
+    balance = _balance(_randomized(_moments_by_campaign(training, numeric, "assignment")), control, numeric)
+    return {arm: {feature: pair["smd"] for feature, pair in by_feature.items()} for arm, by_feature in balance.items()}
 
 
-def _moments_by_campaign(training: DataFrame, numeric: list[str]) -> list[dict]:
-    """Per (campaign_id, arm): rows, and each numeric feature's non-null count, mean and sample
-    variance; one Spark job, which gives the arm counts and the balance both."""
+def _moments_by_campaign(frame: DataFrame, numeric: list[str], *keys: str) -> list[dict]:
+    """Per (campaign_id, arm, *keys): rows, and each numeric feature's non-null count, mean and
+    sample variance; one Spark job, which gives the arm counts and the balance both."""
     aggs = [F.count(F.lit(1)).alias("count")]
     for feature in numeric:
         aggs += [
@@ -493,51 +502,103 @@ def _moments_by_campaign(training: DataFrame, numeric: list[str]) -> list[dict]:
             F.avg(feature).alias(f"{feature}__mean"),
             F.var_samp(feature).alias(f"{feature}__var"),
         ]
-    return [row.asDict() for row in training.groupBy("campaign_id", "arm").agg(*aggs).collect()]
+    return [row.asDict() for row in frame.groupBy("campaign_id", "arm", *keys).agg(*aggs).collect()]
+
+
+def _randomized(moments: list[dict]) -> list[dict]:
+    """The groups of _moments_by_campaign(..., "assignment") whose rows are randomized."""
+    return [row for row in moments if row["assignment"] in RANDOMIZED_ASSIGNMENTS]
 
 
 def _counts(moments: list[dict]) -> dict[str, dict[str, int]]:
-    """Rows per campaign and arm, from _moments_by_campaign."""
+    """Rows per campaign and arm, from _moments_by_campaign (summed over its further keys)."""
     counts: dict[str, dict[str, int]] = {}
     for row in moments:
-        counts.setdefault(row["campaign_id"], {})[row["arm"]] = row["count"]
+        by_arm = counts.setdefault(row["campaign_id"], {})
+        by_arm[row["arm"]] = by_arm.get(row["arm"], 0) + row["count"]
     return counts
 
 
-def _pooled(groups: list[dict], feature: str) -> tuple[float, float]:
-    """Mean and sample variance of feature over groups, from each group's count, mean and variance
-    (Chan's combination: the arm's own figures, without a second pass); 0.0 where undefined."""
+def _pooled(groups: list[dict], feature: str) -> tuple[int, float, float]:
+    """Non-null count, mean and sample variance of feature over groups, from each group's count,
+    mean and variance (Chan's combination: the arm's own figures, without a second pass); 0.0
+    where undefined."""
     groups = [g for g in groups if g[f"{feature}__n"]]
     n = sum(g[f"{feature}__n"] for g in groups)
     if n == 0:
-        return 0.0, 0.0
+        return 0, 0.0, 0.0
     mean = sum(g[f"{feature}__n"] * g[f"{feature}__mean"] for g in groups) / n
     m2 = sum(
         (g[f"{feature}__n"] - 1) * (g[f"{feature}__var"] or 0.0)
         + g[f"{feature}__n"] * (g[f"{feature}__mean"] - mean) ** 2
         for g in groups
     )
-    return mean, (m2 / (n - 1) if n > 1 else 0.0)
+    return n, mean, (m2 / (n - 1) if n > 1 else 0.0)
 
 
-def _balance(moments: list[dict], control: str, numeric: list[str]) -> dict[str, dict[str, float]]:
-    """covariate_balance from _moments_by_campaign's groups, pooled over campaigns per arm."""
+def _balance(moments: list[dict], control: str, numeric: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Each arm against control, per numeric feature, from _moments_by_campaign's groups pooled over
+    campaigns: the standardized mean difference (`smd`: the difference of means over the root of
+    the mean of the two sample variances) and the two-sided p-value of the difference of means
+    (`p_value`: Welch's z = (mean_a - mean_c) / sqrt(var_a / n_a + var_c / n_c) over the non-null
+    rows, against the normal). Fewer than two non-null rows on a side, or no spread on both,
+    measure nothing: p = 1."""
+    from scipy import stats
+
     by_arm: dict[str, list[dict]] = {}
     for row in moments:
         by_arm.setdefault(row["arm"], []).append(row)
     if control not in by_arm:
         return {}
     base = {feature: _pooled(by_arm[control], feature) for feature in numeric}
-    smd: dict[str, dict[str, float]] = {}
+    balance: dict[str, dict[str, dict[str, float]]] = {}
     for arm, groups in by_arm.items():
         if arm == control:
             continue
-        smd[arm] = {}
+        balance[arm] = {}
         for feature in numeric:
-            (mean, var), (base_mean, base_var) = _pooled(groups, feature), base[feature]
+            (n, mean, var), (base_n, base_mean, base_var) = _pooled(groups, feature), base[feature]
             pooled_var = (var + base_var) / 2
-            smd[arm][feature] = abs(mean - base_mean) / pooled_var**0.5 if pooled_var > 0 else 0.0
-    return smd
+            error = (var / n + base_var / base_n) ** 0.5 if min(n, base_n) > 1 else 0.0
+            balance[arm][feature] = {
+                "smd": abs(mean - base_mean) / pooled_var**0.5 if pooled_var > 0 else 0.0,
+                "p_value": float(2 * stats.norm.sf(abs(mean - base_mean) / error)) if error > 0 else 1.0,
+            }
+    return balance
+
+
+def _training_randomization(
+    input_name: str, moments: list[dict], exp: Experiment, numeric: list[str]
+) -> tuple[CheckOutcome, dict]:
+    """The training set's sample-ratio-mismatch tests and covariate balance on its randomized rows,
+    from moments (_moments_by_campaign by assignment): one outcome, which counts the leakage guard's
+    check too (its caller adds that verdict), and each check's summary.
+
+    An (arm, feature) pair is refused when its SMD is above MAX_SMD and its difference of means is
+    significant: p below `experiment.srm_p_value_min` over the pairs tested (Bonferroni), the one
+    false-alarm level of the randomization checks. The SMD alone refuses healthy nights on a sparse
+    feature: at 100 non-null rows a side its standard error is about sqrt(2 / 100) = 0.14, so chance
+    often takes it past 0.1. On many rows an SMD above 0.1 is significant anyway: the rule is the SMD's.
+    """
+    randomized = _randomized(moments)
+    outcome, srm = _randomization(input_name, _counts(randomized), exp, checks=3)
+    balance = _balance(randomized, exp.control, numeric)
+    pairs = sum(len(by_feature) for by_feature in balance.values())
+    level = exp.srm_p_value_min / max(1, pairs)
+    refused = [
+        f"{arm}.{feature} (SMD {pair['smd']:.3f}, p={pair['p_value']:.2g})"
+        for arm, by_feature in sorted(balance.items(), key=lambda item: str(item[0]))
+        for feature, pair in by_feature.items()
+        if pair["smd"] > MAX_SMD and pair["p_value"] < level
+    ]
+    if refused:
+        outcome.success = False
+        outcome.failures.append(
+            f"covariate imbalance on the randomized rows (standardized mean difference > {MAX_SMD} vs control, "
+            f"and the difference of means significant at p < {level:.2g}: experiment.srm_p_value_min over "
+            f"{pairs} arm-feature pairs): " + ", ".join(refused)
+        )
+    return outcome, {"sample_ratio_mismatch": srm, "covariate_balance": {"p_value_min": level, "arms": balance}}
 
 
 def _separation(score: pd.Series, target: np.ndarray) -> float:
@@ -569,7 +630,8 @@ def _as_score(values: pd.Series, target: np.ndarray, kind: str) -> pd.Series:
 
 
 def leakage_in_data(training: DataFrame, settings: Settings, seed: int) -> tuple[list[str], dict]:
-    """Features that separate the label, or an arm from control, almost perfectly, on a sample.
+    """Features that separate the label, or an arm from control on the randomized rows, almost
+    perfectly, on a sample.
 
     Works from the table's own columns (everything but the send's keys), not from the feature
     list the ETL selected with: whatever the spec or the ETL let through is scored.
@@ -579,26 +641,28 @@ def leakage_in_data(training: DataFrame, settings: Settings, seed: int) -> tuple
 
 def leakage_sample(training: DataFrame, settings: Settings, seed: int, total: int | None = None) -> pd.DataFrame:
     """The leakage guard's sample of the training set (about LEAKAGE_SAMPLE_ROWS rows of its
-    `total`, counted unless given): label, arm and every column but the send's keys."""
+    `total`, counted unless given): label, arm, assignment and every column but the send's keys."""
     candidates = [c for c in training.columns if c not in training_keys(settings)]
     total = training.count() if total is None else total
     fraction = min(1.0, LEAKAGE_SAMPLE_ROWS / total) if total else 1.0
-    return training.select("label", "arm", *candidates).sample(fraction=fraction, seed=seed).toPandas()
+    return training.select("label", "arm", "assignment", *candidates).sample(fraction=fraction, seed=seed).toPandas()
 
 
 def leakage_scores(sample: pd.DataFrame, settings: Settings) -> tuple[list[str], dict]:
-    """leakage_in_data on its sample (pandas only: it may run beside the suites' Spark jobs)."""
+    """leakage_in_data on its sample (pandas only: it may run beside the suites' Spark jobs): the
+    label against every row, an arm against control on the randomized rows only."""
     exp, limit = settings.experiment, settings.validation.leakage_max_auc
     kinds = {c.name: c.kind for c in settings.features.columns()}
-    candidates = [c for c in sample.columns if c not in ("label", "arm")]
+    candidates = [c for c in sample.columns if c not in ("label", "arm", "assignment")]
     label = sample["label"].to_numpy().astype(int)
+    randomized = sample["assignment"].isin(RANDOMIZED_ASSIGNMENTS).to_numpy()
     scores: dict[str, dict[str, float]] = {}
     problems = []
     for column in candidates:
         kind = kinds.get(column) or ("numeric" if pd.api.types.is_numeric_dtype(sample[column]) else "categorical")
         scores[column] = {"label": _separation(_as_score(sample[column], label, kind), label)}
         for arm in exp.arms:
-            rows = sample["arm"].isin([arm, exp.control]).to_numpy()
+            rows = randomized & sample["arm"].isin([arm, exp.control]).to_numpy()
             treated = (sample["arm"].to_numpy()[rows] == arm).astype(int)
             if rows.sum() >= 2 * MIN_LEVEL_ROWS:
                 values = sample[column][rows].reset_index(drop=True)
@@ -636,23 +700,12 @@ def _validate_feature_tables(
     # beside the training set's moments and sample).
     with ThreadPoolExecutor(1, thread_name_prefix="scoring-count") as pool:
         scoring_counted = pool.submit(scoring.count)
-        moments = _moments_by_campaign(training, spec.numeric)
+        moments = _moments_by_campaign(training, spec.numeric, "assignment")
         sample = leakage_sample(training, settings, settings.training.seed, sum(row["count"] for row in moments))
         scoring_rows = scoring_counted.result()
-    counts = _counts(moments)
-    randomization, srm = _randomization(f"features/training run_date={run_date}", counts, exp, checks=3)
-    balance = _balance(moments, exp.control, spec.numeric)
-    unbalanced = {
-        f"{arm}.{feature}": round(value, 3)
-        for arm, by_feature in balance.items()
-        for feature, value in by_feature.items()
-        if value > MAX_SMD
-    }
-    if unbalanced:
-        randomization.success = False
-        randomization.failures.append(
-            f"covariate imbalance (standardized mean difference > {MAX_SMD} vs control): {unbalanced}"
-        )
+    randomization, checks = _training_randomization(
+        f"features/training run_date={run_date}", moments, exp, spec.numeric
+    )
     context = _context(out / "data_docs")  # Great Expectations imported: no import runs in two threads
     # The leakage guard's AUCs are pandas work on the driver, the suites mostly wait for Spark:
     # one runs beside the other.
@@ -684,16 +737,12 @@ def _validate_feature_tables(
         randomization.failures.extend(leaks)
     context.build_data_docs(site_names=["validation"])  # once per step, every suite's results
     summary = out / "features.json"
-    _write_summary(
-        summary,
-        outcomes,
-        {"sample_ratio_mismatch": srm, "covariate_smd": balance, "leakage_auc": separation},
-    )
+    _write_summary(summary, outcomes, {**checks, "leakage_auc": separation})
     _raise_if_failed(outcomes, run_date, summary)
     arm_counts: dict[str, int] = {}
-    for by_arm in counts.values():
-        for arm, n in by_arm.items():
-            arm_counts[arm] = arm_counts.get(arm, 0) + n
+    for row in moments:  # every training row, randomized or not
+        arm_counts[row["arm"]] = arm_counts.get(row["arm"], 0) + row["count"]
+    srm = checks["sample_ratio_mismatch"]
     return {
         "srm_p_value_min": min((t["p_value"] for t in srm["campaigns"].values()), default=1.0),
         "arm_counts": arm_counts,

@@ -26,12 +26,13 @@ STEPS = ("validate-raw", "etl", "validate-features", "train", "gate", "promote",
 
 
 def single_outcome(settings):
-    """settings with no outcome besides the primary response (the configuration of before)."""
+    """settings with no outcome besides the primary response and no exploration (the configuration of before)."""
     from jobs.settings import Targeting
 
     if "outcomes" not in Targeting.model_fields:
         return settings
-    return settings.model_copy(update={"targeting": settings.targeting.model_copy(update={"outcomes": {}})})
+    targeting = settings.targeting.model_copy(update={"outcomes": {}, "exploration_share": 0.0})
+    return settings.model_copy(update={"targeting": targeting})
 
 
 def run(settings, root: Path) -> dict:

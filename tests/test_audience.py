@@ -27,12 +27,24 @@ def test_show_summarises_arms_and_top_customers(settings, published):
     assert all(customer in text for customer in top)
 
 
-def test_export_writes_the_send_list_of_one_arm(settings, published, tmp_path):
+def test_export_writes_the_send_list_with_its_assignment_record(settings, published, tmp_path):
     rows = aud.export_csv(settings, RUN_DATE, "subject_2", tmp_path / "send.csv")
-    sent = published[(published["recommended_arm"] == "subject_2") & published["selected"] & ~published["holdout"]]
+    sent = published[published["assigned_arm"] == "subject_2"]
     exported = pd.read_csv(tmp_path / "send.csv")
     assert rows == len(sent) == len(exported) > 0
     assert set(exported["customer_id"]) == set(sent["customer_id"])
+    assert set(exported["assignment"]) == {"target", "explore"}
+    assert (exported["campaign_id"] == settings.export.campaign_of(RUN_DATE)).all()
+    assert exported["propensity"].between(0, 1, inclusive="right").all()
+    # The control rows go out too (holdout and explore-control), as a randomized campaign's control.
+    everyone = aud.export_csv(settings, RUN_DATE, None, tmp_path / "all.csv")
+    listed = pd.read_csv(tmp_path / "all.csv")
+    assert everyone == int(published["assigned_arm"].notna().sum()) == len(listed)
+    control = listed[listed["assigned_arm"] == "control"]
+    assert set(control["assignment"]) == {"holdout", "explore"}
+    assert set(listed.loc[listed["assignment"] == "holdout", "customer_id"]) == set(
+        published.loc[published["holdout"], "customer_id"]
+    )
     with pytest.raises(ValueError, match="unknown arm 'subject_7'"):
         aud.export_csv(settings, RUN_DATE, "subject_7", tmp_path / "x.csv")
 

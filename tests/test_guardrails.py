@@ -82,7 +82,7 @@ def test_without_the_guardrail_the_harmed_segment_gets_subject_3_and_with_it_it_
     assert without > 0.6, "a harm valued at -5 alone does not outweigh subject_3's clicks there"
     assert with_guardrail < 0.05
 
-    sent = audience[audience["selected"] & ~audience["holdout"]]
+    sent = audience[audience["assignment"] == "target"]
     true_uplift = {
         arm: truth[f"p_{arm}__unsubscribe"] - truth["p_control__unsubscribe"] for arm in settings.experiment.arms
     }

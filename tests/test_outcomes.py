@@ -56,6 +56,8 @@ def _trading(n: int = 60_000, seed: int = 4) -> pd.DataFrame:
         {
             "customer_id": [f"u{i}" for i in range(n)],
             "campaign_id": "k",
+            "propensity": 1 / 3,  # _experiment's split
+            "inclusion_probability": 1.0,
             "arm": arm,
             "seg": seg,
             "x": rng.normal(size=n),
@@ -164,6 +166,8 @@ def test_bounds_come_from_the_holdout_uplift_observed_in_each_bin_of_predicted_u
     scored = pd.DataFrame(
         {
             "campaign_id": "k",
+            "propensity": 1 / 3,  # _experiment's split
+            "inclusion_probability": 1.0,
             "arm": arm,
             "label__unsubscribe": unsubscribed.astype(int),
             # a model that ranks the harmed first but underestimates them tenfold
@@ -191,6 +195,8 @@ def test_the_gate_estimates_each_policys_guardrail_increase_and_flags_the_ones_a
         {
             "customer_id": [f"u{i}" for i in range(n)],
             "campaign_id": "k",
+            "propensity": 1 / 3,  # _experiment's split
+            "inclusion_probability": 1.0,
             "arm": arm,
             "label": (rng.random(n) < 0.05 + 0.05 * (arm != "c")).astype(int),
             "label__unsubscribe": (rng.random(n) < 0.004 + 0.04 * ((arm == "a") & harmed)).astype(int),

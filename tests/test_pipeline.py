@@ -117,9 +117,10 @@ def test_targeting_follows_the_policy(settings, audience):
     assert not audience.loc[audience["recommended_arm"] == "none", "selected"].any()
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE)).set_index("recommended_arm")
     assert summary["customers"].sum() == audience["selected"].sum()
-    assert (summary["sends"] + summary["holdout"] == summary["customers"]).all()
+    assert (summary["sends"] + summary["holdout"] + summary["explore"] == summary["customers"]).all()
     assert 0 < audience["holdout"].sum() < 0.1 * audience["selected"].sum()
-    sent = audience[audience["selected"] & ~audience["holdout"]]
+    sent = audience[audience["assignment"] == "target"]
+    assert (sent["selected"] & (sent["assigned_arm"] == sent["recommended_arm"])).all()
     assert summary["spend"].sum() == pytest.approx(sent["send_cost"].sum())
 
 

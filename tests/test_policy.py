@@ -104,6 +104,41 @@ def test_the_policy_takes_the_best_net_value_and_respects_min_uplift(primary):
     assert out.loc["b", "rank"] == 1 and not out.loc[["c", "d"], "selected"].any()
 
 
+def _unweighted(counts: pd.DataFrame) -> pd.DataFrame:
+    """arm_counts' columns for sends of propensity 1 (a weight of 1 each)."""
+    return counts.assign(
+        weight=counts["rows"],
+        weighted_responses=counts["responses"],
+        weight_sq=counts["rows"],
+        weighted_responses_sq=counts["responses"],
+    )
+
+
+def test_average_effects_weigh_an_own_audiences_targeted_sends_by_their_propensity():
+    """An audience that sent the arm to 90% of the customers it helps and 10% of the others: the plain
+    difference of rates confounds the effect with whom it chose; the propensities undo that."""
+    rng = np.random.default_rng(4)
+    n = 400_000
+    helped = rng.random(n) < 0.5
+    p_arm = np.where(helped, 0.9, 0.1)
+    treated = rng.random(n) < p_arm
+    base = np.where(helped, 0.4, 0.1)
+    responded = rng.random(n) < base + 0.1 * (helped & treated)
+    rows = pd.DataFrame(
+        {
+            "campaign_id": "uplift_20261030",
+            "arm": np.where(treated, "subject_1", "control"),
+            "label": responded.astype(int),
+            "propensity": np.where(treated, p_arm, 1 - p_arm),
+        }
+    )
+    effect = policy.average_effects(policy.arm_counts(rows, "label"), "control", ["subject_1"])["subject_1"]
+    naive = rows.loc[treated, "label"].mean() - rows.loc[~treated, "label"].mean()
+    assert naive > 0.25, "the plain difference mostly measures whom the audience chose"
+    assert effect["low"] < 0.05 < effect["high"], effect  # the true average effect: 0.1 on half of them
+    assert effect["high"] - effect["low"] < 0.02
+
+
 def test_average_effects_are_stratified_by_campaign():
     # Campaign A: 50/50, +10 points; campaign B: 90% treated, a higher base rate, +10 points.
     counts = pd.DataFrame(
@@ -115,7 +150,7 @@ def test_average_effects_are_stratified_by_campaign():
         ],
         columns=["campaign_id", "arm", "rows", "responses"],
     )
-    effects = policy.average_effects(counts, "control", ["subject_1"])
+    effects = policy.average_effects(_unweighted(counts), "control", ["subject_1"])
     assert effects["subject_1"]["ate"] == pytest.approx(0.10)
     pooled = 650 / 1900 - 140 / 1100
     assert pooled > 0.2, "the naive pooled difference would be twice the effect"
@@ -126,20 +161,24 @@ def test_a_rare_outcome_over_many_small_campaigns_keeps_its_interval():
     # The same rows (0.4% vs 0.4%) delivered as one campaign or as 30 daily ones: the interval is
     # the one the total rows give, not one inflated by a pseudo-success in every small campaign.
     def campaigns(k):  # 3,000 rows and 12 responses per group, spread over k campaigns
-        return pd.DataFrame(
-            [
-                (f"c{i}", arm, 3000 // k, int(i < 12) if k > 1 else 12)
-                for i in range(k)
-                for arm in ("control", "subject_1")
-            ],
-            columns=["campaign_id", "arm", "rows", "responses"],
+        return _unweighted(
+            pd.DataFrame(
+                [
+                    (f"c{i}", arm, 3000 // k, int(i < 12) if k > 1 else 12)
+                    for i in range(k)
+                    for arm in ("control", "subject_1")
+                ],
+                columns=["campaign_id", "arm", "rows", "responses"],
+            )
         )
 
     one, daily = (policy.average_effects(campaigns(k), "control", ["subject_1"])["subject_1"] for k in (1, 30))
     assert one["ate"] == daily["ate"] == 0
     assert daily["high"] == pytest.approx(one["high"], rel=0.05)
     assert daily["high"] < 0.01, "a zero effect on 3,000 rows per group is bounded well below 1 point"
-    empty = policy.average_effects(campaigns(30).assign(responses=0), "control", ["subject_1"])["subject_1"]
+    empty = policy.average_effects(
+        campaigns(30).assign(responses=0, weighted_responses=0, weighted_responses_sq=0), "control", ["subject_1"]
+    )["subject_1"]
     assert empty["high"] > 0, "no responses at all still leaves an interval"
 
 
@@ -166,6 +205,7 @@ def _randomized(n: int, seed: int):
     arm = rng.choice(["control", "a", "b"], n, p=[0.2, 0.4, 0.4])
     y = rng.random(n) < np.choose(pd.Categorical(arm, categories=["control", "a", "b"]).codes, list(truth.values()))
     frame = pd.DataFrame({"arm": arm, "label": y.astype(int), "campaign_id": "c", "customer_id": np.arange(n)})
+    frame["propensity"], frame["inclusion_probability"] = frame["arm"].map({"control": 0.2, "a": 0.4, "b": 0.4}), 1.0
     for name, p in truth.items():  # outcome models: the truth blurred, as a fitted model would be
         frame[f"p_{name}"] = np.clip(p + rng.normal(0, 0.02, n), 0.001, 0.999)
     return frame, truth, x

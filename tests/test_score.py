@@ -9,8 +9,10 @@ from jobs.spark import start_python_workers
 
 
 def _policy(settings, **changes):
-    """The demo's targeting on primary-only uplifts (no further outcome: tests/test_policy.py has them)."""
-    targeting = settings.targeting.model_copy(update={"holdout_share": 0.0, "outcomes": {}, **changes})
+    """The demo's targeting on primary-only uplifts (no further outcome: tests/test_policy.py has them),
+    without exploration (whose share of a budget tests/test_assignment.py checks)."""
+    changes = {"holdout_share": 0.0, "outcomes": {}, "exploration_share": 0.0, **changes}
+    targeting = settings.targeting.model_copy(update=changes)
     return settings.model_copy(update={"targeting": targeting})
 
 

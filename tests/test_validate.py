@@ -1,5 +1,7 @@
 """Bad deliveries and broken randomization stop the run with a message that says what and where."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,17 +9,25 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import RUN_DATE
 from helpers import copy_raw, settings_in
+from jobs.etl import RANDOMIZED
 from jobs.generate import deliver
 from jobs.lake import partition_dir, publish_partition
+from jobs.policy import EXPLORE, HOLDOUT, TARGET
 from jobs.validate import (
+    MAX_SMD,
     ValidationFailed,
     _arm_counts_by_campaign,
+    _moments_by_campaign,
     _separation,
+    _training_randomization,
     covariate_balance,
+    leakage_in_data,
     sample_ratio_mismatch,
     validate_features,
     validate_raw,
 )
+
+TRAINING = "campaign_id string, arm string, assignment string, label int, x double"
 
 
 def test_good_deliveries_pass(spark, settings, generated):
@@ -89,9 +99,9 @@ def test_covariate_balance_pools_each_arms_campaigns_as_one_sample(spark):
             if campaign == "c3":
                 y[:] = np.nan
             ys = [None if np.isnan(value) else value for value in y.tolist()]
-            rows += [(campaign, arm, xi, yi) for xi, yi in zip(x.tolist(), ys, strict=True)]
-    frame = pd.DataFrame(rows, columns=["campaign_id", "arm", "x", "y"])
-    sdf = spark.createDataFrame(rows, "campaign_id string, arm string, x double, y double")
+            rows += [(campaign, arm, RANDOMIZED, xi, yi) for xi, yi in zip(x.tolist(), ys, strict=True)]
+    frame = pd.DataFrame(rows, columns=["campaign_id", "arm", "assignment", "x", "y"])
+    sdf = spark.createDataFrame(rows, "campaign_id string, arm string, assignment string, x double, y double")
 
     smd = covariate_balance(sdf, "control", ["x", "y"])
 
@@ -104,6 +114,89 @@ def test_covariate_balance_pools_each_arms_campaigns_as_one_sample(spark):
     assert set(smd) == {"a", "b"}
     assert _arm_counts_by_campaign(sdf) == sizes
     assert covariate_balance(sdf.where("arm != 'control'"), "control", ["x"]) == {}, "no control, no balance"
+
+
+def _training(spark, frame: pd.DataFrame):
+    """frame (TRAINING's columns, NaN for null) as a Spark training set."""
+    return spark.createDataFrame(frame.astype(object).where(frame.notna(), None).to_numpy().tolist(), TRAINING)
+
+
+def _randomization_checks(settings, training):
+    """The training set's sample-ratio and balance checks on its feature x."""
+    moments = _moments_by_campaign(training, ["x"], "assignment")
+    return _training_randomization("features/training", moments, settings.experiment, ["x"])
+
+
+def _sends(arms: list[str], x: np.ndarray, campaign: str = "daily", assignment: str = RANDOMIZED) -> pd.DataFrame:
+    """One row per value of x (arms x sends), its arm that row's."""
+    return pd.DataFrame(
+        {
+            "campaign_id": campaign,
+            "arm": np.repeat(arms, x.shape[1]),
+            "assignment": assignment,
+            "label": 0,
+            "x": x.ravel(),
+        }
+    )
+
+
+def test_a_chance_imbalance_on_a_sparse_feature_passes(spark, settings):
+    """A feature known on 2% of 20,000 randomized sends (100 rows per arm), one distribution for
+    every arm: an SMD of 0.16 is within chance at that size, and the night passes."""
+    arms = settings.experiment.all_arms
+    x = np.full((len(arms), 5000), np.nan)
+    x[:, :100] = np.random.default_rng(26).exponential(20.0, (len(arms), 100))
+    outcome, checks = _randomization_checks(settings, _training(spark, _sends(arms, x)))
+    smd = checks["covariate_balance"]["arms"]["subject_2"]["x"]["smd"]
+    assert smd > MAX_SMD and smd == pytest.approx(0.16, abs=0.005), "the SMD alone would refuse it"
+    assert outcome.success, outcome.failures
+
+
+def test_a_real_imbalance_is_refused_naming_the_arm_and_feature(spark, settings):
+    """2,000 rows per arm, one arm's feature shifted by 0.3 sd: refused, with its SMD and p-value."""
+    arms = settings.experiment.all_arms
+    x = np.random.default_rng(7).normal(0.0, 1.0, (len(arms), 2000))
+    x[arms.index("subject_3")] += 0.3
+    outcome, _ = _randomization_checks(settings, _training(spark, _sends(arms, x)))
+    assert not outcome.success
+    (failure,) = outcome.failures
+    assert "covariate imbalance" in failure
+    assert re.search(r"subject_3\.x \(SMD 0\.[23]\d\d, p=\d(\.\d)?e-\d+\)", failure), failure
+    assert "subject_1.x" not in failure and "subject_2.x" not in failure
+
+
+def test_an_own_audiences_rows_are_left_out_of_the_randomization_checks(spark, settings):
+    """The pipeline's own audience: explore sends, a holdout of the selected customers recorded as
+    control, and the sends the model targeted at high x. The sample-ratio test, the balance and the
+    leakage guard's arm-vs-control AUC read the randomized campaigns' rows only (an own campaign's
+    routes are tested against its audience by validate-raw); had the targeted sends been randomized,
+    each would fail."""
+    arms = settings.experiment.all_arms
+    rng = np.random.default_rng(5)
+    frame = pd.concat(
+        [
+            _sends(arms, rng.random((len(arms), 100))),
+            _sends(arms, rng.random((len(arms), 50)), "uplift", EXPLORE),
+            _sends(["control"], 5 + rng.random((1, 200)), "uplift", HOLDOUT),
+            _sends(["subject_1"], 5 + rng.random((1, 9800)), "uplift", TARGET),
+        ],
+        ignore_index=True,
+    )
+    frame["label"] = (rng.random(len(frame)) < 0.1).astype(int)
+
+    training = _training(spark, frame)
+    outcome, _ = _randomization_checks(settings, training)
+    leaks, _ = leakage_in_data(training, settings, seed=0)
+    assert outcome.success, outcome.failures
+    assert leaks == []
+
+    training = _training(spark, frame.replace({"assignment": {TARGET: RANDOMIZED}}))
+    outcome, _ = _randomization_checks(settings, training)
+    leaks, _ = leakage_in_data(training, settings, seed=0)
+    assert not outcome.success
+    assert "sample ratio mismatch in campaign 'uplift'" in outcome.failures[0]
+    assert "covariate imbalance" in outcome.failures[1] and "subject_1.x" in outcome.failures[1]
+    assert len(leaks) == 1 and "feature 'x'" in leaks[0] and "arm 'subject_1' vs control" in leaks[0]
 
 
 def test_each_campaign_is_tested_against_its_own_split(settings):
