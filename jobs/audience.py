@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
-from jobs.lake import MissingInputError, partition_dir
+from jobs.lake import MissingInputError, kept_versions, next_version, partition_dir, version_dir
 from jobs.settings import Settings, report_dir
 
 BUDGET_CURVE = "budget_curve"  # <reports>/run_date=<ds>/budget_curve.{csv,png}, written by the gate
@@ -37,17 +37,28 @@ PG_TYPES = {
 }
 
 
-def _dataset(settings: Settings, run_date: date) -> pads.Dataset:
-    path = partition_dir(settings, "audience", run_date)
+def _folder(settings: Settings, table: str, run_date: date, version: int | None) -> Path:
+    """A partition of table: the current one, or one it replaced (jobs.lake.version_dir)."""
+    if version is None or version not in kept_versions(settings, table, run_date):
+        return partition_dir(settings, table, run_date)
+    return version_dir(settings, table, run_date, version)
+
+
+def _dataset(settings: Settings, run_date: date, version: int | None = None) -> pads.Dataset:
+    path = _folder(settings, "audience", run_date, version)
     if not path.exists():
         raise MissingInputError(f"no audience for run_date={run_date} at {path}: run `uplift score` first")
+    current = next_version(settings, "audience", run_date) - 1
+    if version is not None and version != current and path == partition_dir(settings, "audience", run_date):
+        raise MissingInputError(f"no version {version} of the audience of run_date={run_date}: versions 1..{current}")
     return pads.dataset(str(path), format="parquet")
 
 
-def show(settings: Settings, run_date: date, top: int = 10) -> str:
-    """Per-arm counts, expected lift and spend, then the top customers by expected net value."""
-    summary = pd.read_parquet(partition_dir(settings, "audience_summary", run_date)).sort_values("recommended_arm")
-    dataset = _dataset(settings, run_date)
+def show(settings: Settings, run_date: date, top: int = 10, version: int | None = None) -> str:
+    """Per-arm counts, expected lift and spend, then the top customers by expected net value
+    (of the audience's current version, or of `version`: a rerun keeps the ones it replaced)."""
+    dataset = _dataset(settings, run_date, version)
+    summary = pd.read_parquet(_folder(settings, "audience_summary", run_date, version)).sort_values("recommended_arm")
     columns = ["rank", "customer_id", "recommended_arm", "expected_uplift", "expected_net_value", "holdout"]
     best = dataset.to_table(columns=columns, filter=pc.field("rank") <= top).to_pandas().sort_values("rank")
     total = dataset.count_rows()

@@ -143,11 +143,17 @@ def summary(run_date: RunDate) -> None:
 
 
 @audience_app.command("show")
-def audience_show(run_date: RunDate, top: int = 10) -> None:
+def audience_show(
+    run_date: RunDate,
+    top: int = 10,
+    version: Annotated[
+        int | None, typer.Option(min=1, help="An earlier version a rerun kept (default: current).")
+    ] = None,
+) -> None:
     """Per-arm counts, expected lift and spend, and the top customers."""
     from jobs.audience import show
 
-    typer.echo(show(load_settings(), run_date.date(), top))
+    typer.echo(show(load_settings(), run_date.date(), top, version))
 
 
 @audience_app.command("export")

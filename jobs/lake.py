@@ -3,6 +3,7 @@
     <lake>/raw/<source>/dt=YYYY-MM-DD/         landed by upstream (CSV or Parquet)
     <lake>/features/{training,scoring}/run_date=YYYY-MM-DD/
     <lake>/audience/run_date=YYYY-MM-DD/
+    <lake>/audience_versions/run_date=YYYY-MM-DD/version=N/   earlier audiences of a republished date
     <lake>/audience_summary/run_date=YYYY-MM-DD/
 
 Publishing writes into a staging folder and swaps it in with a rename, so a reader sees the
@@ -126,8 +127,27 @@ def _has_columns(spark: SparkSession, conf, folder: Path, columns) -> bool:
     return all(c in frame.columns for c in columns)
 
 
-def publish_partition(df: DataFrame, settings: Settings, table: str, run_date: date) -> Path:
-    """Write df as the run_date partition of table, replacing any previous one atomically."""
+def version_dir(settings: Settings, table: str, run_date: date, version: int) -> Path:
+    """Where a replaced partition of a versioned table is kept: <table>_versions/run_date=<d>/version=<n>/."""
+    return table_dir(settings, f"{table}_versions") / f"run_date={run_date.isoformat()}" / f"version={version}"
+
+
+def kept_versions(settings: Settings, table: str, run_date: date) -> list[int]:
+    """The versions of run_date's partition that a republish replaced, oldest first."""
+    root = version_dir(settings, table, run_date, 0).parent
+    return sorted(int(p.name[len("version=") :]) for p in root.glob("version=*")) if root.exists() else []
+
+
+def next_version(settings: Settings, table: str, run_date: date) -> int:
+    """The version number the next publish of run_date's partition gets (1 for the first)."""
+    return len(kept_versions(settings, table, run_date)) + partition_dir(settings, table, run_date).exists() + 1
+
+
+def publish_partition(df: DataFrame, settings: Settings, table: str, run_date: date, keep: bool = False) -> Path:
+    """Write df as the run_date partition of table, replacing any previous one atomically.
+
+    keep: the partition it replaces is kept, moved to version_dir (its number: next_version's
+    before this publish), never deleted: an audience is the record of what was sent."""
     target = partition_dir(settings, table, run_date)
     # Left by a writer killed mid-way: never read (hidden), removed by the next publish.
     for stale in table_dir(settings, table).glob(f".staging-{run_date.isoformat()}-*"):
@@ -135,7 +155,11 @@ def publish_partition(df: DataFrame, settings: Settings, table: str, run_date: d
     staging = table_dir(settings, table) / f".staging-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
     df.write.mode("overwrite").parquet(str(staging))
     retired = staging.with_name(staging.name + "-retired")
-    if target.exists():
+    if target.exists() and keep:
+        kept = version_dir(settings, table, run_date, next_version(settings, table, run_date) - 1)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        target.rename(kept)
+    elif target.exists():
         target.rename(retired)
     staging.rename(target)
     shutil.rmtree(retired, ignore_errors=True)
@@ -161,12 +185,14 @@ def own_campaigns(settings: Settings, run_date: date) -> dict[str, Path]:
     for day in partition_dates(settings, "audience"):
         if day > run_date:
             break
-        dataset = pads.dataset(str(partition_dir(settings, "audience", day)), format="parquet")
-        if not set(ASSIGNMENT_RECORD) <= set(dataset.schema.names):
-            continue
-        first = dataset.head(1, columns=["campaign_id"])
-        if first.num_rows:
-            out[first.column("campaign_id")[0].as_py()] = partition_dir(settings, "audience", day)
+        folders = [version_dir(settings, "audience", day, v) for v in kept_versions(settings, "audience", day)]
+        for folder in [*folders, partition_dir(settings, "audience", day)]:
+            dataset = pads.dataset(str(folder), format="parquet")
+            if not set(ASSIGNMENT_RECORD) <= set(dataset.schema.names):
+                continue
+            first = dataset.head(1, columns=["campaign_id"])
+            if first.num_rows:
+                out[first.column("campaign_id")[0].as_py()] = folder
     return out
 
 

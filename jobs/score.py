@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from jobs import policy
-from jobs.lake import partition_dir, publish_partition, read_partition, training_effects
+from jobs.lake import next_version, partition_dir, publish_partition, read_partition, training_effects
 from jobs.settings import Settings
 from jobs.spark import start_python_workers
 from jobs.tlearner import PortableTLearner, key, output_columns, serving_problem
@@ -281,7 +281,10 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     eligible = features.count() if policy.budgeted_sends(settings.targeting, exp.arms) is not None else 0
     explore = policy.exploration_probability(settings.targeting, exp.arms, eligible)
     audience = with_assignment(audience, settings, run_date, explore)
-    campaign_id = settings.export.campaign_of(run_date)
+    # A date published before keeps that audience (what was sent) as a version; the new one is sent
+    # under a campaign id of its own, so the sends of each come back to the right record.
+    version = next_version(settings, "audience", run_date)
+    campaign_id = settings.export.campaign_of(run_date) + (f"_v{version}" if version > 1 else "")
     audience = audience.select(
         "customer_id",
         "recommended_arm",
@@ -303,7 +306,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         F.lit(model_version).cast("string").alias("model_version"),
         F.lit(datetime.now(UTC)).cast("timestamp").alias("scored_at"),
     )
-    path = publish_partition(audience, settings, "audience", run_date)
+    path = publish_partition(audience, settings, "audience", run_date, keep=True)
     published = spark.read.parquet(str(path))
     sent = F.col("assignment") == policy.TARGET
     summary = (
@@ -325,7 +328,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         .withColumn("policy", F.lit(label))
         .withColumn("model_version", F.lit(model_version).cast("string"))
     )
-    publish_partition(summary.coalesce(1), settings, "audience_summary", run_date)
+    publish_partition(summary.coalesce(1), settings, "audience_summary", run_date, keep=True)
     guardrails = {}
     if settings.targeting.guardrails:
         totals = (
@@ -355,6 +358,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         "rows": sum(counts.values()),
         "recommended": counts,
         "campaign_id": campaign_id,
+        "version": version,
         "exploration_probability": explore,
         "assignments": dict(sorted(assignments.items())),
         "policy": label,

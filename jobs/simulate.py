@@ -8,9 +8,11 @@ send's responses are drawn from the customer's true probabilities and delivered 
 happen. The next night validates those sends against the audience and learns from them with their
 recorded propensities.
 
-Per night it reports the sends by assignment route and the deployed policy's value per eligible
-customer: the gate's estimate with its interval, and the truth (the generator's net value of the
-policy's own choice for every customer it decides for, before exploration and holdout).
+A night whose drift step fails (drift.on_fail: fail_run) has published its audience already: it
+is sent, and the night's line says `drift: fail`. Per night it reports the sends by assignment
+route and the deployed policy's value per eligible customer: the gate's estimate with its
+interval, and the truth (the generator's net value of the policy's own choice for every customer
+it decides for, before exploration and holdout).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from jobs import steps
+from jobs.drift import DriftFailed
 from jobs.generate import UNSUBSCRIBE, deliver, draw_responses, generate
 from jobs.lake import partition_dir
 from jobs.policy import NONE
@@ -105,8 +108,13 @@ def simulate(
         night = first_night + timedelta(days=k)
         if k:  # the customers' snapshot of the day (the generator's customers do not change)
             deliver(settings, "users", users, night)
+        drift = "ok"
         for step in steps.STEPS:
-            steps.run(step, night, settings)
+            try:
+                steps.run(step, night, settings)
+            except DriftFailed as err:  # after the audience was published: the night's send goes out
+                log.warning("night %s: %s", night, err)
+                drift = "fail"
         audience = pd.read_parquet(partition_dir(settings, "audience", night))
         sends = send(settings, audience, truth, night, seed)
         gate = json.loads((report_dir(settings, night) / "gate.json").read_text())
@@ -114,6 +122,7 @@ def simulate(
         line = {
             "night": night.isoformat(),
             "policy": audience["policy"].iloc[0],
+            "drift": drift,
             "sends": sends,
             **{route: int((audience["assignment"] == route).sum()) for route in ("target", "holdout", "explore")},
             "estimated_value": estimate["value"],

@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 
 from jobs import features
 from jobs.etl import RANDOMIZED, SCORING_KEYS, training_keys
-from jobs.lake import raw_partitions, read_partition, read_raw
+from jobs.lake import ASSIGNMENT_RECORD, own_campaigns, partition_dates, raw_partitions, read_partition, read_raw
 from jobs.settings import PROJECT_ROOT, SOURCES, Experiment, Settings, report_dir
 from jobs.tlearner import label_column
 
@@ -252,10 +252,15 @@ def _with_raw_checks(frame: DataFrame, timestamp: str, known: DataFrame) -> Data
     )
 
 
-def volume_band(spark: SparkSession, settings: Settings, source: str, run_date: date) -> tuple[int, int | None]:
+def volume_band(
+    spark: SparkSession, settings: Settings, source: str, run_date: date, own: tuple[str, ...] = ()
+) -> tuple[int, int | None]:
     """(min, max) rows of run_date's delivery: non-empty, and within `validation.volume_tolerance`
     of the average of the earlier deliveries in `validation.volume_days` (once there are
-    `validation.volume_min_history` of them), for sources that check volume (`volume_band`)."""
+    `validation.volume_min_history` of them), for sources that check volume (`volume_band`).
+
+    own: the pipeline's own campaign ids, whose sends the earlier deliveries' counts leave out
+    (their volume follows their audience, which `_own_campaigns_check` holds them to)."""
     cfg = settings.validation
     if not settings.sources[source].checks_volume:
         return 1, None
@@ -263,7 +268,10 @@ def volume_band(spark: SparkSession, settings: Settings, source: str, run_date: 
     dated = {date.fromisoformat(f.name[3:]) for f in raw_partitions(settings, source, run_date)} & window
     if len(dated) < cfg.volume_min_history:
         return 1, None
-    earlier = read_raw(spark, settings, source, run_date, days=dated).groupBy("dt").count().collect()
+    delivered = read_raw(spark, settings, source, run_date, days=dated)
+    if own:
+        delivered = delivered.where(~F.col("campaign_id").isin(list(own)))
+    earlier = delivered.groupBy("dt").count().collect()
     if len(earlier) < cfg.volume_min_history:
         return 1, None
     average = sum(row["count"] for row in earlier) / len(earlier)
@@ -341,14 +349,25 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
         # The work that needs no Great Expectations first, while it imports (preload_gx): the
         # deliveries into the cache, the volume bands, the arm counts, the response types. These
         # are small jobs, one or a few tasks each: submitted together, they share the cores.
+        own = own_campaigns(settings, run_date)
         with ThreadPoolExecutor(4, thread_name_prefix="raw-checks") as pool:
             counted = {source: pool.submit(frame.count) for source, frame in frames.items()}
-            banded = {source: pool.submit(volume_band, spark, settings, source, days[source]) for source in SOURCES}
+            banded = {
+                source: pool.submit(
+                    volume_band, spark, settings, source, days[source], tuple(own) if source == "sends" else ()
+                )
+                for source in SOURCES
+            }
             arms_counted = pool.submit(_arm_counts_by_campaign, frames["sends"])
             types_seen = pool.submit(response_types_delivered, spark, settings, run_date)
             rows = {source: future.result() for source, future in counted.items()}
             bands = {source: future.result() for source, future in banded.items()}
             arm_counts, response_types = arms_counted.result(), types_seen.result()
+        own = {campaign: own[campaign] for campaign in arm_counts if campaign in own}  # tonight's own campaigns
+        randomized = {campaign: counts for campaign, counts in arm_counts.items() if campaign not in own}
+        bands["sends"] = _with_own_sends(bands["sends"], bool(randomized), sum(rows_of(arm_counts, own)))
+        if _own_responses_due(settings, run_date):  # their volume follows the own campaigns' sends
+            bands["responses"] = (1, None)
         context = _context(out / "data_docs")
         for source in SOURCES:
             min_rows, max_rows = bands[source]
@@ -369,8 +388,12 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
                     hidden,
                 )
             )
-        randomization, srm = _randomization(f"raw/sends dt={days['sends']}", arm_counts, exp)
+        randomization, srm = _randomization(f"raw/sends dt={days['sends']}", randomized, exp)
         outcomes.append(randomization)
+        if own:
+            own_check, own_summary = _own_campaigns_check(spark, settings, frames["sends"], own, days["sends"])
+            outcomes.append(own_check)
+            srm["own_campaigns"] = own_summary
         outcomes.append(response_types)
         context.build_data_docs(site_names=["validation"])  # once per step, every suite's results
         checked = {source: day.isoformat() for source, day in days.items()}
@@ -386,6 +409,96 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
         "deliveries_checked": checked,
         "report": str(summary),
     }
+
+
+def rows_of(arm_counts: dict[str, dict[str, int]], campaigns) -> list[int]:
+    """The rows of each of campaigns in arm_counts (campaign -> arm -> rows)."""
+    return [sum(arm_counts[c].values()) for c in campaigns]
+
+
+def _with_own_sends(band: tuple[int, int | None], randomized_today: bool, own_rows: int) -> tuple[int, int | None]:
+    """The sends delivery's band when it holds own campaigns: the randomized campaigns' band (none
+    tonight: no rows expected of them), plus the own campaigns' rows, held to their audience apart."""
+    if not own_rows:
+        return band
+    low, high = band if randomized_today else (0, 0)
+    return max(1, low + own_rows), None if high is None else high + own_rows
+
+
+def _own_responses_due(settings: Settings, run_date: date) -> bool:
+    """Whether an own campaign sent within the longest label window may have responses tonight: the
+    responses' volume then follows its size, not the earlier deliveries' average."""
+    since = run_date - timedelta(days=settings.window_days + 1)
+    recent = [day for day in partition_dates(settings, "audience") if since <= day < run_date]
+    return bool(recent) and bool(own_campaigns(settings, recent[-1]))
+
+
+def _own_campaigns_check(
+    spark: SparkSession, settings: Settings, sends: DataFrame, audiences: dict[str, Path], day: date
+) -> tuple[CheckOutcome, dict]:
+    """The sends of the pipeline's own campaigns against the audiences that listed them.
+
+    Every send must be a row of its campaign's audience (export.campaign_id names it) with that
+    row's assigned arm; the routes (target, holdout, explore) must come back in the shares the
+    audience listed them (a sample-ratio test at srm_p_value_min / campaigns: an e-mail tool that
+    dropped the control rows, or most of one route, would bias every estimate of the nights after);
+    and at least (1 - validation.volume_tolerance) of the listed rows must come back.
+    """
+    exp, tolerance = settings.experiment, settings.validation.volume_tolerance
+    ids = sorted(audiences)
+    records = spark.read.parquet(*[str(p) for p in audiences.values()]).select(*ASSIGNMENT_RECORD)
+    records = records.where(F.col("assigned_arm").isNotNull() & F.col("campaign_id").isin(ids))
+    problem = F.when(F.col("assigned_arm").isNull(), F.lit("customer not in the audience")).when(
+        F.col("arm") != F.col("assigned_arm"), F.lit("arm changed from the audience's assigned_arm")
+    )
+    own = (
+        sends.where(F.col("campaign_id").isin(ids))
+        .join(records, ["campaign_id", "customer_id"], "left")
+        .withColumn("problem", problem)
+    )
+    delivered = own.groupBy("campaign_id", "assignment", "problem").count().collect()
+    listed: dict[str, dict[str, int]] = {}
+    for row in records.groupBy("campaign_id", "assignment").count().collect():
+        listed.setdefault(row["campaign_id"], {})[row["assignment"]] = row["count"]
+    outcome = CheckOutcome(f"raw/sends dt={day}", "own_campaigns", True, 4)
+    problems: dict[str, int] = {}
+    matched: dict[str, dict[str, int]] = {c: {} for c in ids}
+    for row in delivered:
+        if row["problem"]:
+            problems[row["problem"]] = problems.get(row["problem"], 0) + row["count"]
+        else:
+            matched[row["campaign_id"]][row["assignment"]] = row["count"]
+    for kind, count in sorted(problems.items()):
+        sample = own.where(F.col("problem") == kind).select(
+            "send_id", "campaign_id", "customer_id", "arm", "assigned_arm"
+        )
+        rows = [r.asDict() for r in sample.limit(SAMPLE_ROWS).collect()]
+        outcome.failures.append(
+            f"{count} sends of own campaigns {ids}: {kind}, e.g. {rows}. An own campaign's sends must be the rows "
+            "of the audience that listed them, with their assigned arm: fix the export's mapping in the e-mail "
+            "tool, or deliver a campaign the pipeline did not list under another campaign_id"
+        )
+    level = exp.srm_p_value_min / len(ids)
+    summary = {"p_value_min": level, "campaigns": {}}
+    for campaign in ids:
+        expected = listed.get(campaign, {})
+        total = sum(expected.values())
+        srm = sample_ratio_mismatch(matched[campaign], {route: n / total for route, n in expected.items()})
+        came_back = sum(matched[campaign].values())
+        summary["campaigns"][campaign] = {**srm, "listed": expected, "delivered": came_back}
+        if srm["p_value"] < level:
+            outcome.failures.append(
+                f"own campaign '{campaign}': its routes came back as {matched[campaign]} of the {expected} its "
+                f"audience listed (chi2={srm['chi2']:.1f}, p={srm['p_value']:.2g} < {level:.2g}): the e-mail tool "
+                "sent a different share of the target, holdout or explore rows than listed"
+            )
+        if came_back < (1 - tolerance) * total:
+            outcome.failures.append(
+                f"own campaign '{campaign}': {came_back:,} of the {total:,} listed sends came back, fewer than "
+                f"{1 - tolerance:.0%} (validation.volume_tolerance {tolerance}): a partial delivery"
+            )
+    outcome.success = not outcome.failures
+    return outcome, summary
 
 
 def response_types_delivered(spark: SparkSession, settings: Settings, run_date: date) -> CheckOutcome:

@@ -354,7 +354,7 @@ def test_clearing_score_reruns_it_with_the_same_audience(backfill, postgres_stac
     day = BACKFILL_DATES[-1]
     run_id = backfill["runs"][day]
     folder = partition(root, "audience", day)
-    before = pd.read_parquet(folder)
+    before, published = pd.read_parquet(folder), fingerprint(folder)
     tries = stack.task(run_id, "score")["try_number"]
 
     cleared = stack.ok(
@@ -379,8 +379,10 @@ def test_clearing_score_reruns_it_with_the_same_audience(backfill, postgres_stac
     assert not after["customer_id"].duplicated().any()
     assert (after["scored_at"] > before["scored_at"].max()).all(), "the partition was scored and published again"
     pd.testing.assert_frame_equal(rows(after), rows(before))
+    assert (after["campaign_id"] == before["campaign_id"].iloc[0] + "_v2").all(), "sent under an id of its own"
+    assert fingerprint(partition(root, "audience_versions", day) / "version=1") == published, "kept as it was"
 
 
 def rows(audience: pd.DataFrame) -> pd.DataFrame:
-    """The audience in customer order, without scored_at (when it was scored)."""
-    return audience.drop(columns="scored_at").sort_values("customer_id").reset_index(drop=True)
+    """The audience in customer order, without scored_at (when it was scored) and campaign_id (its version's)."""
+    return audience.drop(columns=["scored_at", "campaign_id"]).sort_values("customer_id").reset_index(drop=True)
