@@ -8,6 +8,8 @@ which only ships the model strings to Spark's workers.
 
 from __future__ import annotations
 
+from datetime import date
+
 import mlflow
 from mlflow.exceptions import MlflowException
 
@@ -42,10 +44,17 @@ def portable_model(settings: Settings, version: str) -> PortableTLearner:
         return PortableTLearner.from_json(file.read())
 
 
-def promote(settings: Settings, version: str) -> dict:
-    """Make version the champion; the former champion becomes `previous`."""
+# A version's tag: the first run date the gate promoted it on (serving_version reads it).
+SERVES_FROM = "serves_from"
+
+
+def promote(settings: Settings, version: str, run_date: date | None = None) -> dict:
+    """Make version the champion; the former champion becomes `previous`. run_date: the night the
+    gate promoted it on, recorded once (SERVES_FROM) so a backfill can find who served a date."""
     use_tracking(settings)
     client, name = mlflow.MlflowClient(), settings.mlflow.registered_model
+    if run_date is not None and SERVES_FROM not in client.get_model_version(name, str(version)).tags:
+        client.set_model_version_tag(name, str(version), SERVES_FROM, run_date.isoformat())
     current = alias_version(settings, CHAMPION)
     if current is not None and str(current.version) == str(version):
         previous = alias_version(settings, PREVIOUS)
@@ -55,6 +64,17 @@ def promote(settings: Settings, version: str) -> dict:
         client.set_registered_model_alias(name, PREVIOUS, str(current.version))
     client.set_registered_model_alias(name, CHAMPION, str(version))
     return {"champion": str(version), "previous": str(current.version) if current else None}
+
+
+def serving_version(settings: Settings, run_date: date):
+    """The model version that serves run_date: the champion, unless it was trained for a later
+    date (a backfill), then the version the gate promoted last on or before run_date; None if none."""
+    champion = alias_version(settings, CHAMPION)
+    if champion is None or champion.tags.get("run_date", "") <= run_date.isoformat():
+        return champion
+    versions = mlflow.MlflowClient().search_model_versions(f"name='{settings.mlflow.registered_model}'")
+    served = [v for v in versions if v.tags.get(SERVES_FROM, "9999") <= run_date.isoformat()]
+    return max(served, key=lambda v: (v.tags[SERVES_FROM], int(v.version)), default=None)
 
 
 def rollback(settings: Settings) -> dict:

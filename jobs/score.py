@@ -255,9 +255,9 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     features = read_partition(spark, settings, "features/scoring", run_date)
     # The workers start and import LightGBM while MLflow loads here and resolves the champion.
     workers = start_python_workers(features.select("customer_id"), ("lightgbm", "jobs.policy", "jobs.tlearner"))
-    from jobs.registry import CHAMPION, alias_version, portable_model
+    from jobs.registry import portable_model, serving_version
 
-    champion = alias_version(settings, CHAMPION)
+    champion = serving_version(settings, run_date)  # on a backfill, the one that served that date
     name, exp = settings.mlflow.registered_model, settings.experiment
     reasons: list[str] = []
     model = None

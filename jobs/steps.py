@@ -78,7 +78,7 @@ def _promote(settings: Settings, run_date: date) -> dict:
         )
     if decision != "promote":
         return {"promoted": False, "reason": run.data.tags.get("gate.reasons"), **registry.status(settings)}
-    return {"promoted": True, **registry.promote(settings, run.data.tags["model_version"])}
+    return {"promoted": True, **registry.promote(settings, run.data.tags["model_version"], run_date)}
 
 
 def _score(settings: Settings, run_date: date) -> dict:

@@ -130,6 +130,8 @@ SLOW_MODULES = {
     "test_notebook",
     "test_gate",
     "test_browser",
+    "test_loop",
+    "test_loop_learning",
 }
 SLOW_FIXTURES = {"nightly", "airflow_run", "airflow_home", "successful_run", "spark_connect"}
 

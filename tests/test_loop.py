@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from helpers import settings_in
-from jobs import steps
+from jobs import registry, steps
 from jobs.audience import show
 from jobs.generate import deliver
 from jobs.lake import own_campaigns, partition_dir, version_dir
@@ -98,12 +98,14 @@ def test_a_spoiled_own_campaign_is_refused_by_name_and_nothing_is_written(loop, 
     assert not partition_dir(bad, "features/training", day).exists()
 
 
-def test_a_rerun_of_a_sent_night_keeps_its_audience_and_lists_the_new_one_under_its_own_id(loop):
+def test_a_backfill_keeps_the_sent_audience_and_scores_with_that_nights_champion(loop):
     """Runs last: it republishes the first night's audience of the loop's home."""
-    local, _ = loop
+    local, table = loop
+    assert registry.status(local)["champion"]["run_date"] > FIRST.isoformat(), "a later night's champion serves"
     current = partition_dir(local, "audience", FIRST)
     published = {p.name: p.read_bytes() for p in current.iterdir() if p.is_file()}
-    steps.run("score", FIRST, local)
+    scored = steps.run("score", FIRST, local)
+    assert scored["policy"] == table[0]["policy"], "the model that served the first night scores it again"
     kept = version_dir(local, "audience", FIRST, 1)
     assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == published, "kept byte for byte"
     first_id = local.export.campaign_of(FIRST)

@@ -1,7 +1,7 @@
 """Learning from the pipeline's own sends, on the demo generator's truth, over several seeds.
 
 Each seed: a model fitted on a randomized campaign chooses an audience (jobs.policy.apply), which is
-sent for two nights as jobs.policy.assign records it (target, holdout, explore); responses come from
+sent for a few nights as jobs.policy.assign records it (target, holdout, explore); responses come from
 the truth. Then:
 - a model fitted on those own sends ranks customers about as well as one fitted on as many
   randomized sends;
@@ -24,8 +24,8 @@ from jobs.train import fit_t_learner
 
 ARMS = ["subject_1", "subject_2", "subject_3"]
 ALL = ["control", *ARMS]
-SEEDS = range(5)
-CUSTOMERS, RANDOMIZED_SENDS, NIGHTS = 20_000, 40_000, 2
+SEEDS = range(10)
+CUSTOMERS, RANDOMIZED_SENDS, NIGHTS = 20_000, 40_000, 4
 NIGHT = date(2026, 10, 30)
 SPEC = FeatureSpec(
     attributes={
@@ -108,7 +108,7 @@ def seeds(settings):
         scored = _uplifts(first, features)
         chosen = policy.apply(scored, targeting, ARMS, NIGHT)
         own = []
-        for k in range(NIGHTS):  # the same audience, sent on two nights with fresh draws
+        for k in range(NIGHTS):  # the same audience, sent on several nights with fresh draws
             night = NIGHT + timedelta(days=k)
             chosen["holdout"] = policy.is_holdout(
                 chosen["selected"], policy.holdout_draw(chosen["customer_id"], night), targeting
@@ -217,5 +217,10 @@ def test_the_recorded_propensities_unbias_the_gates_value_of_the_deployed_policy
         f"value: corrected covers {covered}/{len(runs)}, errors corrected {np.round(corrected_errors, 4)} "
         f"naive {np.round(naive_errors, 4)}"
     )
-    assert covered >= len(runs) - 1
-    assert np.mean(np.abs(naive_errors)) > 3 * np.mean(np.abs(corrected_errors))
+    assert covered >= 0.8 * len(runs)
+    # The naive reading is biased one way (the sent over-represent the customers the policy targets),
+    # the weighted one's errors average out over the seeds.
+    naive_bias, naive_se = np.mean(naive_errors), np.std(naive_errors, ddof=1) / np.sqrt(len(runs))
+    print(f"value bias: naive {naive_bias:.4f} (se {naive_se:.4f}), corrected {np.mean(corrected_errors):.4f}")
+    assert naive_bias > 3 * naive_se
+    assert abs(naive_bias) > 3 * abs(np.mean(corrected_errors))
