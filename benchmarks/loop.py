@@ -1,0 +1,90 @@
+"""The loop's honesty over seeds: does the gate's interval for the deployed policy cover its truth?
+
+For each seed, `uplift simulate` (jobs.simulate) lands the demo's randomized history and plays the
+loop: every night runs the whole nightly, its audience is sent as exported and the responses come
+from the generator's truth. Per night the gate's AIPW estimate of the deployed policy (net value per
+eligible customer, paired-bootstrap 95% interval, weighed by the recorded propensities) is compared
+with the policy's true value (the generator's net value of its own choice for every customer it
+decides for, before exploration and holdout). A night that deploys `constant:none` is worth 0 for
+sure and is left out of the coverage. The interval should contain the truth on at least 90% of
+nights. A short attribution window lets the nights learn from their own sends within a few nights.
+
+    python -m benchmarks.loop --seeds 10 --nights 8   # writes benchmarks/results/loop-<date>-<commit>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from benchmarks import result_path
+from jobs.settings import Settings, load_settings
+from jobs.simulate import simulate
+
+FIRST_NIGHT = date(2026, 10, 30)
+DATA = {"customers": 6_000, "days": 10, "sends_per_day": 2_500}
+WINDOW_DAYS = 3
+
+
+def _home(settings: Settings, root: Path) -> Settings:
+    """settings with the lake, reports, truth and MLflow under root, a short window, Spark in process."""
+    paths = settings.paths.model_copy(
+        update={"lake": root / "lake", "reports": root / "reports", "ground_truth": root / "truth"}
+    )
+    tracking = settings.mlflow.model_copy(
+        update={"tracking_uri": f"sqlite:///{root}/mlflow.db", "artifact_root": str(root / "artifacts")}
+    )
+    exp = settings.experiment.model_copy(update={"attribution_window_days": WINDOW_DAYS})
+    outcomes = {n: o.model_copy(update={"window_days": WINDOW_DAYS}) for n, o in settings.targeting.outcomes.items()}
+    return settings.model_copy(
+        update={
+            "paths": paths,
+            "mlflow": tracking,
+            "experiment": exp,
+            "targeting": settings.targeting.model_copy(update={"outcomes": outcomes}),
+            "spark": settings.spark.model_copy(update={"remote": None, "master": "local[2]"}),
+            "schedule": settings.schedule.model_copy(update={"retries": 0}),
+        }
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--nights", type=int, default=8)
+    args = parser.parse_args(argv)
+    started, nights = time.perf_counter(), []
+    for seed in range(args.seeds):
+        root = Path(tempfile.mkdtemp(prefix=f"loop-{seed}-"))
+        try:
+            table = simulate(
+                _home(load_settings(), root), nights=args.nights, first_night=FIRST_NIGHT, seed=seed, **DATA
+            )
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        nights += [{"seed": seed, **line} for line in table]
+        print(json.dumps(nights[-len(table) :]), flush=True)
+    counted = [n for n in nights if n["policy"] != "constant:none"]
+    covered = [n["estimated_low"] <= n["true_value"] <= n["estimated_high"] for n in counted]
+    result = {
+        "seeds": args.seeds,
+        "nights_per_seed": args.nights,
+        "data": DATA,
+        "attribution_window_days": WINDOW_DAYS,
+        "nights_counted": len(counted),
+        "coverage": sum(covered) / len(covered) if covered else None,
+        "seconds": round(time.perf_counter() - started, 1),
+        "nights": nights,
+    }
+    path = result_path("loop-")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "nights"}), f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
