@@ -32,39 +32,48 @@ def _as_arrays(*arrays) -> list[np.ndarray]:
     return [np.asarray(a, dtype=float) for a in arrays]
 
 
-def _counts_at_thresholds(y_true, uplift, treatment) -> tuple[np.ndarray, ...]:
+def _weights(sample_weight, size: int) -> np.ndarray:
+    return np.ones(size) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+
+
+def _counts_at_thresholds(y_true, uplift, treatment, sample_weight=None) -> tuple[np.ndarray, ...]:
     """Rows, treated rows, treated responses and control responses among the top-k rows, for
-    each k that ends a run of tied scores (rows ranked by uplift, highest first)."""
+    each k that ends a run of tied scores (rows ranked by uplift, highest first); each row
+    counted sample_weight times."""
     y_true, uplift, treatment = _as_arrays(y_true, uplift, treatment)
+    w = _weights(sample_weight, uplift.size)
     order = np.argsort(uplift, kind="mergesort")[::-1]
-    y_true, uplift, treatment = y_true[order], uplift[order], treatment[order]
+    y_true, uplift, treatment, w = y_true[order], uplift[order], treatment[order], w[order]
     ends = np.r_[np.where(np.diff(uplift))[0], uplift.size - 1]
     return (
-        ends + 1.0,
-        np.cumsum(treatment)[ends],
-        np.cumsum(y_true * treatment)[ends],
-        np.cumsum(y_true * (1 - treatment))[ends],
+        ends + 1.0 if sample_weight is None else np.cumsum(w)[ends],
+        np.cumsum(w * treatment)[ends],
+        np.cumsum(w * y_true * treatment)[ends],
+        np.cumsum(w * y_true * (1 - treatment))[ends],
     )
 
 
-def qini_curve(y_true, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
-    """Points (k, Q(k)) of the Qini curve, k = number of top-ranked rows."""
-    n_all, n_treated, y_treated, y_control = _counts_at_thresholds(y_true, uplift, treatment)
+def qini_curve(y_true, uplift, treatment, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
+    """Points (k, Q(k)) of the Qini curve, k = number (weight) of top-ranked rows."""
+    n_all, n_treated, y_treated, y_control = _counts_at_thresholds(y_true, uplift, treatment, sample_weight)
     n_control = n_all - n_treated
     ratio = np.divide(n_treated, n_control, out=np.zeros_like(n_treated), where=n_control != 0)
     return np.r_[0.0, n_all], np.r_[0.0, y_treated - y_control * ratio]
 
 
-def perfect_qini_curve(y_true, treatment) -> tuple[np.ndarray, np.ndarray]:
+def perfect_qini_curve(y_true, treatment, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
     """The Qini curve of the ideal ranking: treated responders first, control responders last."""
     y_true, treatment = _as_arrays(y_true, treatment)
-    return qini_curve(y_true, y_true * treatment - y_true * (1 - treatment), treatment)
+    return qini_curve(y_true, y_true * treatment - y_true * (1 - treatment), treatment, sample_weight)
 
 
-def qini_auc_score(y_true, uplift, treatment) -> float:
-    """Normalised area between the Qini curve and the random line (see module docstring)."""
-    x_actual, q_actual = qini_curve(y_true, uplift, treatment)
-    x_perfect, q_perfect = perfect_qini_curve(y_true, treatment)
+def qini_auc_score(y_true, uplift, treatment, sample_weight=None) -> float:
+    """Normalised area between the Qini curve and the random line (see module docstring).
+
+    sample_weight: each row counts that many times (the inverse of its propensity, where the
+    arm was not drawn at one split for every row: an own audience's targeted sends)."""
+    x_actual, q_actual = qini_curve(y_true, uplift, treatment, sample_weight)
+    x_perfect, q_perfect = perfect_qini_curve(y_true, treatment, sample_weight)
     random_area = auc([0, x_perfect[-1]], [0, q_perfect[-1]])
     perfect_area = auc(x_perfect, q_perfect) - random_area
     if perfect_area == 0:
@@ -72,23 +81,24 @@ def qini_auc_score(y_true, uplift, treatment) -> float:
     return float((auc(x_actual, q_actual) - random_area) / perfect_area)
 
 
-def uplift_curve(y_true, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
+def uplift_curve(y_true, uplift, treatment, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
     """Points (k, U(k)) of the uplift curve, on the same thresholds as the Qini curve."""
-    n_all, n_treated, y_treated, y_control = _counts_at_thresholds(y_true, uplift, treatment)
+    n_all, n_treated, y_treated, y_control = _counts_at_thresholds(y_true, uplift, treatment, sample_weight)
     n_control = n_all - n_treated
     rate_t = np.divide(y_treated, n_treated, out=np.zeros_like(y_treated), where=n_treated != 0)
     rate_c = np.divide(y_control, n_control, out=np.zeros_like(y_control), where=n_control != 0)
     return np.r_[0.0, n_all], np.r_[0.0, (rate_t - rate_c) * n_all]
 
 
-def uplift_auc_score(y_true, uplift, treatment) -> float:
-    """Normalised area between the uplift curve and the random line."""
+def uplift_auc_score(y_true, uplift, treatment, sample_weight=None) -> float:
+    """Normalised area between the uplift curve and the random line (rows weighted as in qini_auc_score)."""
     y_true, treatment = _as_arrays(y_true, treatment)
-    control_responders = np.sum((y_true == 1) & (treatment == 0))
-    treated_non_responders = np.sum((y_true == 0) & (treatment == 1))
+    w = _weights(sample_weight, y_true.size)
+    control_responders = np.sum(w * ((y_true == 1) & (treatment == 0)))
+    treated_non_responders = np.sum(w * ((y_true == 0) & (treatment == 1)))
     summand = y_true if control_responders > treated_non_responders else treatment
-    x_perfect, u_perfect = uplift_curve(y_true, 2 * (y_true == treatment) + summand, treatment)
-    x_actual, u_actual = uplift_curve(y_true, uplift, treatment)
+    x_perfect, u_perfect = uplift_curve(y_true, 2 * (y_true == treatment) + summand, treatment, sample_weight)
+    x_actual, u_actual = uplift_curve(y_true, uplift, treatment, sample_weight)
     random_area = auc([0, x_perfect[-1]], [0, u_perfect[-1]])
     perfect_area = auc(x_perfect, u_perfect) - random_area
     if perfect_area == 0:
@@ -96,20 +106,27 @@ def uplift_auc_score(y_true, uplift, treatment) -> float:
     return float((auc(x_actual, u_actual) - random_area) / perfect_area)
 
 
-def uplift_at_k(y_true, uplift, treatment, k: float = 0.3) -> float:
-    """Response rate of treated minus control among the top k share of rows (ranked jointly)."""
-    y_true, uplift, treatment = _as_arrays(y_true, uplift, treatment)
-    top = np.argsort(uplift, kind="mergesort")[::-1][: max(1, int(round(k * uplift.size)))]
-    treated, control = treatment[top] == 1, treatment[top] == 0
+def _difference(y_true: np.ndarray, treatment: np.ndarray, w: np.ndarray) -> float:
+    """Weighted response rate of the treated rows minus the control rows'."""
+    treated, control = treatment == 1, treatment == 0
     if not treated.any() or not control.any():
         return float("nan")
-    return float(y_true[top][treated].mean() - y_true[top][control].mean())
+    return float(np.average(y_true[treated], weights=w[treated]) - np.average(y_true[control], weights=w[control]))
 
 
-def average_treatment_effect(y_true, treatment) -> float:
-    """Observed difference in response rate, treated minus control (randomized, so unbiased)."""
+def uplift_at_k(y_true, uplift, treatment, k: float = 0.3, sample_weight=None) -> float:
+    """Response rate of treated minus control among the top k share of rows (ranked jointly)."""
+    y_true, uplift, treatment = _as_arrays(y_true, uplift, treatment)
+    w = _weights(sample_weight, uplift.size)
+    top = np.argsort(uplift, kind="mergesort")[::-1][: max(1, int(round(k * uplift.size)))]
+    return _difference(y_true[top], treatment[top], w[top])
+
+
+def average_treatment_effect(y_true, treatment, sample_weight=None) -> float:
+    """Observed difference in response rate, treated minus control (randomized, or weighed by the
+    inverse of the propensities: unbiased)."""
     y_true, treatment = _as_arrays(y_true, treatment)
-    return float(y_true[treatment == 1].mean() - y_true[treatment == 0].mean())
+    return _difference(y_true, treatment, _weights(sample_weight, y_true.size))
 
 
 # A ranking with at most this many tie runs (the perfect one has three) sums each run's rows with
@@ -118,11 +135,14 @@ def average_treatment_effect(y_true, treatment) -> float:
 FEW_RUNS = 4
 
 
-def _ranking(score: np.ndarray, y_true: np.ndarray, treatment: np.ndarray) -> dict:
-    """What every bootstrap round needs of one ranking (descending score, tie runs kept together)."""
+def _ranking(score: np.ndarray, y_true: np.ndarray, treatment: np.ndarray, sample_weight=None) -> dict:
+    """What every bootstrap round needs of one ranking (descending score, tie runs kept together).
+    With sample_weight, the weighted columns in rank order (cumulative sums in floats)."""
     order = np.argsort(score, kind="mergesort")[::-1]
     ends = np.r_[np.where(np.diff(score[order]))[0], score.size - 1]
     columns = [np.ones(score.size), treatment, y_true * treatment, y_true * (1 - treatment)]
+    if sample_weight is not None:
+        return {"order": order, "ends": ends, "weighted": [(c * sample_weight)[order] for c in columns]}
     if ends.size <= FEW_RUNS:
         run = np.empty(score.size, dtype=np.intp)
         run[order] = np.repeat(np.arange(ends.size), np.diff(np.r_[-1, ends]))
@@ -139,7 +159,10 @@ def _ranking(score: np.ndarray, y_true: np.ndarray, treatment: np.ndarray) -> di
 
 def _weighted_qini_points(ranked: dict, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Qini curve points of the ranked rows, each repeated `weights` times (whole numbers: see qini_interval)."""
-    if "sums" in ranked:  # whole numbers: the sums are exact, whatever their order
+    if "weighted" in ranked:
+        w, ends = weights[ranked["order"]], ranked["ends"]
+        n_all, n_treated, y_treated, y_control = (np.cumsum(w * c)[ends] for c in ranked["weighted"])
+    elif "sums" in ranked:  # whole numbers: the sums are exact, whatever their order
         n_all, n_treated, y_treated, y_control = np.cumsum(
             (ranked["sums"] @ weights).reshape(4, ranked["runs"]), axis=1
         )
@@ -158,8 +181,10 @@ def _area(x: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (q[1:] + q[:-1])) / 2)
 
 
-def qini_interval(y_true, uplift, treatment, *, rounds: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of qini_auc_score, resampling within each group.
+def qini_interval(
+    y_true, uplift, treatment, *, rounds: int, seed: int, level: float = 0.95, sample_weight=None
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of qini_auc_score (with its sample_weight), resampling within each group.
 
     A resample is the original rows, each repeated as often as it was drawn: ranking and tie
     runs are those of the original rows, so both curves are sorted once, and every round is
@@ -170,7 +195,9 @@ def qini_interval(y_true, uplift, treatment, *, rounds: int, seed: int, level: f
     rng = np.random.default_rng(seed)
     treated, control = np.flatnonzero(treatment == 1), np.flatnonzero(treatment == 0)
     # The model's ranking, and the perfect one (three tie runs: treated responders first).
-    rankings = [_ranking(score, y_true, treatment) for score in (uplift, y_true * treatment - y_true * (1 - treatment))]
+    perfect = y_true * treatment - y_true * (1 - treatment)
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    rankings = [_ranking(score, y_true, treatment, w) for score in (uplift, perfect)]
     scores = []
     for _ in range(rounds):
         rows = np.r_[rng.choice(treated, treated.size), rng.choice(control, control.size)]
@@ -184,14 +211,14 @@ def qini_interval(y_true, uplift, treatment, *, rounds: int, seed: int, level: f
     return float(low), float(high)
 
 
-def uplift_by_decile(y_true, uplift, treatment, bins: int = 10) -> list[dict]:
+def uplift_by_decile(y_true, uplift, treatment, bins: int = 10, sample_weight=None) -> list[dict]:
     """Per decile of predicted uplift (1 = highest): rows, predicted and observed uplift."""
     y_true, uplift, treatment = _as_arrays(y_true, uplift, treatment)
+    w = _weights(sample_weight, uplift.size)
     order = np.argsort(uplift, kind="mergesort")[::-1]
     table = []
     for decile, rows in enumerate(np.array_split(order, bins), start=1):
-        t, c = rows[treatment[rows] == 1], rows[treatment[rows] == 0]
-        observed = y_true[t].mean() - y_true[c].mean() if t.size and c.size else float("nan")
+        observed = _difference(y_true[rows], treatment[rows], w[rows])
         table.append(
             {
                 "decile": decile,

@@ -38,7 +38,7 @@ from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
 from jobs import drivers, metrics, policy
-from jobs.etl import ASSIGNMENT_KEYS
+from jobs.etl import ASSIGNMENT_KEYS, RANDOMIZED
 from jobs.lake import MissingInputError, partition_dir, sample_parquet
 from jobs.model import TLearnerModel
 from jobs.registry import PORTABLE_ARTIFACT
@@ -128,22 +128,33 @@ def evaluate(
             (rows["arm"] == arm).to_numpy().astype(int),
             rows[f"uplift_{k}"].to_numpy(),
         )
-        low, high = metrics.qini_interval(y, u, t, rounds=gate.bootstrap_rounds, seed=settings.training.seed)
+        w = diagnostic_weights(rows)
+        seed = settings.training.seed
+        low, high = metrics.qini_interval(y, u, t, rounds=gate.bootstrap_rounds, seed=seed, sample_weight=w)
         return {
-            "qini": metrics.qini_auc_score(y, u, t),
-            "uplift_auc": metrics.uplift_auc_score(y, u, t),
+            "qini": metrics.qini_auc_score(y, u, t, sample_weight=w),
+            "uplift_auc": metrics.uplift_auc_score(y, u, t, sample_weight=w),
             "qini_ci_low": low,
             "qini_ci_high": high,
-            "uplift_at_30": metrics.uplift_at_k(y, u, t, 0.3),
-            "ate_observed": metrics.average_treatment_effect(y, t),
+            "uplift_at_30": metrics.uplift_at_k(y, u, t, 0.3, sample_weight=w),
+            "ate_observed": metrics.average_treatment_effect(y, t, sample_weight=w),
             "ate_predicted": float(u.mean()),
-            "deciles": metrics.uplift_by_decile(y, u, t),
+            "deciles": metrics.uplift_by_decile(y, u, t, sample_weight=w),
         }
 
     pairs = [(a, o) for o in [None, *model.outcomes] for a in exp.arms]
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = dict(zip([key(*p) for p in pairs], pool.map(diagnose, pairs), strict=True))
     return results, scored
+
+
+def diagnostic_weights(rows: pd.DataFrame) -> np.ndarray | None:
+    """The weights of the per-arm diagnostics: none where every row comes from a randomized campaign
+    (the plain Qini, scikit-uplift's), else each row's inverse propensity, so that an own audience's
+    targeted sends count for the customers the same arm could have reached at random."""
+    if (rows["assignment"] == RANDOMIZED).all():
+        return None
+    return 1.0 / rows["propensity"].to_numpy(float)
 
 
 def _effects(rows: pd.DataFrame, outcome: str | None, arms: list[str], settings: Settings) -> dict[str, dict]:

@@ -123,3 +123,20 @@ def test_interval_equals_scoring_every_resample(ties):
         scores.append(metrics.qini_auc_score(y[rows], u[rows], t[rows]))
     expected = np.percentile(scores, [2.5, 97.5])
     assert metrics.qini_interval(y, u, t, rounds=30, seed=9) == pytest.approx(tuple(expected), abs=1e-12)
+
+
+def test_weighted_metrics_count_each_row_its_weight_in_times():
+    """A row of weight w counts as w copies of itself: integer weights give the scores of the repeated rows."""
+    rng = np.random.default_rng(12)
+    n = 400
+    y, t = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    u = np.round(rng.normal(size=n), 1)  # ties, as a model with few leaves gives
+    w = rng.integers(1, 5, n)
+    repeated = [np.repeat(a, w) for a in (y, u, t)]
+    assert metrics.qini_auc_score(y, u, t, sample_weight=w) == pytest.approx(metrics.qini_auc_score(*repeated))
+    assert metrics.uplift_auc_score(y, u, t, sample_weight=w) == pytest.approx(metrics.uplift_auc_score(*repeated))
+    ate = metrics.average_treatment_effect(y, t, sample_weight=w)
+    assert ate == pytest.approx(metrics.average_treatment_effect(repeated[0], repeated[2]))
+    # Unit weights take the weighted path of the bootstrap: the same draws, the same interval.
+    plain = metrics.qini_interval(y, u, t, rounds=40, seed=3)
+    assert metrics.qini_interval(y, u, t, rounds=40, seed=3, sample_weight=np.ones(n)) == pytest.approx(plain)
