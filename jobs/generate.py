@@ -76,7 +76,7 @@ def true_probabilities(users: pd.DataFrame, as_of: date) -> pd.DataFrame:
     return pd.DataFrame(probs)
 
 
-def _users(rng: np.random.Generator, n: int, last_day: date, days: int) -> pd.DataFrame:
+def draw_users(rng: np.random.Generator, n: int, last_day: date, days: int) -> pd.DataFrame:
     # Most customers joined in the last three years; a few join during the experiment.
     offsets = np.where(rng.random(n) < 0.05, rng.integers(0, days, n), rng.integers(days, 3 * 365, n))
     signup = pd.to_datetime(last_day) - pd.to_timedelta(offsets, unit="D")
@@ -176,7 +176,7 @@ def generate(
         raise ValueError(f"the demo generator knows arms {DEMO_ARMS}, conf has {settings.experiment.arms}")
     rng = np.random.default_rng(seed)
     first_day = last_day - timedelta(days=days - 1)
-    users = _users(rng, customers, last_day, days)
+    users = draw_users(rng, customers, last_day, days)
     truth = true_probabilities(users, last_day)
     truth_dir = settings.paths.ground_truth
     truth_dir.mkdir(parents=True, exist_ok=True)

@@ -182,7 +182,11 @@ def holdout_draw(customer_ids: pd.Series, run_date: date, stream: str = "") -> n
     """A stable uniform draw in [0, 1) per (customer, run date): the same on every rerun and path.
 
     stream: another independent draw of the same customer and night (the holdout's is "")."""
-    keys = customer_ids.astype(str) + "|" + run_date.isoformat() + (f"|{stream}" if stream else "")
+    return stable_draw(customer_ids.astype(str) + "|" + run_date.isoformat() + (f"|{stream}" if stream else ""))
+
+
+def stable_draw(keys: pd.Series) -> np.ndarray:
+    """A uniform draw in [0, 1) per key, the same for the same key on every run and machine."""
     hashed = pd.util.hash_pandas_object(keys, index=False).to_numpy()
     return (hashed >> np.uint64(11)).astype(np.float64) / float(2**53)
 

@@ -24,12 +24,13 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from jobs import steps
+from jobs import policy, steps
 from jobs.drift import DriftFailed
-from jobs.generate import UNSUBSCRIBE, deliver, draw_responses, generate
+from jobs.features import FeatureSpec
+from jobs.generate import DEMO_ARMS, UNSUBSCRIBE, deliver, draw_responses, draw_users, generate, true_probabilities
 from jobs.lake import partition_dir
 from jobs.policy import NONE
-from jobs.settings import Settings, report_dir
+from jobs.settings import Experiment, Settings, report_dir
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +134,106 @@ def simulate(
         log.info("night %s: %s", night, line)
         table.append(line)
     return table
+
+
+# Rounds of the loop in memory (no lake, no Spark): for tests and benchmarks of what the nights
+# learn from their own sends. The demo's customers and truth, their attributes as features.
+DEMO_SPEC = FeatureSpec(
+    attributes={
+        "age": {"kind": "numeric"},
+        "tenure_days": {"kind": "numeric"},
+        "gender": {"kind": "categorical"},
+        "customer_type": {"kind": "categorical"},
+        "email_domain": {"kind": "categorical"},
+    }
+)
+
+
+def in_memory(settings: Settings, exploration_share: float) -> Settings:
+    """settings for in-memory rounds: the demo's arms at an even split, its attributes as the only
+    features, the primary outcome only, and the given exploration share."""
+    arms = ["control", *DEMO_ARMS]
+    exp = Experiment(
+        control="control",
+        arms=list(DEMO_ARMS),
+        expected_split=dict.fromkeys(arms, 1 / len(arms)),
+        attribution_window_days=7,
+        qualifying_response_types=["click"],
+        srm_p_value_min=0.001,
+    )
+    targeting = settings.targeting.model_copy(update={"outcomes": {}, "exploration_share": exploration_share})
+    return settings.model_copy(update={"experiment": exp, "features": DEMO_SPEC, "targeting": targeting})
+
+
+def demo_customers(rng: np.random.Generator, n: int, night: date) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """n of the generator's customers: their features (DEMO_SPEC) and their truth (p_<arm>)."""
+    users = draw_users(rng, n, night, 30)
+    features = pd.DataFrame(
+        {
+            "customer_id": users["customer_id"],
+            "age": users["age"].astype(float),
+            "tenure_days": (pd.Timestamp(night) - pd.to_datetime(users["signup_date"])).dt.days.astype(float),
+            "gender": users["gender"],
+            "customer_type": users["customer_type"],
+            "email_domain": users["email"].str.split("@").str[1],
+        }
+    )
+    return features, true_probabilities(users, night)
+
+
+def drawn_sends(
+    features: pd.DataFrame, truth: pd.DataFrame, rows: np.ndarray, arms: np.ndarray, rng, **record
+) -> pd.DataFrame:
+    """Sends of arms to the customers at rows, labelled from the truth, with the record's columns."""
+    options = [c[2:] for c in truth.columns if c.startswith("p_") and "__" not in c]
+    p = truth[[f"p_{a}" for a in options]].to_numpy()[rows, pd.Categorical(arms, categories=options).codes]
+    sends = features.iloc[rows].reset_index(drop=True)
+    return sends.assign(arm=arms, label=(rng.random(len(rows)) < p).astype(int), **record)
+
+
+def randomized_sends(features: pd.DataFrame, truth: pd.DataFrame, n: int, settings: Settings, rng) -> pd.DataFrame:
+    """n sends of a randomized campaign (random customers, arms at expected_split)."""
+    split = settings.experiment.expected_split
+    rows = rng.integers(0, len(features), n)
+    arms = rng.choice(np.array(list(split)), n, p=list(split.values()))
+    propensity = pd.Series(arms).map(split).to_numpy()
+    return drawn_sends(
+        features,
+        truth,
+        rows,
+        arms,
+        rng,
+        campaign_id="randomized",
+        assignment="randomized",
+        propensity=propensity,
+        inclusion_probability=1.0,
+    )
+
+
+def own_sends(
+    chosen: pd.DataFrame, features: pd.DataFrame, truth: pd.DataFrame, settings: Settings, first: date, nights: int, rng
+) -> pd.DataFrame:
+    """The sends of `nights` nights of one audience (policy.apply's `chosen`, rows as features'),
+    each night's routes drawn afresh by policy.assign; with the policy's choice beside each send."""
+    exp, targeting = settings.experiment, settings.targeting
+    out = []
+    for k in range(nights):
+        night = first + timedelta(days=k)
+        draw = policy.holdout_draw(chosen["customer_id"], night)
+        tonight = chosen.assign(holdout=policy.is_holdout(chosen["selected"], draw, targeting))
+        record = policy.assign(tonight, targeting, exp.control, exp.expected_split, night, targeting.exploration_share)
+        rows = np.flatnonzero(record["assigned_arm"].notna().to_numpy())
+        out.append(
+            drawn_sends(
+                features,
+                truth,
+                rows,
+                record["assigned_arm"].to_numpy()[rows],
+                rng,
+                campaign_id=settings.export.campaign_of(night),
+                **{c: record[c].to_numpy()[rows] for c in ("assignment", "propensity", "inclusion_probability")},
+                recommended_arm=chosen["recommended_arm"].to_numpy()[rows],
+                selected=chosen["selected"].to_numpy()[rows],
+            )
+        )
+    return pd.concat(out, ignore_index=True)
