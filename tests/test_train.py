@@ -86,6 +86,9 @@ def test_the_same_training_rows_in_another_file_order_load_the_same(settings, tm
             "campaign_id": "cmp_1",
             "arm": rng.choice(settings.experiment.all_arms, n),
             **{label_column(o): rng.integers(0, 2, n) for o in [None, *settings.targeting.outcomes]},
+            "assignment": "randomized",
+            "propensity": 0.25,
+            "inclusion_probability": 1.0,
             **{name: rng.integers(0, 50, n) for name in settings.features.names},
         }
     )
