@@ -29,26 +29,21 @@ import pandas as pd
 from benchmarks import result_path
 from jobs import evaluation, policy
 from jobs.settings import load_settings
-from jobs.simulate import demo_customers, in_memory, own_sends, randomized_sends, true_value
+from jobs.simulate import (
+    demo_customers,
+    in_memory,
+    own_sends,
+    randomized_sends,
+    ranking_gain,
+    true_value,
+    uplifts_of,
+)
 from jobs.train import fit_t_learner
 
 NIGHT = date(2026, 10, 30)
 SHARES = (0.0, 0.02, 0.05, 0.1, 0.2)
 FLOORS = (None, 0.02, 0.05, 0.1)
 CUSTOMERS, RANDOMIZED_SENDS, NIGHTS = 20_000, 40_000, 4
-
-
-def _uplifts(model, features: pd.DataFrame) -> pd.DataFrame:
-    return pd.concat([features[["customer_id"]], model.with_uplifts(model.predict_proba(features))], axis=1)
-
-
-def _gain(uplifts: pd.DataFrame, truth: pd.DataFrame, arms: list[str]) -> float:
-    total = 0.0
-    for arm in arms:
-        tau = (truth[f"p_{arm}"] - truth["p_control"]).to_numpy()
-        top = np.argsort(-uplifts[f"uplift_{arm}"].to_numpy(), kind="stable")[: int(0.3 * len(tau))]
-        total += tau[top].mean() - tau.mean()
-    return total
 
 
 def _sent_value(own: pd.DataFrame, truth: pd.DataFrame, settings, customers: int) -> float:
@@ -83,7 +78,7 @@ def run_seed(seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     features, truth = demo_customers(rng, CUSTOMERS, NIGHT)
     first = fit_t_learner(randomized_sends(features, truth, RANDOMIZED_SENDS, base, rng), base)
-    scored = _uplifts(first, features)
+    scored = uplifts_of(first, features)
     rows = []
     for share in SHARES:
         local = in_memory(load_settings(), share)
@@ -104,15 +99,15 @@ def run_seed(seed: int) -> list[dict]:
         }
         if share > 0:
             estimate = _value(holdout, local)
-            learned = _uplifts(fit_t_learner(own, local), features)
-            randomized = _uplifts(
+            learned = uplifts_of(fit_t_learner(own, local), features)
+            randomized = uplifts_of(
                 fit_t_learner(randomized_sends(features, truth, len(own), local, rng), local), features
             )
             line |= {
                 "value_error": estimate["value"] - truth_value,
                 "value_width": estimate["high"] - estimate["low"],
                 "value_covered": estimate["low"] <= truth_value <= estimate["high"],
-                "gain_ratio": _gain(learned, truth, arms) / _gain(randomized, truth, arms),
+                "gain_ratio": ranking_gain(learned, truth, arms) / ranking_gain(randomized, truth, arms),
             }
         if share == load_settings().targeting.exploration_share:
             for floor in FLOORS[1:]:

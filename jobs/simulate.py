@@ -237,3 +237,19 @@ def own_sends(
             )
         )
     return pd.concat(out, ignore_index=True)
+
+
+def uplifts_of(model, features: pd.DataFrame) -> pd.DataFrame:
+    """customer_id and a fitted T-learner's targeting uplifts (uplift_<arm>) for features' rows."""
+    return pd.concat([features[["customer_id"]], model.with_uplifts(model.predict_proba(features))], axis=1)
+
+
+def ranking_gain(uplifts: pd.DataFrame, truth: pd.DataFrame, arms: list[str], top: float = 0.3) -> float:
+    """How well uplifts rank customers, against the truth: summed over arms, the true uplift of the
+    top share by predicted uplift above everyone's (rows of uplifts and truth alike)."""
+    total = 0.0
+    for arm in arms:
+        tau = (truth[f"p_{arm}"] - truth["p_control"]).to_numpy()
+        best = np.argsort(-uplifts[f"uplift_{arm}"].to_numpy(), kind="stable")[: int(top * len(tau))]
+        total += tau[best].mean() - tau.mean()
+    return total

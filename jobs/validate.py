@@ -365,7 +365,8 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
             arm_counts, response_types = arms_counted.result(), types_seen.result()
         own = {campaign: own[campaign] for campaign in arm_counts if campaign in own}  # tonight's own campaigns
         randomized = {campaign: counts for campaign, counts in arm_counts.items() if campaign not in own}
-        bands["sends"] = _with_own_sends(bands["sends"], bool(randomized), sum(rows_of(arm_counts, own)))
+        own_rows = sum(sum(arm_counts[campaign].values()) for campaign in own)
+        bands["sends"] = _with_own_sends(bands["sends"], bool(randomized), own_rows)
         if _own_responses_due(settings, run_date):  # their volume follows the own campaigns' sends
             bands["responses"] = (1, None)
         context = _context(out / "data_docs")
@@ -409,11 +410,6 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
         "deliveries_checked": checked,
         "report": str(summary),
     }
-
-
-def rows_of(arm_counts: dict[str, dict[str, int]], campaigns) -> list[int]:
-    """The rows of each of campaigns in arm_counts (campaign -> arm -> rows)."""
-    return [sum(arm_counts[c].values()) for c in campaigns]
 
 
 def _with_own_sends(band: tuple[int, int | None], randomized_today: bool, own_rows: int) -> tuple[int, int | None]:

@@ -144,8 +144,16 @@ def test_a_campaign_manager_reads_the_cli_numbers_on_the_pages(api_server, tmp_p
             page.locator('tr[data-arm="subject_2"] a', has_text="CSV").click()
         saved = tmp_path / "subject_2.csv"
         download.value.save_as(saved)
-        assert saved.read_text().splitlines()[0].startswith('"customer_id","recommended_arm"')
-        assert len(saved.read_text().splitlines()) - 1 == cli["arms"]["subject_2"]["sends"]
+        assert saved.read_text().splitlines()[0].startswith('"customer_id","campaign_id","assigned_arm"')
+        exported = tmp_path / "cli.csv"
+        subprocess.run(
+            [UPLIFT, "audience", "export", "--run-date", DAY, "--arm", "subject_2", "--output", str(exported)],
+            check=True,
+            capture_output=True,
+        )
+        assert saved.read_bytes() == exported.read_bytes()
+        # The policy's sends of subject_2, and its explore share on top.
+        assert len(saved.read_text().splitlines()) - 1 > cli["arms"]["subject_2"]["sends"]
         browser.close()
     for name in ("nav", "run", "segment"):
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000

@@ -17,26 +17,20 @@ import pandas as pd
 import pytest
 
 from jobs import evaluation, policy
-from jobs.simulate import demo_customers, in_memory, own_sends, randomized_sends, true_value
+from jobs.simulate import (
+    demo_customers,
+    in_memory,
+    own_sends,
+    randomized_sends,
+    ranking_gain,
+    true_value,
+    uplifts_of,
+)
 from jobs.train import fit_t_learner
 
 SEEDS = range(10)
 CUSTOMERS, RANDOMIZED_SENDS, NIGHTS = 20_000, 40_000, 4
 NIGHT = date(2026, 10, 30)
-
-
-def _uplifts(model, features) -> pd.DataFrame:
-    return pd.concat([features[["customer_id"]], model.with_uplifts(model.predict_proba(features))], axis=1)
-
-
-def _gain(uplifts: pd.DataFrame, truth: pd.DataFrame, arms: list[str]) -> float:
-    """Summed over arms: the true uplift of the top 30% by predicted uplift, above everyone's."""
-    total = 0.0
-    for arm in arms:
-        tau = (truth[f"p_{arm}"] - truth["p_control"]).to_numpy()
-        top = np.argsort(-uplifts[f"uplift_{arm}"].to_numpy(), kind="stable")[: int(0.3 * len(tau))]
-        total += tau[top].mean() - tau.mean()
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +41,10 @@ def seeds(settings):
         rng = np.random.default_rng(seed)
         features, truth = demo_customers(rng, CUSTOMERS, NIGHT)
         first = fit_t_learner(randomized_sends(features, truth, RANDOMIZED_SENDS, local, rng), local)
-        chosen = policy.apply(_uplifts(first, features), local.targeting, local.experiment.arms, NIGHT)
+        chosen = policy.apply(uplifts_of(first, features), local.targeting, local.experiment.arms, NIGHT)
         own = own_sends(chosen, features, truth, local, NIGHT, NIGHTS, rng)
-        learned = _uplifts(fit_t_learner(own, local), features)
-        randomized = _uplifts(fit_t_learner(randomized_sends(features, truth, len(own), local, rng), local), features)
+        learned = uplifts_of(fit_t_learner(own, local), features)
+        randomized = uplifts_of(fit_t_learner(randomized_sends(features, truth, len(own), local, rng), local), features)
         runs.append(
             {"truth": truth, "first": first, "chosen": chosen, "own": own, "learned": learned, "randomized": randomized}
         )
@@ -60,7 +54,9 @@ def seeds(settings):
 def test_own_sends_teach_the_ranking_about_as_well_as_randomized_ones(seeds):
     local, runs = seeds
     arms = local.experiment.arms
-    ratios = [_gain(r["learned"], r["truth"], arms) / _gain(r["randomized"], r["truth"], arms) for r in runs]
+    ratios = [
+        ranking_gain(r["learned"], r["truth"], arms) / ranking_gain(r["randomized"], r["truth"], arms) for r in runs
+    ]
     print("gain ratio own / randomized per seed:", [round(r, 3) for r in ratios])
     assert np.mean(ratios) >= 0.8
 
