@@ -20,7 +20,7 @@ export PYSPARK_PYTHON := $(VENV)/bin/python
 export PYSPARK_DRIVER_PYTHON := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo ui test test-fast lint bench dist clean
+.PHONY: setup demo ui test test-fast lint bench bench-loop dist clean
 setup: $(VENV)/.synced $(VENV)/spark-classes.jsa
 
 $(UV):
@@ -87,6 +87,12 @@ bench: setup $(CHROMIUM)
 	python -m benchmarks.nightly --size $(SIZE)
 	python -m benchmarks.ui_pages --customers 500000
 	python -m benchmarks.demo_night
+
+# The loop's statistics (docs/closing-the-loop.md): the gate's coverage over seeds of simulated nights
+# (about 30 minutes), and what the exploration share costs and buys (about a minute and a half).
+bench-loop: setup
+	python -m benchmarks.loop --seeds 10 --nights 8
+	python -m benchmarks.exploration --seeds 5
 
 clean:
 	rm -rf var
