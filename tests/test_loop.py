@@ -16,7 +16,9 @@ from jobs.simulate import simulate
 from jobs.validate import ValidationFailed, validate_raw
 
 FIRST = date(2026, 10, 30)
-NIGHTS = 4  # a 2-day window: the first night's own sends (delivered the next day) train the fourth
+# A 2-day window: the first night's own sends (delivered the next day) train the fourth night on,
+# and five nights learn from the loop's own sends.
+NIGHTS = 8
 
 
 def _short_window(settings, root):
