@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,25 +166,30 @@ def publish_partition(df: DataFrame, settings: Settings, table: str, run_date: d
     return target
 
 
+def partition_date(folder: Path) -> date:
+    """The run date of a run_date=YYYY-MM-DD folder."""
+    return date.fromisoformat(folder.name[len("run_date=") :])
+
+
 def partition_dates(settings: Settings, table: str) -> list[date]:
     """The run dates a table has published, oldest first."""
     root = table_dir(settings, table)
-    return (
-        sorted(date.fromisoformat(p.name[len("run_date=") :]) for p in root.glob("run_date=*")) if root.exists() else []
-    )
+    return sorted(partition_date(p) for p in root.glob("run_date=*")) if root.exists() else []
 
 
 # The audience columns the nights after read back: how each customer's arm was assigned (jobs.policy.assign).
 ASSIGNMENT_RECORD = ["campaign_id", "customer_id", "assignment", "assigned_arm", "propensity", "inclusion_probability"]
 
 
-def own_campaigns(settings: Settings, run_date: date) -> dict[str, Path]:
-    """campaign_id -> audience partition, of every audience published up to run_date that carries an
-    assignment record: the campaigns whose sends are the pipeline's own."""
+def own_campaigns(settings: Settings, run_date: date, since: date | None = None) -> dict[str, Path]:
+    """campaign_id -> audience partition, of every audience published up to run_date (from `since`)
+    that carries an assignment record: the campaigns whose sends are the pipeline's own."""
     out = {}
     for day in partition_dates(settings, "audience"):
         if day > run_date:
             break
+        if since is not None and day < since:
+            continue
         folders = [version_dir(settings, "audience", day, v) for v in kept_versions(settings, "audience", day)]
         for folder in [*folders, partition_dir(settings, "audience", day)]:
             dataset = pads.dataset(str(folder), format="parquet")
@@ -194,6 +199,17 @@ def own_campaigns(settings: Settings, run_date: date) -> dict[str, Path]:
             if first.num_rows:
                 out[first.column("campaign_id")[0].as_py()] = folder
     return out
+
+
+def resting_customers(spark: SparkSession, settings: Settings, run_date: date) -> DataFrame | None:
+    """customer_id of everyone an audience of the contact_window_days nights before run_date listed
+    (any version: what was sent), whose label window tonight's send could overlap; or None."""
+    yesterday = run_date - timedelta(days=1)
+    listed = own_campaigns(settings, yesterday, since=run_date - timedelta(days=settings.contact_window_days))
+    if not listed:
+        return None
+    rows = spark.read.parquet(*[str(folder) for folder in listed.values()]).where("assigned_arm IS NOT NULL")
+    return rows.select("customer_id").distinct()
 
 
 def assignment_records(spark: SparkSession, settings: Settings, run_date: date) -> DataFrame | None:

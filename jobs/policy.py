@@ -310,8 +310,12 @@ def exploration_probability(targeting: Targeting, arms: list[str], eligible: int
 def assign(
     frame: pd.DataFrame, targeting: Targeting, control: str, split: dict[str, float], run_date: date, explore: float
 ) -> pd.DataFrame:
-    """frame (customer_id, recommended_arm, selected, holdout, the guardrails' uplift_high_*) with
-    ASSIGNMENT_COLUMNS: what is sent to each customer tonight, and with what probability.
+    """frame (customer_id, recommended_arm, selected, holdout, resting, the guardrails' uplift_high_*)
+    with ASSIGNMENT_COLUMNS: what is sent to each customer tonight, and with what probability.
+
+    A resting customer (listed by an audience within the contact window, so that tonight's label
+    window would overlap that one) is assigned none for sure: propensity 1, inclusion 0. Selection
+    already leaves them out (`rank_and_select`); the explore route does too.
 
     Routes, decided by independent stable draws per (customer, run date) (`holdout_draw`'s streams):
     - explore, with probability p = `explore` (exploration_probability): control or an arm the
@@ -337,7 +341,8 @@ def assign(
     )
     shares = shares / shares.sum(axis=1, keepdims=True)
     ids = frame["customer_id"]
-    exploring = holdout_draw(ids, run_date, EXPLORE_STREAM) < explore
+    resting = frame["resting"].to_numpy(bool)
+    exploring = (holdout_draw(ids, run_date, EXPLORE_STREAM) < explore) & ~resting
     picked = np.minimum(
         (holdout_draw(ids, run_date, EXPLORE_ARM_STREAM)[:, None] >= shares.cumsum(axis=1)).sum(1),
         len(options) - 1,  # a draw at the very top of a rounded cumulative share
@@ -351,12 +356,11 @@ def assign(
     out = frame.copy()
     out["assignment"] = np.where(exploring, EXPLORE, np.where(holdout, HOLDOUT, np.where(selected, TARGET, NONE)))
     out["assigned_arm"] = np.where(chosen >= 0, options[np.maximum(chosen, 0)], None)
+    p = np.where(resting, 0.0, explore)
     out["propensity"] = np.where(
-        chosen >= 0,
-        explore * shares[rows, np.maximum(chosen, 0)] + (1 - explore) * selected * by_route,
-        (1 - explore) * (1 - selected),
+        chosen >= 0, p * shares[rows, np.maximum(chosen, 0)] + (1 - p) * selected * by_route, (1 - p) * (1 - selected)
     )
-    out["inclusion_probability"] = explore + (1 - explore) * selected
+    out["inclusion_probability"] = p + (1 - p) * selected
     return out
 
 

@@ -18,7 +18,8 @@ effects), marked `policy = constant:<arm|none>`; a model's audience is marked `m
 
 Either way every row then gets its assignment record (`policy.assign`: target, holdout, explore or
 none, the arm to send and its propensity) and the night's `campaign_id` (export.campaign_id), the
-id its send list carries and its sends come back under.
+id its send list carries and its sends come back under. A customer an audience of the last nights
+listed rests (targeting.contact_window_days): ranked, never selected nor explored tonight.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from jobs import policy
-from jobs.lake import next_version, partition_dir, publish_partition, read_partition, training_effects
+from jobs.lake import (
+    next_version,
+    partition_dir,
+    publish_partition,
+    read_partition,
+    resting_customers,
+    training_effects,
+)
 from jobs.settings import Settings
 from jobs.spark import start_python_workers
 from jobs.tlearner import PortableTLearner, key, output_columns, serving_problem
@@ -108,7 +116,11 @@ def guardrail_prices(scored: DataFrame, settings: Settings) -> dict[str, float]:
 
 
 def apply_policy(
-    scored: DataFrame, settings: Settings, run_date: date, model: PortableTLearner | None = None
+    scored: DataFrame,
+    settings: Settings,
+    run_date: date,
+    model: PortableTLearner | None = None,
+    resting: DataFrame | None = None,
 ) -> DataFrame:
     """Add recommended_arm, expected uplift and net value, rank, decile, selected and holdout.
 
@@ -146,15 +158,21 @@ def apply_policy(
             prices = guardrail_prices(predictions, settings)
             log.info("guardrail prices: %s", prices)
             chosen = predictions.mapInPandas(choosing(prices, False, False), _choice_schema(uplifts, settings))
-    return rank_and_select(chosen, settings)
+    return rank_and_select(chosen, settings, resting)
 
 
-def rank_and_select(chosen: DataFrame, settings: Settings) -> DataFrame:
-    """Rank by expected net value, deciles, then the policy's budget and holdout rules."""
+def rank_and_select(chosen: DataFrame, settings: Settings, resting: DataFrame | None = None) -> DataFrame:
+    """Rank by expected net value, deciles, then the policy's budget and holdout rules; a resting
+    customer (resting: their customer_id, jobs.lake.resting_customers) is never selected."""
     targeting = settings.targeting
     by_value = Window.orderBy(F.col("expected_net_value").desc(), F.col("customer_id"))
     so_far = by_value.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    recommended = F.col("recommended_arm") != policy.NONE
+    if resting is None:
+        chosen = chosen.withColumn("resting", F.lit(False))
+    else:
+        flagged = resting.withColumn("resting", F.lit(True))
+        chosen = chosen.join(flagged, "customer_id", "left").fillna(False, subset=["resting"])
+    recommended = (F.col("recommended_arm") != policy.NONE) & ~F.col("resting")
     out = chosen.withColumn("rank", F.row_number().over(by_value)).withColumn("decile", F.ntile(10).over(by_value))
     selected = policy.within_budget(
         recommended, F.sum(recommended.cast("int")).over(so_far), F.sum("send_cost").over(so_far), targeting
@@ -208,7 +226,9 @@ def with_assignment(audience: DataFrame, settings: Settings, run_date: date, exp
     return audience.mapInPandas(assign, schema).withColumn("holdout", F.col("assignment") == policy.HOLDOUT)
 
 
-def constant_audience(features: DataFrame, settings: Settings, run_date: date) -> tuple[DataFrame, str, list[str]]:
+def constant_audience(
+    features: DataFrame, settings: Settings, run_date: date, resting: DataFrame | None = None
+) -> tuple[DataFrame, str, list[str]]:
     """The best constant policy over the scoring set: everyone eligible gets one arm, or no one.
 
     Every arm's uplift column holds its average effect (what a campaign manager can expect of
@@ -241,7 +261,7 @@ def constant_audience(features: DataFrame, settings: Settings, run_date: date) -
         ],
         *[F.lit(None).cast("double").alias(f"p_{key(a, o)}") for o in every for a in exp.all_arms],
     )
-    return rank_and_select(chosen, settings), arm, reasons
+    return rank_and_select(chosen, settings, resting), arm, reasons
 
 
 def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
@@ -270,13 +290,14 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
             reasons.append(f"champion v{champion.version} cannot serve tonight: {problem}")
             model = None
     workers.result()
+    resting = resting_customers(spark, settings, run_date) if settings.contact_window_days else None
     if model is None:
-        audience, arm, constant_reasons = constant_audience(features, settings, run_date)
+        audience, arm, constant_reasons = constant_audience(features, settings, run_date, resting)
         reasons += constant_reasons
         label, model_name, model_version = f"constant:{arm}", None, None
         log.warning("publishing the constant policy %s: %s", label, "; ".join(reasons))
     else:
-        audience = apply_policy(features, settings, run_date, model)
+        audience = apply_policy(features, settings, run_date, model, resting)
         label, model_name, model_version = f"model:{champion.version}", name, str(champion.version)
     eligible = features.count() if policy.budgeted_sends(settings.targeting, exp.arms) is not None else 0
     explore = policy.exploration_probability(settings.targeting, exp.arms, eligible)

@@ -180,6 +180,10 @@ class Targeting(_Strict):
     # across control and the arms the guardrails allow at experiment.expected_split, whatever the
     # model thinks: every arm stays observable for every kind of customer (jobs.policy.assign).
     exploration_share: float = Field(default=0.05, ge=0, lt=1)
+    # Nights a customer on an audience's send list (any arm, control included) rests before being
+    # listed again, so that no two of a customer's label windows overlap and each audience stays a
+    # clean experiment. null: the longest label window (Settings.window_days); 0: no rest.
+    contact_window_days: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _outcome_names(self) -> Targeting:
@@ -266,6 +270,12 @@ class Settings(_Strict):
         is null on the sends its window has not matured for, jobs.etl._timeline)."""
         windows = [o.window_days for o in self.targeting.outcomes.values()]
         return max([self.experiment.attribution_window_days, *windows])
+
+    @property
+    def contact_window_days(self) -> int:
+        """Nights a listed customer rests (targeting.contact_window_days, by default the label window)."""
+        days = self.targeting.contact_window_days
+        return self.window_days if days is None else days
 
     def response_types(self) -> dict[str | None, list[str]]:
         """The response types of every outcome's label (None: the primary one)."""

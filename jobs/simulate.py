@@ -70,7 +70,8 @@ def send(settings: Settings, audience: pd.DataFrame, truth: pd.DataFrame, night:
             "sent_at": pd.Timestamp(day) + pd.to_timedelta(rng.integers(8 * 3600, 20 * 3600, len(listed)), unit="s"),
             "arm": listed["assigned_arm"].to_numpy(),
         }
-    )
+    ).astype({"send_id": "string", "campaign_id": "string", "customer_id": "string", "arm": "string"})
+    # An audience that listed no one still delivers its (empty) day of sends: the source is daily.
     deliver(settings, "sends", sends, day, part=f"campaign-{stamp}")
     probs = sends[["customer_id", "arm"]].merge(truth, on="customer_id", how="left")
     arm = probs["arm"].to_numpy()
@@ -220,7 +221,7 @@ def own_sends(
     for k in range(nights):
         night = first + timedelta(days=k)
         draw = policy.holdout_draw(chosen["customer_id"], night)
-        tonight = chosen.assign(holdout=policy.is_holdout(chosen["selected"], draw, targeting))
+        tonight = chosen.assign(holdout=policy.is_holdout(chosen["selected"], draw, targeting), resting=False)
         record = policy.assign(tonight, targeting, exp.control, exp.expected_split, night, targeting.exploration_share)
         rows = np.flatnonzero(record["assigned_arm"].notna().to_numpy())
         out.append(

@@ -365,8 +365,11 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
             arm_counts, response_types = arms_counted.result(), types_seen.result()
         own = {campaign: own[campaign] for campaign in arm_counts if campaign in own}  # tonight's own campaigns
         randomized = {campaign: counts for campaign, counts in arm_counts.items() if campaign not in own}
-        own_rows = sum(sum(arm_counts[campaign].values()) for campaign in own)
-        bands["sends"] = _with_own_sends(bands["sends"], bool(randomized), own_rows)
+        # Last night's audience may be sent today, or not at all, and may have listed no one.
+        due = own_campaigns(settings, run_date - timedelta(days=1), since=run_date - timedelta(days=1))
+        if own or due:
+            own_rows = sum(sum(arm_counts[campaign].values()) for campaign in own)
+            bands["sends"] = _with_own_sends(bands["sends"], bool(randomized), own_rows)
         if _own_responses_due(settings, run_date):  # their volume follows the own campaigns' sends
             bands["responses"] = (1, None)
         context = _context(out / "data_docs")
@@ -413,12 +416,11 @@ def validate_raw(spark: SparkSession, settings: Settings, run_date: date) -> dic
 
 
 def _with_own_sends(band: tuple[int, int | None], randomized_today: bool, own_rows: int) -> tuple[int, int | None]:
-    """The sends delivery's band when it holds own campaigns: the randomized campaigns' band (none
-    tonight: no rows expected of them), plus the own campaigns' rows, held to their audience apart."""
-    if not own_rows:
-        return band
+    """The sends delivery's band when own campaigns are due or delivered: the randomized campaigns'
+    band (none tonight: no rows expected of them), plus the own campaigns' rows, which are held to
+    their audience apart. An audience that listed no one, or was not sent, leaves the delivery empty."""
     low, high = band if randomized_today else (0, 0)
-    return max(1, low + own_rows), None if high is None else high + own_rows
+    return low + own_rows, None if high is None else high + own_rows
 
 
 def _own_responses_due(settings: Settings, run_date: date) -> bool:
@@ -478,9 +480,11 @@ def _own_campaigns_check(
     summary = {"p_value_min": level, "campaigns": {}}
     for campaign in ids:
         expected = listed.get(campaign, {})
-        total = sum(expected.values())
+        total, came_back = sum(expected.values()), sum(matched[campaign].values())
+        if not total:  # an audience that listed no one: nothing may come back (an unknown customer else)
+            summary["campaigns"][campaign] = {"listed": expected, "delivered": came_back}
+            continue
         srm = sample_ratio_mismatch(matched[campaign], {route: n / total for route, n in expected.items()})
-        came_back = sum(matched[campaign].values())
         summary["campaigns"][campaign] = {**srm, "listed": expected, "delivered": came_back}
         if srm["p_value"] < level:
             outcome.failures.append(

@@ -20,9 +20,8 @@ def _frame(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     recommended = rng.choice(np.array(["a", "b", "none"], dtype=object), n, p=[0.4, 0.3, 0.3])
     selected = (recommended != "none") & (rng.random(n) < 0.8)
-    return pd.DataFrame(
-        {"customer_id": [f"K{i:05d}" for i in range(n)], "recommended_arm": recommended, "selected": selected}
-    )
+    ids = [f"K{i:05d}" for i in range(n)]
+    return pd.DataFrame({"customer_id": ids, "recommended_arm": recommended, "selected": selected, "resting": False})
 
 
 def _nights(frame, targeting, nights: int, explore: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -104,3 +103,17 @@ def test_exploration_takes_a_share_of_the_budgeted_sends_and_the_ranking_the_res
     counts = pd.Series(np.arange(1, 2001))
     selected = policy.within_budget(pd.Series(True, index=counts.index), counts, counts * 0.0, targeting)
     assert int(selected.sum()) == 900, "the ranking keeps the budget less the explore share"
+
+
+def test_a_resting_customer_is_sent_nothing_for_sure(settings):
+    """Listed within the contact window: neither selected (rank_and_select) nor explored, none for sure."""
+    targeting = _targeting(settings, holdout_share=0.1)
+    frame = _frame(2000, seed=7)
+    frame["resting"] = np.arange(len(frame)) % 2 == 0
+    frame["selected"] &= ~frame["resting"]
+    record = policy.assign(frame.assign(holdout=False), targeting, "control", SPLIT, date(2026, 3, 1), 0.2)
+    rested = record[frame["resting"]]
+    assert (rested["assignment"] == policy.NONE).all() and rested["assigned_arm"].isna().all()
+    assert (rested["propensity"] == 1.0).all() and (rested["inclusion_probability"] == 0.0).all()
+    awake = record[~frame["resting"]]
+    assert (awake["assignment"] == policy.EXPLORE).mean() == pytest.approx(0.2, abs=0.03)

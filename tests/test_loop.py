@@ -4,6 +4,7 @@ import json
 import shutil
 from datetime import date, timedelta
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -13,6 +14,7 @@ from jobs.audience import show
 from jobs.generate import deliver
 from jobs.lake import own_campaigns, partition_dir, version_dir
 from jobs.simulate import simulate
+from jobs.tracking import use_tracking
 from jobs.validate import ValidationFailed, validate_raw
 
 FIRST = date(2026, 10, 30)
@@ -39,16 +41,38 @@ def loop(spark, settings, tmp_path_factory):
 def test_every_night_of_the_loop_completes_and_records_its_assignments(loop):
     local, table = loop
     assert [line["night"] for line in table] == [(FIRST + timedelta(days=k)).isoformat() for k in range(NIGHTS)]
+    assert table[0]["sends"] > 0
     for line in table:
         night = date.fromisoformat(line["night"])
         audience = pd.read_parquet(partition_dir(local, "audience", night))
         assert (audience["campaign_id"] == local.export.campaign_of(night)).all()
         assert audience["propensity"].between(0, 1, inclusive="right").all()
         listed = audience["assigned_arm"].notna()
-        assert line["sends"] == int(listed.sum()) > 0
-        assert line["explore"] == pytest.approx(0.1 * len(audience), rel=0.25)
-        # Positivity: every eligible customer could have been sent control and every arm tonight.
-        assert (audience.loc[listed, "inclusion_probability"] >= 0.1 - 1e-12).all()
+        assert line["sends"] == int(listed.sum())
+        awake = audience["inclusion_probability"] > 0  # not resting from an earlier night's list
+        assert abs(line["explore"] - 0.1 * awake.sum()) <= 4 * (0.09 * awake.sum()) ** 0.5 + 1, line
+        # Positivity: every customer not resting could have been sent control and every arm tonight.
+        assert (audience.loc[awake, "inclusion_probability"] >= 0.1 - 1e-12).all()
+
+
+def test_a_listed_customer_rests_until_the_label_window_has_passed(loop):
+    """No two label windows of a customer overlap: listed on a night, not again for contact_window_days."""
+    local, table = loop
+    window = local.contact_window_days
+    listed = {
+        date.fromisoformat(line["night"]): set(
+            pd.read_parquet(
+                partition_dir(local, "audience", date.fromisoformat(line["night"])),
+                columns=["customer_id", "assigned_arm"],
+            ).dropna()["customer_id"]
+        )
+        for line in table
+    }
+    nights = sorted(listed)
+    for i, night in enumerate(nights):
+        for later in nights[i + 1 : i + 1 + window]:
+            assert not listed[night] & listed[later], (night, later)
+    assert listed[nights[window + 1]] & listed[nights[0]], "after the window, the same customers are listed again"
 
 
 def test_own_sends_come_back_validated_and_train_with_their_recorded_propensity(loop):
@@ -103,7 +127,12 @@ def test_a_spoiled_own_campaign_is_refused_by_name_and_nothing_is_written(loop, 
 def test_a_backfill_keeps_the_sent_audience_and_scores_with_that_nights_champion(loop):
     """Runs last: it republishes the first night's audience of the loop's home."""
     local, table = loop
-    assert registry.status(local)["champion"]["run_date"] > FIRST.isoformat(), "a later night's champion serves"
+    # A model trained for the last night becomes champion (whatever its gate said): a newer champion.
+    use_tracking(local)
+    versions = mlflow.MlflowClient().search_model_versions(f"name='{local.mlflow.registered_model}'")
+    newest = max(versions, key=lambda v: int(v.version))
+    assert newest.tags["run_date"] == table[-1]["night"]
+    registry.promote(local, newest.version, date.fromisoformat(table[-1]["night"]))
     current = partition_dir(local, "audience", FIRST)
     published = {p.name: p.read_bytes() for p in current.iterdir() if p.is_file()}
     scored = steps.run("score", FIRST, local)
