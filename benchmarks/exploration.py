@@ -85,7 +85,7 @@ def run_seed(seed: int) -> list[dict]:
         chosen = policy.apply(scored, local.targeting, arms, NIGHT)
         own = own_sends(chosen, features, truth, local, NIGHT, NIGHTS, np.random.default_rng([seed, 1]))
         holdout = pd.concat([own, first.predict_proba(own).reset_index(drop=True)], axis=1)
-        truth_value = true_value(chosen, truth, local)
+        truth_value = true_value(chosen.assign(resting=False), truth, local)
         effects = policy.average_effects(policy.arm_counts(own, "label"), "control", arms)
         ate_errors = [effects[a]["ate"] - float((truth[f"p_{a}"] - truth["p_control"]).mean()) for a in arms]
         line = {

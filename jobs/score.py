@@ -311,6 +311,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         "recommended_arm",
         "selected",
         "holdout",
+        "resting",
         *policy.ASSIGNMENT_COLUMNS,
         F.lit(campaign_id).alias("campaign_id"),
         "expected_uplift",

@@ -37,11 +37,11 @@ log = logging.getLogger(__name__)
 
 def true_value(audience: pd.DataFrame, truth: pd.DataFrame, settings: Settings) -> float:
     """The true net value per eligible customer of the audience's policy (its recommended arm for
-    every selected customer, nothing for the others), from the generator's truth."""
+    every customer it selects, or would were the customer not resting; nothing for the others),
+    from the generator's truth: what the gate values, the policy over every eligible customer."""
     targeting, control = settings.targeting, settings.experiment.control
-    chosen = audience.loc[
-        audience["selected"] & (audience["recommended_arm"] != NONE), ["customer_id", "recommended_arm"]
-    ]
+    decided = (audience["selected"] | audience["resting"]) & (audience["recommended_arm"] != NONE)
+    chosen = audience.loc[decided, ["customer_id", "recommended_arm"]]
     rows = chosen.merge(truth, on="customer_id")
     arm = rows["recommended_arm"].to_numpy()
     total = 0.0

@@ -92,7 +92,7 @@ def test_the_recorded_propensities_unbias_the_gates_value_of_the_deployed_policy
     corrected_errors, naive_errors, covered = [], [], 0
     for run in runs:
         own = run["own"]
-        truth_value = true_value(run["chosen"], run["truth"], local)
+        truth_value = true_value(run["chosen"].assign(resting=False), run["truth"], local)
         # The outcome models are the first model's: fitted on the randomized campaign, never on these rows.
         holdout = pd.concat([own, run["first"].predict_proba(own).reset_index(drop=True)], axis=1)
         deployed = np.where(holdout["selected"], holdout["recommended_arm"], "control")
