@@ -120,7 +120,15 @@ def run(settings: Settings, run_date: date, top: int = 10) -> dict:
         "arms": arms,
         "totals": {
             k: float(summary[k].sum())
-            for k in ("customers", "sends", "holdout", "expected_incremental_responses", "expected_net_value", "spend")
+            for k in (
+                "customers",
+                "sends",
+                "holdout",
+                "explore",
+                "expected_incremental_responses",
+                "expected_net_value",
+                "spend",
+            )
         },
         # the further outcomes' expected increments per arm (the audience summary's columns)
         "outcome_totals": {o: f"expected_incremental_{o}" for o in settings.targeting.outcomes},

@@ -127,6 +127,7 @@ def test_runs_and_run_pages_show_the_published_summary(airflow, settings):
     for row in summary.itertuples():
         shown = _cells(page.split('id="budget"')[0], "data-arm", row.recommended_arm)
         assert shown["customers"] == row.customers and shown["sends"] == row.sends and shown["holdout"] == row.holdout
+        assert shown["explore"] == row.explore
         assert shown["expected_incremental_responses"] == pytest.approx(row.expected_incremental_responses, abs=0.005)
         assert shown["spend"] == pytest.approx(row.spend, abs=0.005)
     # the gate's per-arm holdout estimate with its interval is on the page
@@ -170,7 +171,8 @@ def test_the_budget_control_selects_what_the_policy_would_with_that_budget(airfl
         budget_table = page.split('id="budget"')[1].split("</table>")[0]
         for arm, n in expected.items():
             assert _cells(budget_table, "data-arm", arm)["customers"] == n
-        assert _cells(budget_table, "data-arm", "total")["customers"] == min(budget, recommended.sum())
+        room = int(budget * (1 - settings.targeting.exploration_share))  # the explore share's part of the budget
+        assert _cells(budget_table, "data-arm", "total")["customers"] == min(room, recommended.sum())
     # no budget: exactly the night's selection
     everyone = campaigns.budget(settings, RUN_DATE, len(audience))
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE)).set_index("recommended_arm")
