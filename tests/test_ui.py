@@ -174,7 +174,7 @@ def test_the_budget_control_selects_what_the_policy_would_with_that_budget(airfl
         room = int(budget * (1 - settings.targeting.exploration_share))  # the explore share's part of the budget
         assert _cells(budget_table, "data-arm", "total")["customers"] == min(room, recommended.sum())
     # no budget: exactly the night's selection
-    everyone = campaigns.budget(settings, RUN_DATE, len(audience))
+    everyone = campaigns.budget(settings, RUN_DATE, int(len(audience) / (1 - settings.targeting.exploration_share)) + 1)
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE)).set_index("recommended_arm")
     assert {a["recommended_arm"]: a["customers"] for a in everyone["arms"]} == summary["customers"].to_dict()
 
