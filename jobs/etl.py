@@ -21,6 +21,7 @@ diagnostics and the gate weigh the send by.
 from __future__ import annotations
 
 from datetime import date, timedelta
+from pathlib import Path
 from typing import NamedTuple
 
 from pyspark.errors import AnalysisException
@@ -28,7 +29,14 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs.features import FeatureSpec
-from jobs.lake import MissingInputError, assignment_records, publish_partition, raw_partitions, read_raw
+from jobs.lake import (
+    MissingInputError,
+    assignment_records,
+    own_campaigns,
+    publish_partition,
+    raw_partitions,
+    read_raw,
+)
 from jobs.settings import Experiment, Settings
 from jobs.tlearner import label_column
 
@@ -65,19 +73,20 @@ def split_share(exp: Experiment, campaign: Column, arm: Column) -> Column:
     return share
 
 
-def with_assignment(training: DataFrame, records: DataFrame | None, exp: Experiment) -> DataFrame:
-    """training with ASSIGNMENT_KEYS: an own campaign's send takes its audience's record (by campaign and
-    customer; null when the audience has no such row, which validation refuses), any other its split's share."""
+def with_assignment(spark: SparkSession, training: DataFrame, campaigns: dict[str, Path], exp: Experiment) -> DataFrame:
+    """training with ASSIGNMENT_KEYS: a send of an own campaign (campaigns: campaign_id -> its audience,
+    jobs.lake.own_campaigns) takes its audience's record (by campaign and customer; null when the
+    audience has no such row, which validation refuses), any other its split's share."""
     randomized = {
         "assignment": F.lit(RANDOMIZED),
         "propensity": split_share(exp, F.col("campaign_id"), F.col("arm")),
         "inclusion_probability": F.lit(1.0),
     }
-    if records is None:
+    if not campaigns:
         return training.select("*", *[column.alias(name) for name, column in randomized.items()])
-    own_ids = [row.campaign_id for row in records.select("campaign_id").distinct().collect()]
+    records = assignment_records(spark, campaigns)
     record = records.select("campaign_id", "customer_id", *[F.col(c).alias(f"_own_{c}") for c in ASSIGNMENT_KEYS])
-    own = F.col("campaign_id").isin(own_ids)
+    own = F.col("campaign_id").isin(list(campaigns))
     return training.join(record, ["campaign_id", "customer_id"], "left").select(
         *training.columns,
         *[F.when(own, F.col(f"_own_{name}")).otherwise(column).alias(name) for name, column in randomized.items()],
@@ -361,7 +370,7 @@ def build_sets(
         anchors_of(False), training_users, _snapshot_for(spark, training_pairs), spec, carry
     )
     training = training.withColumnRenamed("anchor_id", "send_id").withColumnRenamed("as_of", "sent_at")
-    training = with_assignment(training, assignment_records(spark, settings, run_date), exp)
+    training = with_assignment(spark, training, own_campaigns(settings, run_date), exp)
     training = training.select(*keys, *spec.names)
     scoring = point_in_time_features(
         anchors_of(True), latest, _snapshot_for(spark, _snapshot_pairs(snapshot_days, [scoring_day])), spec

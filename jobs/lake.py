@@ -212,11 +212,9 @@ def resting_customers(spark: SparkSession, settings: Settings, run_date: date) -
     return rows.select("customer_id").distinct()
 
 
-def assignment_records(spark: SparkSession, settings: Settings, run_date: date) -> DataFrame | None:
-    """The assignment record of every own campaign up to run_date (rows with an arm assigned), or None."""
-    campaigns = own_campaigns(settings, run_date)
-    if not campaigns:
-        return None
+def assignment_records(spark: SparkSession, campaigns: dict[str, Path]) -> DataFrame:
+    """The assignment records (rows with an arm assigned) of the own campaigns' audiences
+    (campaign_id -> folder, own_campaigns)."""
     records = spark.read.parquet(*[str(p) for p in campaigns.values()]).select(*ASSIGNMENT_RECORD)
     return records.where("assigned_arm IS NOT NULL")
 

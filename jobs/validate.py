@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 
 from jobs import features
 from jobs.etl import RANDOMIZED, SCORING_KEYS, training_keys
-from jobs.lake import ASSIGNMENT_RECORD, own_campaigns, partition_dates, raw_partitions, read_partition, read_raw
+from jobs.lake import assignment_records, own_campaigns, partition_dates, raw_partitions, read_partition, read_raw
 from jobs.settings import PROJECT_ROOT, SOURCES, Experiment, Settings, report_dir
 from jobs.tlearner import label_column
 
@@ -444,8 +444,7 @@ def _own_campaigns_check(
     """
     exp, tolerance = settings.experiment, settings.validation.volume_tolerance
     ids = sorted(audiences)
-    records = spark.read.parquet(*[str(p) for p in audiences.values()]).select(*ASSIGNMENT_RECORD)
-    records = records.where(F.col("assigned_arm").isNotNull() & F.col("campaign_id").isin(ids))
+    records = assignment_records(spark, audiences).where(F.col("campaign_id").isin(ids))
     problem = F.when(F.col("assigned_arm").isNull(), F.lit("customer not in the audience")).when(
         F.col("arm") != F.col("assigned_arm"), F.lit("arm changed from the audience's assigned_arm")
     )
