@@ -166,6 +166,28 @@ def publish_partition(df: DataFrame, settings: Settings, table: str, run_date: d
     return target
 
 
+def publish_frame(frame: pd.DataFrame, settings: Settings, table: str, run_date: date) -> Path:
+    """publish_partition for a small pandas frame (one Parquet file): the same staging and swap."""
+    target = partition_dir(settings, table, run_date)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = table_dir(settings, table) / f".staging-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    frame.to_parquet(staging / "part-0.parquet", index=False)
+    retired = staging.with_name(staging.name + "-retired")
+    if target.exists():
+        target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
+    return target
+
+
+def read_table(settings: Settings, table: str, since: date | None = None) -> pd.DataFrame:
+    """Every partition of a small table (from `since`) as one frame, with its run_date; empty if none."""
+    days = [d for d in partition_dates(settings, table) if since is None or d >= since]
+    frames = [pd.read_parquet(partition_dir(settings, table, d)).assign(run_date=d) for d in days]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def partition_date(folder: Path) -> date:
     """The run date of a run_date=YYYY-MM-DD folder."""
     return date.fromisoformat(folder.name[len("run_date=") :])

@@ -285,7 +285,7 @@ def apply(
 
 TARGET, HOLDOUT, EXPLORE = "target", "holdout", "explore"
 ASSIGNMENTS = (TARGET, HOLDOUT, EXPLORE, NONE)
-ASSIGNMENT_COLUMNS = ["assignment", "assigned_arm", "propensity", "inclusion_probability"]
+ASSIGNMENT_COLUMNS = ["assignment", "assigned_arm", "propensity", "inclusion_probability", "route_probability"]
 EXPLORE_STREAM, EXPLORE_ARM_STREAM = "explore", "explore_arm"  # holdout_draw's streams of the explore route
 
 
@@ -331,6 +331,9 @@ def assign(
 
     `inclusion_probability` = p + (1 - p) s(x), the chance of being on the send list at all (any
     arm or control): a sent row stands for 1 / inclusion_probability eligible customers.
+    `route_probability` is the chance of this route and arm alone: p q_b(x) (explore), (1 - p) h
+    (holdout), (1 - p) (1 - h) (target), (1 - p) (1 - s(x)) (none); the results step values
+    policies on the explore rows with it (jobs.results).
     A guardrail-forbidden arm has probability 0; every other arm and control keep at least p q_b(x) > 0.
     """
     arms = [a for a in split if a != control]
@@ -361,6 +364,12 @@ def assign(
         chosen >= 0, p * shares[rows, np.maximum(chosen, 0)] + (1 - p) * selected * by_route, (1 - p) * (1 - selected)
     )
     out["inclusion_probability"] = p + (1 - p) * selected
+    h = targeting.holdout_share
+    out["route_probability"] = np.where(
+        exploring,
+        p * shares[rows, np.maximum(picked, 0)],
+        (1 - p) * np.where(holdout, h, np.where(selected, 1 - h, 1.0)),
+    )
     return out
 
 

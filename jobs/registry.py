@@ -44,6 +44,8 @@ def portable_model(settings: Settings, version: str) -> PortableTLearner:
         return PortableTLearner.from_json(file.read())
 
 
+# A version's tag, set by jobs.monitoring: the night and the evidence its realized results gave against it.
+FLAGGED_TAG = "monitoring.flagged"
 # A version's tag: the first run date the gate promoted it on (serving_version reads it).
 SERVES_FROM = "serves_from"
 
@@ -83,6 +85,31 @@ def rollback(settings: Settings) -> dict:
     if previous is None:
         raise RuntimeError(f"model '{settings.mlflow.registered_model}' has no '{PREVIOUS}' version to roll back to")
     return promote(settings, previous.version)
+
+
+def retire(settings: Settings, version: str, reason: str) -> dict:
+    """Take a champion out of service: the previous version serves again (the retired one holds no
+    alias, so no rollback brings it back by accident), or, with none, no model does (the night
+    publishes the best constant policy). The reason is tagged on the version."""
+    use_tracking(settings)
+    client, name = mlflow.MlflowClient(), settings.mlflow.registered_model
+    client.set_model_version_tag(name, str(version), "retired", reason)
+    previous = alias_version(settings, PREVIOUS)
+    if previous is not None and str(previous.version) != str(version) and FLAGGED_TAG not in previous.tags:
+        client.set_registered_model_alias(name, CHAMPION, str(previous.version))
+        client.delete_registered_model_alias(name, PREVIOUS)
+        return {"champion": str(previous.version), "retired": str(version)}
+    client.delete_registered_model_alias(name, CHAMPION)
+    if previous is not None:
+        client.delete_registered_model_alias(name, PREVIOUS)
+    return {"champion": None, "retired": str(version), "serves": "the best constant policy"}
+
+
+def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:
+    use_tracking(settings)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.mlflow.registered_model, str(version), key, value)
 
 
 def status(settings: Settings) -> dict:

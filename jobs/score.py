@@ -206,8 +206,8 @@ def _with_draw(frame: DataFrame, run_date: date) -> DataFrame:
 
 
 def with_assignment(audience: DataFrame, settings: Settings, run_date: date, explore: float) -> DataFrame:
-    """audience with policy.assign's record (assignment, assigned_arm, propensity, inclusion_probability)
-    and `holdout` true for the holdout route alone (a selected customer may explore instead)."""
+    """audience with policy.assign's record (policy.ASSIGNMENT_COLUMNS) and `holdout` true for the
+    holdout route alone (a selected customer may explore instead)."""
     exp, targeting = settings.experiment, settings.targeting
     schema = StructType(
         [
@@ -216,6 +216,7 @@ def with_assignment(audience: DataFrame, settings: Settings, run_date: date, exp
             StructField("assigned_arm", StringType()),
             StructField("propensity", DoubleType()),
             StructField("inclusion_probability", DoubleType()),
+            StructField("route_probability", DoubleType()),
         ]
     )
 

@@ -231,6 +231,17 @@ class Drift(_Strict):
     on_fail: Literal["fail_run", "block_promotion"]
 
 
+class Monitoring(_Strict):
+    # Matured nights of the champion's own audiences that its realized value is judged on (pooled).
+    window: int = Field(default=7, gt=0)
+    # Audiences whose sends matured within this many nights are measured again every night, so
+    # responses delivered late are counted (a recomputation replaces the audience's results).
+    recompute_days: int = Field(default=7, ge=0)
+    # rollback: the next night serves the previous champion (or, with none, the best constant
+    # policy); flag: the champion is only tagged and reported.
+    on_fail: Literal["rollback", "flag"] = "rollback"
+
+
 class Spark(_Strict):
     master: str
     shuffle_partitions: int = Field(gt=0)
@@ -261,6 +272,7 @@ class Settings(_Strict):
     targeting: Targeting
     export: Export
     drift: Drift
+    monitoring: Monitoring = Monitoring()
     spark: Spark
     schedule: Schedule
 

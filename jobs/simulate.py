@@ -55,6 +55,20 @@ def true_value(audience: pd.DataFrame, truth: pd.DataFrame, settings: Settings) 
     return total / max(1, len(audience))
 
 
+def true_incremental(settings: Settings, audience: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """The true incremental responses of an audience's sent customers (target route), per arm and
+    `all`: the sum of their true uplifts of the arm they were sent (what results estimates)."""
+    control = settings.experiment.control
+    sent = audience.loc[audience["assignment"] == policy.TARGET, ["customer_id", "assigned_arm"]]
+    rows = sent.merge(truth, on="customer_id")
+    out = {}
+    for arm in settings.experiment.arms:
+        mine = rows[rows["assigned_arm"] == arm]
+        out[arm] = float((mine[f"p_{arm}"] - mine[f"p_{control}"]).sum())
+    out["all"] = sum(out.values())
+    return out
+
+
 def send(settings: Settings, audience: pd.DataFrame, truth: pd.DataFrame, night: date, seed: int) -> int:
     """Deliver the send list of night's audience as sends of the next day, and their responses."""
     day = night + timedelta(days=1)

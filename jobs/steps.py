@@ -15,8 +15,19 @@ from jobs.settings import Settings, load_settings, report_dir
 
 log = logging.getLogger("uplift")
 
-SPARK_STEPS = ("validate-raw", "etl", "validate-features", "score")
-STEPS = ("validate-raw", "etl", "validate-features", "train", "gate", "promote", "score", "drift", "report")
+SPARK_STEPS = ("validate-raw", "etl", "validate-features", "score", "results")
+STEPS = (
+    "validate-raw",
+    "etl",
+    "validate-features",
+    "train",
+    "gate",
+    "promote",
+    "score",
+    "results",
+    "drift",
+    "report",
+)
 
 
 def _validate_raw(settings: Settings, run_date: date) -> dict:
@@ -91,6 +102,18 @@ def _score(settings: Settings, run_date: date) -> dict:
     return {**result, "postgres_rows": to_postgres(settings, run_date)}
 
 
+def _results(settings: Settings, run_date: date) -> dict:
+    from jobs.monitoring import monitor
+    from jobs.results import measure
+    from jobs.spark import step_session
+
+    with step_session(settings, "uplift-results", shared=True) as spark:
+        measured = measure(spark, settings, run_date)
+    report = monitor(settings, run_date)
+    keep = ("champion", "action", "evidence", "realized_value", "best_constant", "versus_best_constant", "rollback")
+    return {**measured, "monitoring": {k: report[k] for k in keep if k in report}}
+
+
 def _drift(settings: Settings, run_date: date) -> dict:
     import mlflow
 
@@ -119,6 +142,7 @@ _IMPLEMENTATIONS = {
     "gate": _gate,
     "promote": _promote,
     "score": _score,
+    "results": _results,
     "drift": _drift,
     "report": _report,
 }

@@ -117,3 +117,20 @@ def test_a_resting_customer_is_sent_nothing_for_sure(settings):
     assert (rested["propensity"] == 1.0).all() and (rested["inclusion_probability"] == 0.0).all()
     awake = record[~frame["resting"]]
     assert (awake["assignment"] == policy.EXPLORE).mean() == pytest.approx(0.2, abs=0.03)
+
+
+def test_the_route_probability_is_the_chance_of_the_route_and_arm_alone(settings):
+    """Explore rows carry p q_b(x), holdout (1 - p) h, target (1 - p)(1 - h), none (1 - p)(1 - s(x))."""
+    targeting = _targeting(settings, holdout_share=0.1)
+    frame = _frame(400, seed=5)
+    frame["holdout"] = frame["selected"] & (policy.holdout_draw(frame["customer_id"], date(2026, 3, 2)) < 0.1)
+    record = policy.assign(frame, targeting, "control", SPLIT, date(2026, 3, 2), 0.2)
+    p, h = 0.2, 0.1
+    route = record["assignment"].to_numpy()
+    expected = np.select(
+        [route == policy.EXPLORE, route == policy.HOLDOUT, route == policy.TARGET],
+        [p * record["assigned_arm"].map(SPLIT).to_numpy(float), (1 - p) * h, (1 - p) * (1 - h)],
+        1 - p,
+    )
+    assert set(route) == {policy.EXPLORE, policy.HOLDOUT, policy.TARGET, policy.NONE}
+    assert np.allclose(record["route_probability"], expected)

@@ -16,7 +16,18 @@ from conftest import RUN_DATE, TEST_CONF, write_overlay
 from helpers import airflow_env, on_server
 
 PROJECT = Path(__file__).resolve().parent.parent
-ORDER = ["validate_raw", "etl", "validate_features", "train", "gate", "promote", "score", "drift", "report"]
+ORDER = [
+    "validate_raw",
+    "etl",
+    "validate_features",
+    "train",
+    "gate",
+    "promote",
+    "score",
+    "results",
+    "drift",
+    "report",
+]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,506 @@
+"""Results: what every sent audience realized once its label window matured, next to what it expected.
+
+Each night the step reads the training set of the night (every matured send, labelled, jobs.etl)
+and joins the sends of the pipeline's own campaigns to the audiences that listed them. For each
+audience whose sends matured in the last `monitoring.recompute_days` nights (so responses delivered
+late are counted), it computes from scratch and replaces the audience's partitions of three tables,
+partitioned by the audience's run date:
+
+- `results`: per arm (and `all`), the sent customers (target route) against the holdout of that
+  arm (holdout customers the policy recommended the arm to: the same population, randomly split):
+  response rate of each, realized incremental responses `n_sent (rate_sent - rate_holdout)` with a
+  95% interval (Newcombe's hybrid score interval of the rate difference, scaled by n_sent: right for
+  a small holdout and rare outcomes), the same for every further outcome, realized net value, and
+  the audience's expected figures for the same customers. The `all` row sums the arms (its interval
+  combines theirs); a guardrail outcome's realized increase per send is there against its limit.
+- `results_policies`: on the explore rows (drawn at random whatever the model thinks), the sums from
+  which the value of any policy follows (Hajek, weights 1 / route_probability): the audience's own
+  policy (its recommended arm where selected, else nothing) and every constant policy. `policy_values`
+  turns the sums of any set of nights into values with paired intervals (delta method).
+- `results_calibration`: per decile of the audience's ranking, realized vs predicted uplift of the
+  decile's arm (the recommended one, or the best one where none is recommended) among every row that
+  got that arm or control, weighted by 1 / propensity. Sums, so that nights pool by adding them.
+
+Overlapping windows: a customer counts only for their first listing within a label window. With
+the default contact window (targeting.contact_window_days) no one is listed twice within a window;
+with a shorter one, a listing that follows an earlier one within the window is left out of the
+measurement (counted in `overlapped`), since that customer's outcome mixes two sends.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from jobs import policy
+from jobs.lake import (
+    MissingInputError,
+    own_campaigns,
+    partition_date,
+    partition_dir,
+    publish_frame,
+    read_table,
+)
+from jobs.settings import Settings, report_dir
+from jobs.tlearner import label_column
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+Z = 1.959963984540054  # the 95% two-sided normal quantile
+ALL = "all"
+TABLES = ("results", "results_policies", "results_calibration")
+FOLLOWS, NO_ONE = "audience", "no one"  # the audience's own policy; the constant policy of sending nothing
+
+
+def audience_date(folder: Path) -> date:
+    """The run date of an audience partition or of a kept version of one."""
+    return partition_date(folder if folder.name.startswith("run_date=") else folder.parent)
+
+
+def measured_campaigns(settings: Settings, run_date: date) -> dict[str, Path]:
+    """The own campaigns measured tonight: audiences dated up to run_date - attribution window (any
+    of their sends can have matured) and from recompute_days before that."""
+    last = run_date - timedelta(days=settings.experiment.attribution_window_days)
+    return own_campaigns(settings, last, since=last - timedelta(days=settings.monitoring.recompute_days))
+
+
+def wilson(successes: float, n: float) -> tuple[float, float]:
+    """Wilson's 95% score interval of a proportion."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + Z * Z / (2 * n)) / (1 + Z * Z / n)
+    half = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / (1 + Z * Z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_difference(y1: float, n1: float, y0: float, n0: float) -> tuple[float, float, float]:
+    """p1 - p0 with Newcombe's hybrid score 95% interval (method 10); NaN without both groups."""
+    if n1 <= 0 or n0 <= 0:
+        return math.nan, math.nan, math.nan
+    p1, p0 = y1 / n1, y0 / n0
+    (l1, u1), (l0, u0) = wilson(y1, n1), wilson(y0, n0)
+    d = p1 - p0
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
+
+
+def mean_difference(s1: float, q1: float, n1: float, s0: float, q0: float, n0: float) -> tuple[float, float, float]:
+    """Difference of two means from sums (s) and sums of squares (q), with a Welch normal 95% interval."""
+    if n1 <= 1 or n0 <= 1:
+        return math.nan, math.nan, math.nan
+    m1, m0 = s1 / n1, s0 / n0
+    v1, v0 = max(0.0, (q1 - n1 * m1 * m1) / (n1 - 1)), max(0.0, (q0 - n0 * m0 * m0) / (n0 - 1))
+    d, se = m1 - m0, math.sqrt(v1 / n1 + v0 / n0)
+    return d, d - Z * se, d + Z * se
+
+
+# ---------------------------------------------------------------- the Spark pass: rows to small sums
+
+
+def _rows(spark: SparkSession, settings: Settings, run_date: date, campaigns: dict[str, Path]) -> DataFrame:
+    """Every listed row of the measured audiences with its matured labels (null: not sent, or not
+    matured), net response z, the arm the policy would give it and the overlap flag."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    exp, targeting = settings.experiment, settings.targeting
+    outcomes = list(targeting.outcomes)
+    labels = [label_column(o) for o in [None, *outcomes]]
+    dates = F.create_map(*[F.lit(x) for c, folder in campaigns.items() for x in (c, audience_date(folder).isoformat())])
+    listed = (
+        spark.read.option("mergeSchema", "true")
+        .parquet(*[str(folder) for folder in campaigns.values()])
+        .where(F.col("assigned_arm").isNotNull())
+    )
+    if "route_probability" not in listed.columns:
+        listed = listed.withColumn("route_probability", F.lit(None).cast("double"))
+    best = F.col(f"uplift_{exp.arms[0]}")
+    top = F.lit(exp.arms[0])
+    for arm in exp.arms[1:]:
+        top = F.when(F.col(f"uplift_{arm}") > best, F.lit(arm)).otherwise(top)
+        best = F.greatest(best, F.col(f"uplift_{arm}"))
+    recommended = F.col("recommended_arm") != policy.NONE
+    listed = listed.select(
+        "campaign_id",
+        "customer_id",
+        F.to_date(dates[F.col("campaign_id")]).alias("audience_date"),
+        "assignment",
+        "assigned_arm",
+        "recommended_arm",
+        "propensity",
+        "route_probability",
+        "decile",
+        F.when(F.col("selected") & recommended, F.col("recommended_arm"))
+        .otherwise(F.lit(exp.control))
+        .alias("follows"),
+        F.when(recommended, F.col("recommended_arm")).otherwise(top).alias("decile_arm"),
+        F.when(recommended, F.col("expected_uplift")).otherwise(best).alias("predicted"),
+        "expected_uplift",
+        *[F.col(f"expected_uplift__{o}") for o in outcomes],
+        "expected_net_value",
+        "send_cost",
+        "policy",
+        "model_version",
+    )
+    # Overlap: the customer was on an earlier audience's list less than a label window before.
+    earlier_since = min(audience_date(f) for f in campaigns.values()) - timedelta(days=settings.window_days)
+    every = own_campaigns(settings, run_date, since=earlier_since)
+    history = (
+        spark.read.option("mergeSchema", "true")
+        .parquet(*[str(folder) for folder in every.values()])
+        .where(F.col("assigned_arm").isNotNull())
+        .select(
+            "customer_id",
+            F.to_date(
+                F.create_map(
+                    *[F.lit(x) for c, folder in every.items() for x in (c, audience_date(folder).isoformat())]
+                )[F.col("campaign_id")]
+            ).alias("listed_on"),
+        )
+        .distinct()
+    )
+    previous = F.lag("listed_on").over(Window.partitionBy("customer_id").orderBy("listed_on"))
+    history = history.withColumn("previous_listing", previous)
+    listed = listed.join(
+        history.select("customer_id", F.col("listed_on").alias("audience_date"), "previous_listing"),
+        ["customer_id", "audience_date"],
+        "left",
+    ).withColumn(
+        "overlapped",
+        F.coalesce(F.datediff("audience_date", "previous_listing") < settings.window_days, F.lit(False)),
+    )
+    training_path = partition_dir(settings, "features/training", run_date)
+    if not training_path.exists():
+        raise MissingInputError(f"no training set at {training_path}: run `uplift etl --run-date {run_date}` first")
+    sends = (
+        spark.read.parquet(str(training_path))
+        .where(F.col("campaign_id").isin(list(campaigns)))
+        .select("campaign_id", "customer_id", *labels)
+        .dropDuplicates(["campaign_id", "customer_id"])
+    )
+    rows = listed.join(sends, ["campaign_id", "customer_id"], "left")
+    values = targeting.values()
+    z = sum((F.col(label_column(o)).cast("double") * float(v) for o, v in values.items()), F.lit(0.0))
+    costs = F.create_map(*[F.lit(x) for a, c in targeting.cost_per_send.items() for x in (a, float(c))])
+    return rows.withColumn("z", z).withColumn("cost", F.coalesce(costs[F.col("assigned_arm")], F.lit(0.0)))
+
+
+def _sums(rows: DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three aggregates (arm groups, explore policy sums, calibration sums), small enough to collect."""
+    from pyspark.sql import functions as F
+
+    outcomes = list(settings.targeting.outcomes)
+    control = settings.experiment.control
+    counted = rows.where(~F.col("overlapped"))
+    matured = F.col("label").isNotNull()
+
+    def total(column, where=None) -> F.Column:
+        return F.sum(F.when(matured if where is None else matured & where, column).otherwise(F.lit(0.0)))
+
+    route = F.col("assignment")
+    segment = F.when(route == policy.EXPLORE, F.col("assigned_arm")).otherwise(F.col("recommended_arm"))
+    arms = rows.groupBy("campaign_id", "audience_date", "assignment", segment.alias("segment")).agg(
+        F.count("*").alias("listed"),
+        F.sum(F.col("overlapped").cast("long")).alias("overlapped"),
+        F.sum((matured & ~F.col("overlapped")).cast("long")).alias("n"),
+        total(F.col("label"), ~F.col("overlapped")).alias("y"),
+        *[
+            expr
+            for o in outcomes
+            for expr in (
+                F.sum((F.col(label_column(o)).isNotNull() & ~F.col("overlapped")).cast("long")).alias(f"n__{o}"),
+                total(F.coalesce(F.col(label_column(o)), F.lit(0)), ~F.col("overlapped")).alias(f"y__{o}"),
+            )
+        ],
+        F.sum((F.col("z").isNotNull() & ~F.col("overlapped")).cast("long")).alias("n_z"),
+        total(F.coalesce(F.col("z"), F.lit(0.0)), ~F.col("overlapped")).alias("z"),
+        total(F.coalesce(F.col("z") * F.col("z"), F.lit(0.0)), ~F.col("overlapped")).alias("z2"),
+        total(F.col("expected_uplift"), ~F.col("overlapped")).alias("expected"),
+        *[total(F.col(f"expected_uplift__{o}"), ~F.col("overlapped")).alias(f"expected__{o}") for o in outcomes],
+        total(F.col("expected_net_value"), ~F.col("overlapped")).alias("expected_net_value"),
+        total(F.col("cost"), ~F.col("overlapped")).alias("cost"),
+        F.first("policy").alias("policy"),
+        F.first("model_version").alias("model_version"),
+    )
+    w = 1.0 / F.col("route_probability")
+    v = F.col("z") - F.col("cost")
+    policies = (
+        counted.where((route == policy.EXPLORE) & F.col("z").isNotNull() & (F.col("route_probability") > 0))
+        .groupBy(
+            "campaign_id", "audience_date", "assigned_arm", (F.col("assigned_arm") == F.col("follows")).alias("follows")
+        )
+        .agg(
+            F.count("*").alias("n"),
+            F.sum(w).alias("w"),
+            F.sum(w * v).alias("wv"),
+            F.sum(w * w).alias("ww"),
+            F.sum(w * w * v).alias("wwv"),
+            F.sum(w * w * v * v).alias("wwvv"),
+        )
+    )
+    iw = 1.0 / F.col("propensity")
+    group = F.when(F.col("assigned_arm") == F.col("decile_arm"), F.lit("treated")).when(
+        F.col("assigned_arm") == control, F.lit("control")
+    )
+    calibration = (
+        counted.where(matured & (F.col("propensity") > 0))
+        .withColumn("group", group)
+        .where(F.col("group").isNotNull())
+        .groupBy("campaign_id", "audience_date", "decile", "group")
+        .agg(
+            F.count("*").alias("n"),
+            F.sum(iw).alias("w"),
+            F.sum(iw * F.col("label")).alias("wy"),
+            F.sum(iw * iw).alias("ww"),
+            F.sum(iw * iw * F.col("label")).alias("wwy"),
+            F.sum(iw * F.col("predicted")).alias("wp"),
+        )
+    )
+    return arms.toPandas(), policies.toPandas(), calibration.toPandas()
+
+
+# ---------------------------------------------------------------- sums to figures
+
+
+def arm_results(groups: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """One audience's results per arm and `all` from its arm groups (the `arms` sums of _sums)."""
+    exp, targeting = settings.experiment, settings.targeting
+    outcomes = list(targeting.outcomes)
+    out = []
+    by = {(r.assignment, r.segment): r for r in groups.itertuples(index=False)}
+    empty = {c: 0.0 for c in groups.columns if c not in ("campaign_id", "audience_date", "assignment", "segment")}
+    for arm in exp.arms:
+        sent = by.get((policy.TARGET, arm))
+        held = by.get((policy.HOLDOUT, arm))
+        sent = sent._asdict() if sent is not None else empty
+        held = held._asdict() if held is not None else empty
+        row = {"arm": arm, "sent": int(sent["n"]), "holdout": int(held["n"])}
+        row["listed"] = int(sent["listed"] + held["listed"])
+        row["overlapped"] = int(sent["overlapped"] + held["overlapped"])
+        row["rate_sent"] = sent["y"] / sent["n"] if sent["n"] else math.nan
+        row["rate_holdout"] = held["y"] / held["n"] if held["n"] else math.nan
+        for o in [None, *outcomes]:
+            suffix = "" if o is None else f"__{o}"
+            n1, n0 = (sent["n"], held["n"]) if o is None else (sent[f"n__{o}"], held[f"n__{o}"])
+            d, low, high = rate_difference(sent[f"y{suffix}"], n1, held[f"y{suffix}"], n0)
+            row[f"incremental{suffix}"] = n1 * d
+            row[f"incremental{suffix}_low"], row[f"incremental{suffix}_high"] = n1 * low, n1 * high
+            row[f"expected_incremental{suffix}"] = sent[f"expected{suffix}"]
+        d, low, high = mean_difference(sent["z"], sent["z2"], sent["n_z"], held["z"], held["z2"], held["n_z"])
+        cost = targeting.cost_per_send[arm] * sent["n_z"]
+        row["net_value"], row["net_value_low"], row["net_value_high"] = (sent["n_z"] * x - cost for x in (d, low, high))
+        row["expected_net_value"] = sent["expected_net_value"]
+        out.append(row)
+    frame = pd.DataFrame(out)
+    total = {"arm": ALL, **{c: frame[c].sum() for c in ("sent", "holdout", "listed", "overlapped")}}
+    held_all = sum(by[k].y for k in by if k[0] == policy.HOLDOUT and k[1] in exp.arms)
+    sent_all = sum(by[k].y for k in by if k[0] == policy.TARGET and k[1] in exp.arms)
+    total["rate_sent"] = sent_all / total["sent"] if total["sent"] else math.nan
+    total["rate_holdout"] = held_all / total["holdout"] if total["holdout"] else math.nan
+    for base in ["incremental", *[f"incremental__{o}" for o in outcomes], "net_value"]:
+        estimate = frame[base]
+        total[base] = estimate.sum(min_count=1)
+        # Arms are independent samples: their half-widths add in quadrature, on each side.
+        total[f"{base}_low"] = total[base] - math.sqrt(((estimate - frame[f"{base}_low"]) ** 2).sum(min_count=1))
+        total[f"{base}_high"] = total[base] + math.sqrt(((frame[f"{base}_high"] - estimate) ** 2).sum(min_count=1))
+    for c in ["expected_incremental", *[f"expected_incremental__{o}" for o in outcomes], "expected_net_value"]:
+        total[c] = frame[c].sum()
+    frame = pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+    for o, guard in targeting.guardrails.items():
+        per_send = frame["sent"].where(frame["sent"] > 0)
+        for part in ("", "_low", "_high"):
+            frame[f"increase_per_send__{o}{part}"] = frame[f"incremental__{o}{part}"] / per_send
+        frame[f"limit_per_send__{o}"] = guard.max_increase_per_send
+    return frame
+
+
+def policy_values(sums: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Net value per customer (vs sending no one) of the audience's policy and of every constant
+    policy, with 95% intervals, and the audience's policy minus each (paired: the same rows), from
+    results_policies sums of one or more nights.
+
+    Each policy's value is a Hajek mean over the explore rows that got what the policy gives
+    (weights 1 / route_probability); a difference of two such means has the delta-method variance
+    S(X)/W_X^2 + S(Y)/W_Y^2 - 2 C(X and Y)/(W_X W_Y), the last term over the rows both policies share.
+    """
+    exp = settings.experiment
+    columns = ["policy", "rows", "value", "low", "high", "difference", "difference_low", "difference_high"]
+    if sums.empty:
+        return pd.DataFrame(columns=columns)
+    fields = ["n", "w", "wv", "ww", "wwv", "wwvv"]
+    follows = sums["follows"].astype(bool)
+    sets = {FOLLOWS: follows}
+    for arm in exp.all_arms:
+        sets[NO_ONE if arm == exp.control else policy.everyone(arm)] = sums["assigned_arm"] == arm
+
+    def total(mask) -> pd.Series:
+        return sums.loc[mask, fields].sum()
+
+    def mean(s) -> float:
+        return s["wv"] / s["w"] if s["w"] > 0 else math.nan
+
+    def spread(s, a: float, b: float) -> float:  # the set's sum of w^2 (v - a)(v - b)
+        return s["wwvv"] - (a + b) * s["wwv"] + a * b * s["ww"]
+
+    def difference(x, y) -> tuple[float, float]:
+        sx, sy, both = total(sets[x]), total(sets[y]), total(sets[x] & sets[y])
+        if x == y:
+            return 0.0, 0.0
+        mx, my = mean(sx), mean(sy)
+        variance = spread(sx, mx, mx) / sx["w"] ** 2 + spread(sy, my, my) / sy["w"] ** 2
+        if both["w"] > 0:
+            variance -= 2 * spread(both, mx, my) / (sx["w"] * sy["w"])
+        return mx - my, Z * math.sqrt(max(variance, 0.0)) if not math.isnan(variance) else math.nan
+
+    out = []
+    for name, mask in sets.items():
+        value, half = difference(name, NO_ONE)
+        diff, diff_half = difference(FOLLOWS, name)
+        out.append(
+            {
+                "policy": name,
+                "rows": int(total(mask)["n"]),
+                "value": value,
+                "low": value - half,
+                "high": value + half,
+                "difference": diff,
+                "difference_low": diff - diff_half,
+                "difference_high": diff + diff_half,
+            }
+        )
+    return pd.DataFrame(out, columns=columns)
+
+
+def calibration(sums: pd.DataFrame) -> pd.DataFrame:
+    """Realized vs predicted uplift per decile, from results_calibration sums of one or more nights."""
+    out = []
+    for decile, part in sums.groupby("decile"):
+        g = part.groupby("group")[["n", "w", "wy", "ww", "wwy", "wp"]].sum()
+        if not {"treated", "control"} <= set(g.index) or (g.loc[["treated", "control"], "w"] <= 0).any():
+            continue
+        means, variance = {}, 0.0
+        for name in ("treated", "control"):
+            s = g.loc[name]
+            m = s["wy"] / s["w"]
+            means[name] = m
+            variance += (s["wwy"] - 2 * m * s["wwy"] + m * m * s["ww"]) / s["w"] ** 2
+        realized, half = means["treated"] - means["control"], Z * math.sqrt(max(variance, 0.0))
+        out.append(
+            {
+                "decile": int(decile),
+                "rows": int(g["n"].sum()),
+                "predicted": float(g["wp"].sum() / g["w"].sum()),
+                "realized": realized,
+                "low": realized - half,
+                "high": realized + half,
+            }
+        )
+    return pd.DataFrame(out, columns=["decile", "rows", "predicted", "realized", "low", "high"])
+
+
+def validated(settings: Settings, audience_day: date) -> bool:
+    """Whether the night after the audience (the day its sends were delivered) passed validate-raw."""
+    path = report_dir(settings, audience_day + timedelta(days=1)) / "validation" / "raw.json"
+    if not path.exists():
+        return False
+    import json
+
+    return bool(json.loads(path.read_text()).get("success"))
+
+
+def measure(spark: SparkSession, settings: Settings, run_date: date) -> dict:
+    """Compute and publish the results of every audience measured tonight (measured_campaigns)."""
+    campaigns = measured_campaigns(settings, run_date)
+    if not campaigns:
+        return {"audiences": [], "note": "no audience has matured sends yet"}
+    arms, policies, calibrations = _sums(_rows(spark, settings, run_date, campaigns), settings)
+    computed = datetime.now(UTC).replace(tzinfo=None)
+    measured = []
+    for campaign, folder in sorted(campaigns.items(), key=lambda kv: (audience_date(kv[1]), kv[0])):
+        day = audience_date(folder)
+        groups = arms[arms["campaign_id"] == campaign]
+        if groups.empty or groups["n"].sum() == 0:
+            continue  # nothing sent, or not matured yet
+        meta = {
+            "campaign_id": campaign,
+            "audience_date": day,
+            "computed_on": run_date,
+            "computed_at": computed,
+            "policy": groups["policy"].dropna().iloc[0] if groups["policy"].notna().any() else None,
+            "model_version": groups["model_version"].dropna().iloc[0]
+            if groups["model_version"].notna().any()
+            else None,
+            "validated": validated(settings, day),
+        }
+        table = arm_results(groups, settings).assign(**meta)
+        mine = policies[policies["campaign_id"] == campaign].drop(columns=["audience_date"]).assign(**meta)
+        deciles = calibrations[calibrations["campaign_id"] == campaign].drop(columns=["audience_date"]).assign(**meta)
+        measured.append((day, campaign, table, mine, deciles))
+    # One partition per audience date: every campaign (version) of that date together.
+    for day in sorted({m[0] for m in measured}):
+        for name, index in zip(TABLES, (2, 3, 4), strict=True):
+            frame = pd.concat([m[index] for m in measured if m[0] == day], ignore_index=True)
+            publish_frame(frame, settings, name, day)
+    summary = []
+    for day, campaign, table, mine, _ in measured:
+        row = table[table["arm"] == ALL].iloc[0]
+        values = policy_values(mine, settings)
+        summary.append(
+            {
+                "audience_date": day.isoformat(),
+                "campaign_id": campaign,
+                "sent": int(row["sent"]),
+                "holdout": int(row["holdout"]),
+                "incremental": _round(row["incremental"]),
+                "interval": [_round(row["incremental_low"]), _round(row["incremental_high"])],
+                "expected": _round(row["expected_incremental"]),
+                "net_value": _round(row["net_value"]),
+                "expected_net_value": _round(row["expected_net_value"]),
+                "policy_vs_constants": {
+                    r.policy: _round(r.difference) for r in values.itertuples() if r.policy != FOLLOWS
+                },
+            }
+        )
+        _log_to_model_run(settings, table, day)
+    return {"audiences": summary}
+
+
+def _round(x: float, digits: int = 4):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), digits)
+
+
+def _log_to_model_run(settings: Settings, table: pd.DataFrame, day: date) -> None:
+    """The realized figures as metrics of the MLflow run of the model version that made the audience
+    (step: the audience's date as YYYYMMDD; a recomputation logs the newer value at the same step)."""
+    version = table["model_version"].iloc[0]
+    if version is None or (isinstance(version, float) and math.isnan(version)):
+        return
+    import mlflow
+
+    from jobs.tracking import use_tracking
+
+    use_tracking(settings)
+    client = mlflow.MlflowClient()
+    run_id = client.get_model_version(settings.mlflow.registered_model, str(version)).run_id
+    step = int(day.strftime("%Y%m%d"))
+    for row in table.itertuples(index=False):
+        for name in ("incremental", "expected_incremental", "net_value", "expected_net_value"):
+            value = getattr(row, name)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                client.log_metric(run_id, f"realized.{row.arm}.{name}", float(value), step=step)
+
+
+def read_results(settings: Settings, table: str = "results", since: date | None = None) -> pd.DataFrame:
+    """A results table's partitions (from `since`), as one frame; empty when none was written."""
+    return read_table(settings, table, since)
+
+
+def coverage(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
+    """The share of cases whose interval holds the value."""
+    return float(np.mean((low <= values) & (values <= high))) if len(values) else math.nan

@@ -1,0 +1,152 @@
+"""Results of sent audiences, on a lake written by hand: known counts give known realized figures."""
+
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import settings_in
+from jobs import policy
+from jobs.lake import partition_dir, read_table
+from jobs.results import ALL, FOLLOWS, NO_ONE, measure, policy_values, rate_difference
+
+FIRST = date(2026, 5, 1)
+SECOND = FIRST + timedelta(days=3)  # inside the first audience's 7-day label window
+TONIGHT = SECOND + timedelta(days=8)
+
+
+def _audience(settings, day: date, rows: list[dict]) -> None:
+    arms = settings.experiment.arms
+    frame = pd.DataFrame(rows)
+    frame = frame.assign(
+        campaign_id=settings.export.campaign_of(day),
+        inclusion_probability=1.0,
+        decile=frame.index % 10 + 1,
+        expected_uplift=np.where(frame["assignment"] == policy.TARGET, 0.1, 0.0),
+        expected_net_value=0.9,
+        send_cost=0.05,
+        policy="model:1",
+        model_version=None,
+        **{f"uplift_{a}": 0.01 * (k + 1) for k, a in enumerate(arms)},
+        **{f"expected_uplift__{o}": 0.0 for o in settings.targeting.outcomes},
+    )
+    frame["model_version"] = frame["model_version"].astype("string")
+    path = partition_dir(settings, "audience", day)
+    path.mkdir(parents=True)
+    frame.to_parquet(path / "part-0.parquet", index=False)
+
+
+def _row(customer, assignment, arm, recommended, selected, propensity, route):
+    return {
+        "customer_id": customer,
+        "assignment": assignment,
+        "assigned_arm": arm,
+        "recommended_arm": recommended,
+        "selected": selected,
+        "propensity": propensity,
+        "route_probability": route,
+    }
+
+
+def _training(settings, responders: set[tuple[str, str]], listed: list[tuple[str, str]]) -> None:
+    """The training set of TONIGHT: one matured send per listed (campaign, customer), labelled."""
+    frame = pd.DataFrame(listed, columns=["campaign_id", "customer_id"])
+    frame["label"] = [int((c, x) in responders) for c, x in listed]
+    for outcome in settings.targeting.outcomes:
+        frame[f"label__{outcome}"] = 0
+    path = partition_dir(settings, "features/training", TONIGHT)
+    path.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path / "part-0.parquet", index=False)
+
+
+@pytest.fixture
+def lake(settings, tmp_path):
+    local = settings_in(settings, tmp_path)
+    first, second = local.export.campaign_of(FIRST), local.export.campaign_of(SECOND)
+    rows = [_row(f"t{k}", policy.TARGET, "subject_1", "subject_1", True, 0.9, 0.9) for k in range(200)]
+    rows += [_row(f"h{k}", policy.HOLDOUT, "control", "subject_1", True, 0.05, 0.05) for k in range(100)]
+    explore = ["control", *local.experiment.arms]
+    # Explore rows: 40 per arm; the policy recommends subject_1 to the first half of each arm's rows.
+    rows += [
+        _row(f"e{a}{k}", policy.EXPLORE, a, "subject_1" if k < 20 else "none", k < 20, 0.025, 0.025)
+        for a in explore
+        for k in range(40)
+    ]
+    _audience(local, FIRST, rows)
+    # The second audience lists 50 of the first one's sent customers again, 4 days later.
+    again = [_row(f"t{k}", policy.TARGET, "subject_2", "subject_2", True, 0.9, 0.9) for k in range(50)]
+    again += [_row(f"n{k}", policy.HOLDOUT, "control", "subject_2", True, 0.05, 0.05) for k in range(30)]
+    _audience(local, SECOND, again)
+    responders = {(first, f"t{k}") for k in range(60)} | {(first, f"h{k}") for k in range(10)}
+    # Explore: control responds 5 of 40, subject_1 20 of 40 (all of them among its first 20 rows).
+    responders |= {(first, f"econtrol{k}") for k in range(5)} | {(first, f"esubject_1{k}") for k in range(20)}
+    listed = [(first, r["customer_id"]) for r in rows] + [(second, r["customer_id"]) for r in again]
+    _training(local, responders, listed)
+    return local, responders, listed
+
+
+def test_the_realized_lift_is_the_sent_against_their_holdout(spark, lake):
+    local, _, _ = lake
+    summary = measure(spark, local, TONIGHT)
+    assert [a["audience_date"] for a in summary["audiences"]] == [FIRST.isoformat(), SECOND.isoformat()]
+    results = read_table(local, "results")
+    first = results[results["audience_date"] == FIRST].set_index("arm")
+    row = first.loc["subject_1"]
+    assert (row["sent"], row["holdout"]) == (200, 100)
+    assert row["rate_sent"] == pytest.approx(0.3) and row["rate_holdout"] == pytest.approx(0.1)
+    d, low, high = rate_difference(60, 200, 10, 100)
+    assert row["incremental"] == pytest.approx(40.0) and row["incremental"] == pytest.approx(200 * d)
+    assert (row["incremental_low"], row["incremental_high"]) == pytest.approx((200 * low, 200 * high))
+    assert 0 < row["incremental_low"] < 40 < row["incremental_high"]
+    assert row["expected_incremental"] == pytest.approx(20.0)  # 200 sends x 0.1 expected uplift
+    # Net value: 10 per response, 0.05 per send.
+    assert row["net_value"] == pytest.approx(200 * 10 * 0.2 - 200 * 0.05)
+    assert first.loc[ALL, "incremental"] == pytest.approx(40.0) and first.loc[ALL, "sent"] == 200
+    assert first.loc["subject_2", "sent"] == 0 and np.isnan(first.loc["subject_2", "incremental"])
+
+
+def test_a_customer_counts_only_for_their_first_listing_within_a_window(spark, lake):
+    local, _, _ = lake
+    measure(spark, local, TONIGHT)
+    results = read_table(local, "results")
+    second = results[results["audience_date"] == SECOND].set_index("arm")
+    assert second.loc["subject_2", "overlapped"] == 50  # listed by the first audience 3 days before
+    assert second.loc["subject_2", "sent"] == 0 and second.loc["subject_2", "holdout"] == 30
+    first = results[results["audience_date"] == FIRST].set_index("arm")
+    assert first.loc["subject_1", "overlapped"] == 0 and first.loc["subject_1", "sent"] == 200
+
+
+def test_late_responses_are_counted_by_a_recomputation_never_twice(spark, lake):
+    local, responders, listed = lake
+    measure(spark, local, TONIGHT)
+    first = local.export.campaign_of(FIRST)
+    _training(local, responders | {(first, "h50")}, listed)  # a holdout response delivered late
+    measure(spark, local, TONIGHT)
+    measure(spark, local, TONIGHT)
+    results = read_table(local, "results")
+    mine = results[results["audience_date"] == FIRST]
+    assert len(mine) == len(local.experiment.arms) + 1  # one row per arm and all: replaced, not appended
+    row = mine.set_index("arm").loc["subject_1"]
+    assert row["rate_holdout"] * row["holdout"] == pytest.approx(11)
+    assert row["incremental"] == pytest.approx(200 * (0.3 - 0.11))
+
+
+def test_policies_are_valued_on_the_explore_rows(spark, lake):
+    local, _, _ = lake
+    measure(spark, local, TONIGHT)
+    sums = read_table(local, "results_policies")
+    values = policy_values(sums[sums["audience_date"] == FIRST], local).set_index("policy")
+    # Everyone gets subject_1: 20/40 respond against control's 5/40: 10 x 0.375 - 0.05 per customer.
+    assert values.loc["everyone gets subject_1", "value"] == pytest.approx(10 * (0.5 - 0.125) - 0.05)
+    assert values.loc[NO_ONE, "value"] == 0.0
+    # The audience's policy: subject_1 to the first 20 of each arm's rows (all 20 responders of
+    # subject_1's rows), nothing (control) to the other 20: 20/20 vs control's 5/20 among the latter.
+    follows = values.loc[FOLLOWS]
+    assert follows["rows"] == 40
+    expected = 0.5 * (10 * 1.0 - 0.05) + 0.5 * (10 * 0.0)
+    assert follows["value"] == pytest.approx(expected - 10 * 5 / 40)
+    assert follows["low"] < follows["value"] < follows["high"]
+    versus = values.loc["everyone gets subject_1"]
+    assert versus["difference"] == pytest.approx(follows["value"] - versus["value"])
+    assert versus["difference_low"] < versus["difference"] < versus["difference_high"]
