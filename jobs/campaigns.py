@@ -68,6 +68,16 @@ def _summary(settings: Settings, run_date: date) -> pd.DataFrame:
     )
 
 
+def latest_monitoring(settings: Settings) -> dict | None:
+    """The latest night's monitoring assessment of the champion (monitoring.json), with its run date."""
+    reports = (
+        sorted(settings.paths.reports.glob("run_date=*/monitoring.json")) if settings.paths.reports.exists() else []
+    )
+    if not reports:
+        return None
+    return {**_json(reports[-1]), "run_date": reports[-1].parent.name.split("=", 1)[1]}
+
+
 def runs(settings: Settings) -> list[dict]:
     """One line per run date: gate decision, policy, drift, customers scored, sends, spend, value."""
     out = []

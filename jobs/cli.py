@@ -119,6 +119,13 @@ def generate(
     days: Annotated[int, typer.Option(min=1)] = 30,
     sends_per_day: Annotated[int, typer.Option(min=1)] = 6_000,
     seed: int = 7,
+    shift_on: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="From this day on, plant a population shift (30% of customers on a new e-mail domain, older).",
+        ),
+    ] = None,
 ) -> None:
     """Land a demo dataset (users, sends, responses) in the raw zone, and its ground truth apart."""
     from jobs.generate import generate as run_generate
@@ -130,6 +137,7 @@ def generate(
         sends_per_day=sends_per_day,
         last_day=last_day.date(),
         seed=seed,
+        shift_on=shift_on.date() if shift_on else None,
     )
     typer.echo(json.dumps(result.__dict__, default=str))
 
@@ -140,6 +148,16 @@ def summary(run_date: RunDate) -> None:
     from jobs.report import run_summary
 
     typer.echo(run_summary(load_settings(), run_date.date()))
+
+
+@audience_app.command("results")
+def audience_results(
+    audiences: Annotated[int, typer.Option(min=1, help="The latest measured audience dates shown.")] = 30,
+) -> None:
+    """Realized vs expected lift of the sent audiences (the results step's tables), as on the Results page."""
+    from jobs.results import show
+
+    typer.echo(show(load_settings(), audiences))
 
 
 @audience_app.command("show")

@@ -1,21 +1,33 @@
-"""Drift: Evidently data-drift reports of what the model sees and what it recommends.
+"""Drift: Evidently data-drift reports that compare like with like.
 
 Every side is sampled to at most `drift.sample_rows` rows with a fixed seed, streaming the
 Parquet files batch by batch, so memory stays flat whatever the table size (Evidently's
-maintainers advise sampling; full large inputs take hours). Two comparisons per run: the
-scoring set's features against the training set, and (when an earlier run exists) the
-predicted uplift of every arm and the recommended-arm mix against the previous run's
-audience. Each gives a drifted share; the outcome is `ok`, `warn` (share >=
-`drifted_share_warn`: the run continues, the summary shows it) or `fail` (share >=
-`drifted_share_fail`: `on_fail` decides, fail the run or block promotion).
+maintainers advise sampling; full large inputs take hours). Columns are compared by effect size
+(normed Wasserstein distance for numbers, Jensen-Shannon distance for categories), which does not
+grow with the sample: a night with no drift reads the same at any size. Comparisons per run:
+
+- population: the user attributes of tonight's scoring set against those of the training set's most
+  recent sends (the last attribution window of matured sends): who the model scores against whom it
+  learned from. History features are left out here: a send's are as of the send, a scoring row's as
+  of tonight, and the campaigns' own cadence moves them;
+- night over night: every feature of tonight's scoring set against the previous night's;
+- predictions: the predicted uplift of every arm and the recommended-arm mix against the previous
+  run's audience (when both are a model's).
+
+A comparison reads `fail` when its drifted share reaches `drifted_share_fail` or one column's distance
+reaches `column_fail_score`, `warn` when its share reaches `drifted_share_warn` or a column drifted
+(distance at or above Evidently's 0.1), else `ok`; the run's outcome is the worst, with the columns
+named. On fail `on_fail` decides: fail the run, or block promotion. The summary also carries the
+champion's realized-vs-predicted calibration (jobs.results), monitored next to feature drift.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 from evidently import Report
 from evidently.presets import DataDriftPreset
@@ -50,24 +62,71 @@ class DriftFailed(RuntimeError):
     """Drift reached drift.drifted_share_fail and drift.on_fail is fail_run."""
 
 
-def level(share: float, settings: Settings) -> str:
-    cfg = settings.drift
-    return "fail" if share >= cfg.drifted_share_fail else "warn" if share >= cfg.drifted_share_warn else "ok"
+def drifted_columns(per_column: dict[str, dict]) -> list[str]:
+    """The columns whose distance reached their threshold, most drifted first."""
+    drifted = [c for c, v in per_column.items() if v["score"] >= float(v["threshold"] or 0.1)]
+    return sorted(drifted, key=lambda c: -per_column[c]["score"])
+
+
+def level(share: float, settings: Settings, per_column: dict[str, dict] | None = None) -> str:
+    """ok, warn or fail of one comparison (see the module docstring)."""
+    cfg, scores = settings.drift, [v["score"] for v in (per_column or {}).values()]
+    if share >= cfg.drifted_share_fail or any(s >= cfg.column_fail_score for s in scores):
+        return "fail"
+    if share >= cfg.drifted_share_warn or drifted_columns(per_column or {}):
+        return "warn"
+    return "ok"
 
 
 def compare(reference: pd.DataFrame, current: pd.DataFrame) -> tuple:
     """Evidently data-drift snapshot of current vs reference, its drifted share and column scores."""
-    snapshot = Report([DataDriftPreset()]).run(current_data=current, reference_data=reference)
+    preset = DataDriftPreset(num_method="wasserstein", cat_method="jensenshannon")
+    snapshot = Report([preset]).run(current_data=current, reference_data=reference)
     share, per_column = drifted_share(snapshot.dict())
     return snapshot, share, per_column
 
 
-def feature_drift(settings: Settings, run_date: date) -> tuple:
-    """The scoring set of run_date against the training set (the model's reference), sampled."""
-    cfg, names = settings.drift, settings.features.names
-    reference = sample_parquet(partition_dir(settings, "features/training", run_date), names, cfg.sample_rows, cfg.seed)
-    current = sample_parquet(partition_dir(settings, "features/scoring", run_date), names, cfg.sample_rows, cfg.seed)
-    return (*compare(reference, current), len(reference), len(current))
+def recent_sends(settings: Settings, run_date: date) -> pads.Expression | None:
+    """The training rows of the last attribution window of matured sends (None: the training set has
+    none that recent, e.g. a one-off campaign long ago; then all of it)."""
+    window = settings.experiment.attribution_window_days
+    since = pd.Timestamp(run_date - timedelta(days=2 * window - 1))
+    path = partition_dir(settings, "features/training", run_date)
+    recent = pads.field("sent_at") >= pa.scalar(since, type=pads.dataset(str(path)).schema.field("sent_at").type)
+    return recent if pads.dataset(str(path)).count_rows(filter=recent) else None
+
+
+def feature_drift(settings: Settings, run_date: date) -> list[dict]:
+    """The population and night-over-night comparisons of run_date (see the module docstring)."""
+    cfg, spec = settings.drift, settings.features
+    scoring = partition_dir(settings, "features/scoring", run_date)
+    training = partition_dir(settings, "features/training", run_date)
+    attributes = list(spec.attributes)
+    reference = sample_parquet(training, attributes, cfg.sample_rows, cfg.seed, where=recent_sends(settings, run_date))
+    current = sample_parquet(scoring, spec.names, cfg.sample_rows, cfg.seed)
+    comparisons = [_comparison("population", reference, current[attributes], settings)]
+    earlier = [d for d in partition_dates(settings, "features/scoring") if d < run_date]
+    if earlier:
+        previous = sample_parquet(
+            partition_dir(settings, "features/scoring", earlier[-1]), spec.names, cfg.sample_rows, cfg.seed
+        )
+        comparisons.append(_comparison("night_over_night", previous, current, settings, earlier[-1]))
+    return comparisons
+
+
+def _comparison(name: str, reference: pd.DataFrame, current: pd.DataFrame, settings: Settings, previous=None) -> dict:
+    snapshot, share, per_column = compare(reference, current)
+    return {
+        "name": name,
+        "snapshot": snapshot,
+        "drifted_share": share,
+        "outcome": level(share, settings, per_column),
+        "drifted_columns": drifted_columns(per_column),
+        "column_drift_scores": per_column,
+        "reference_rows": len(reference),
+        "current_rows": len(current),
+        **({"previous_run_date": previous.isoformat()} if previous else {}),
+    }
 
 
 def audience_policy(settings: Settings, run_date: date) -> str:
@@ -97,6 +156,27 @@ def prediction_drift(settings: Settings, run_date: date, previous: date) -> tupl
     return compare(*samples)
 
 
+def calibration_summary(settings: Settings, run_date: date) -> dict | None:
+    """Realized vs predicted uplift by decile over the audiences of the last monitoring.window
+    matured nights (jobs.results), with the rank correlation of the two; None before any."""
+    from jobs.lake import read_table
+    from jobs.results import calibration
+
+    sums = read_table(settings, "results_calibration")
+    if sums.empty:
+        return None
+    days = sorted(set(sums["audience_date"]))[-settings.monitoring.window :]
+    table = calibration(sums[sums["audience_date"].isin(days)])
+    if table.empty:
+        return None
+    rank = table[["predicted", "realized"]].rank().corr().iloc[0, 1] if len(table) > 2 else None
+    return {
+        "audience_dates": [d.isoformat() for d in days],
+        "rank_correlation": None if rank is None or pd.isna(rank) else round(float(rank), 3),
+        "deciles": table.round(5).to_dict(orient="records"),
+    }
+
+
 def drift(settings: Settings, run_date: date) -> dict:
     """Write the drift reports of run_date (HTML + drift.json); return or raise on the outcome.
 
@@ -107,10 +187,15 @@ def drift(settings: Settings, run_date: date) -> dict:
     cfg = settings.drift
     folder = report_dir(settings, run_date)
     folder.mkdir(parents=True, exist_ok=True)
-    snapshot, share, per_column, reference_rows, current_rows = feature_drift(settings, run_date)
-    snapshot.save_html(str(folder / "drift.html"))
-    levels = [level(share, settings)]
-    predictions, payload = None, {"features": snapshot.dict()}
+    comparisons = feature_drift(settings, run_date)
+    payload = {}
+    for c in comparisons:
+        c["snapshot"].save_html(
+            str(folder / ("drift.html" if c["name"] == "population" else f"drift_{c['name']}.html"))
+        )
+        payload[c["name"]] = c.pop("snapshot").dict()
+    levels = [c["outcome"] for c in comparisons]
+    predictions = None
     previous = previous_audience(settings, run_date)
     # A constant policy's uplifts are one value per arm: comparing them with a model's (or with
     # each other) measures the switch of policy, not drift.
@@ -129,31 +214,45 @@ def drift(settings: Settings, run_date: date) -> dict:
             "outcome": levels[-1],
             "column_drift_scores": p_columns,
         }
+    share = max(c["drifted_share"] for c in comparisons)
+    drifted = sorted({col for c in comparisons if c["outcome"] != "ok" for col in c["drifted_columns"]})
     outcome = max(levels, key=LEVELS.index)
     summary = {
         "run_date": run_date.isoformat(),
         "outcome": outcome,
         "drifted_share": share,
+        "drifted_columns": drifted,
         "threshold_warn": cfg.drifted_share_warn,
         "threshold_fail": cfg.drifted_share_fail,
+        "column_fail_score": cfg.column_fail_score,
         "on_fail": cfg.on_fail,
-        "reference_rows": reference_rows,
-        "current_rows": current_rows,
-        "column_drift_scores": per_column,
+        "reference_rows": comparisons[0]["reference_rows"],
+        "current_rows": comparisons[0]["current_rows"],
+        "column_drift_scores": comparisons[0]["column_drift_scores"],
+        "comparisons": comparisons,
         "predictions": predictions,
+        "calibration": calibration_summary(settings, run_date),
     }
     (folder / "drift.json").write_text(json.dumps({"summary": summary, "evidently": payload}, indent=2, default=str))
     if outcome == "fail" and cfg.on_fail == "fail_run":
         raise DriftFailed(
-            f"drift outcome 'fail' for run_date={run_date}: features drifted share {share:.2f}"
-            + (f", predictions vs {previous} {predictions['drifted_share']:.2f}" if previous else "")
-            + f" (fail at {cfg.drifted_share_fail}); reports: {folder / 'drift.html'}, {folder / 'drift.json'}"
+            f"drift outcome 'fail' for run_date={run_date}: "
+            + "; ".join(
+                f"{c['name']} drifted share {c['drifted_share']:.2f}, columns "
+                + ", ".join(f"{col} {c['column_drift_scores'][col]['score']:.3f}" for col in c["drifted_columns"])
+                for c in comparisons
+                if c["outcome"] == "fail"
+            )
+            + (f"; predictions vs {previous} {predictions['drifted_share']:.2f}" if previous else "")
+            + f" (fail at share {cfg.drifted_share_fail} or a column at {cfg.column_fail_score}); reports: "
+            f"{folder / 'drift.html'}, {folder / 'drift.json'}"
         )
     return {
         "outcome": outcome,
         "drifted_share": share,
         "predictions": predictions and predictions.get("drifted_share"),
-        "reference_rows": reference_rows,
-        "current_rows": current_rows,
+        "drifted_columns": drifted,
+        "reference_rows": summary["reference_rows"],
+        "current_rows": summary["current_rows"],
         "html": str(folder / "drift.html"),
     }

@@ -245,14 +245,15 @@ def _fmt(v: dict) -> str:
 def _drift_allows(settings: Settings, run_date: date, reasons: list[str]) -> bool:
     if settings.drift.on_fail != "block_promotion":
         return True
-    from jobs.drift import feature_drift, level  # Evidently: imported only when it is needed
+    from jobs.drift import feature_drift  # Evidently: imported only when it is needed
 
-    share = feature_drift(settings, run_date)[1]
-    if level(share, settings) != "fail":
+    failed = [c for c in feature_drift(settings, run_date) if c["outcome"] == "fail"]
+    if not failed:
         return True
     reasons.append(
-        f"scoring features drift from the training set (drifted share {share:.2f} >= "
-        f"{settings.drift.drifted_share_fail}) and drift.on_fail is block_promotion"
+        "scoring features drift ("
+        + "; ".join(f"{c['name']}: drifted share {c['drifted_share']:.2f}, {c['drifted_columns']}" for c in failed)
+        + ") and drift.on_fail is block_promotion"
     )
     return False
 

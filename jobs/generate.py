@@ -162,11 +162,14 @@ def generate(
     last_day: date,
     seed: int,
     tail: bool = False,
+    shift_on: date | None = None,
 ) -> GeneratedData:
     """Land `days` daily deliveries ending on last_day, and write the ground truth.
 
     tail: also deliver the responses that come after last_day (in their own later dt= folders,
     which a night reads only once its date comes), as the loop simulation needs (jobs.simulate).
+    shift_on: from that day on, the users snapshots show a shifted population (planted_shift), for
+    drift monitoring to catch.
 
     Streams day by day: a day's users snapshot and sends are written as they are drawn, and a
     day's responses as soon as no later send can add to them, so memory holds the customers
@@ -204,7 +207,10 @@ def generate(
     for i in range(days):
         day = first_day + timedelta(days=i)
         day_ts = np.datetime64(day)
-        deliver(settings, "users", users[signup <= day_ts], day)
+        snapshot = users[signup <= day_ts]
+        if shift_on is not None and day >= shift_on:
+            snapshot = planted_shift(snapshot, seed)
+        deliver(settings, "users", snapshot, day)
         eligible = np.flatnonzero((signup < day_ts) & (users["age"].to_numpy() >= 18))
         who = rng.choice(eligible, size=min(sends_per_day, eligible.size), replace=False)
         arm_idx = rng.choice(arms.size, size=who.size, p=split)
@@ -233,6 +239,21 @@ def generate(
         )
     flush(before=max(pending, default=last_day) + timedelta(days=1))
     return GeneratedData(customers, n_sends, n_responses, first_day, last_day)
+
+
+SHIFTED_DOMAIN = "newmail.example"
+
+
+def planted_shift(users: pd.DataFrame, seed: int, share: float = 0.3, years: int = 15) -> pd.DataFrame:
+    """users with a realistic shift planted: a share of the customers (the same ones for a seed)
+    now show a new e-mail domain and are `years` older, as when an acquisition brings in an older
+    segment on a new mail provider. Their responses do not change (the truth is the generator's)."""
+    chosen = pd.util.hash_array(users["customer_id"].to_numpy().astype(object), hash_key=f"{seed:016d}"[-16:])
+    moved = chosen < np.uint64(int(share * 2**64))
+    out = users.copy()
+    out.loc[moved, "email"] = out.loc[moved, "email"].str.split("@").str[0] + f"@{SHIFTED_DOMAIN}"
+    out.loc[moved, "age"] = out.loc[moved, "age"] + years
+    return out
 
 
 def parse_day(value: str) -> date:

@@ -280,7 +280,9 @@ def training_effects(settings: Settings, run_date: date) -> dict[str, dict]:
     return out
 
 
-def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int, key: str | None = None) -> pd.DataFrame:
+def sample_parquet(
+    path: Path, columns: list[str] | None, rows: int, seed: int, key: str | None = None, where=None
+) -> pd.DataFrame:
     """A uniform random sample of about `rows` rows, read one record batch at a time.
 
     Every row is kept with the same probability, so the shares of any group (arm, label)
@@ -293,13 +295,15 @@ def sample_parquet(path: Path, columns: list[str] | None, rows: int, seed: int, 
     if not path.exists():
         raise MissingInputError(f"no table at {path}")
     dataset = pads.dataset(str(path), format="parquet")
-    total = dataset.count_rows()
+    total = dataset.count_rows(filter=where)
     share = min(1.0, rows / total) if total else 1.0
     if key is not None:
+        if where is not None:
+            raise ValueError("sample_parquet: a key and a filter together are not supported")
         return _sample_by_key(dataset, columns, share, seed, key)
     rng = np.random.default_rng(seed)
     parts = []
-    for batch in dataset.to_batches(columns=columns):
+    for batch in dataset.to_batches(columns=columns, filter=where):
         keep = rng.random(batch.num_rows) < share
         if keep.any():
             parts.append(batch.filter(pa.array(keep)).to_pandas())

@@ -504,3 +504,156 @@ def read_results(settings: Settings, table: str = "results", since: date | None 
 def coverage(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
     """The share of cases whose interval holds the value."""
     return float(np.mean((low <= values) & (values <= high))) if len(values) else math.nan
+
+
+def view(settings: Settings, audiences: int = 30) -> dict:
+    """What the Results page and `uplift audience results` show: the latest computation of the
+    results of the last `audiences` measured audience dates (newest first), the policies' realized
+    values and the calibration pooled over the last monitoring.window of them, and the champion's
+    latest monitoring assessment."""
+    table = read_table(settings, "results")
+    if table.empty:
+        return {"rows": [], "dates": [], "policies": [], "calibration": [], "window": []}
+    dates = sorted(set(table["audience_date"]), reverse=True)[:audiences]
+    table = table[table["audience_date"].isin(dates)]
+    order = {a: k for k, a in enumerate([*settings.experiment.arms, ALL])}
+    table = table.assign(_order=table["arm"].map(order)).sort_values(
+        ["audience_date", "campaign_id", "_order"], ascending=[False, True, True]
+    )
+    window = dates[: settings.monitoring.window]
+    sums = read_table(settings, "results_policies")
+    sums = sums[sums["audience_date"].isin(window)] if not sums.empty else sums
+    deciles = read_table(settings, "results_calibration")
+    deciles = deciles[deciles["audience_date"].isin(window)] if not deciles.empty else deciles
+    guardrails = [o for o, g in settings.targeting.guardrails.items() if g.max_increase_per_send is not None]
+    rows = _records(table.drop(columns="_order"))
+    for r in rows:
+        r["audience_date"] = r["audience_date"].isoformat()
+        r["guardrails"] = [
+            {
+                "outcome": o,
+                "per_send": r.get(f"increase_per_send__{o}"),
+                "low": r.get(f"increase_per_send__{o}_low"),
+                "high": r.get(f"increase_per_send__{o}_high"),
+                "limit": r.get(f"limit_per_send__{o}"),
+            }
+            for o in guardrails
+        ]
+    return {
+        "rows": rows,
+        "dates": [d.isoformat() for d in dates],
+        "window": [d.isoformat() for d in window],
+        "policies": _records(policy_values(sums, settings)) if not sums.empty else [],
+        "calibration": _records(calibration(deciles)) if not deciles.empty else [],
+    }
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in frame.to_dict("records")
+    ]
+
+
+def show(settings: Settings, audiences: int = 30) -> str:
+    """`view` as text: the numbers the Results page shows."""
+    data = view(settings, audiences)
+    if not data["rows"]:
+        return "No results yet: an audience is measured once its sends' label window has matured."
+
+    def fig(r, base: str, digits: int = 2) -> str:
+        value, low, high = r.get(base), r.get(f"{base}_low"), r.get(f"{base}_high")
+        if value is None:
+            return "-"
+        return (
+            f"{value:,.{digits}f} [{low:,.{digits}f}, {high:,.{digits}f}]"
+            if low is not None
+            else f"{value:,.{digits}f}"
+        )
+
+    lines = ["Realized vs expected, per audience and arm (sent vs their holdout, 95% intervals)"]
+    lines.append(
+        f"{'audience':<11} {'arm':<12} {'sent':>7} {'holdout':>7}  {'incremental responses':<30} {'expected':>9}  "
+        f"{'net value':<32} {'expected':>10}"
+    )
+    for r in data["rows"]:
+        lines.append(
+            f"{r['audience_date']:<11} {r['arm']:<12} {r['sent']:>7,} {r['holdout']:>7,}  {fig(r, 'incremental'):<30} "
+            f"{r['expected_incremental']:>9,.2f}  {fig(r, 'net_value'):<32} {r['expected_net_value']:>10,.2f}"
+        )
+        for g in r["guardrails"] if r["arm"] == ALL else []:
+            if g["per_send"] is not None:
+                lines.append(
+                    f"{'':<11} guardrail {g['outcome']}: increase per send {g['per_send']:.4f} "
+                    f"[{g['low']:.4f}, {g['high']:.4f}], limit {g['limit']}"
+                )
+    if data["policies"]:
+        lines.append(
+            f"\nPolicies on the explore rows of {', '.join(data['window'])} (net value per customer vs no one)"
+        )
+        for p in data["policies"]:
+            lines.append(f"  {p['policy']:<26} {fig(p, 'value', 4):<32} audience's minus it: {fig(p, 'difference', 4)}")
+    if data["calibration"]:
+        lines.append("\nCalibration: realized vs predicted uplift by decile (pooled over the same audiences)")
+        for c in data["calibration"]:
+            lines.append(
+                f"  decile {c['decile']:>2}: predicted {c['predicted']:.4f}, realized {c['realized']:.4f} "
+                f"[{c['low']:.4f}, {c['high']:.4f}] ({c['rows']:,} rows)"
+            )
+    return "\n".join(lines)
+
+
+def chart(settings: Settings, name: str) -> bytes:
+    """A PNG of the Results page: `trend` (realized incremental responses of every audience with its
+    interval, and the expected, per audience date) or `calibration` (realized vs predicted uplift by
+    decile, pooled over the monitoring window)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = view(settings)
+    fig, ax = plt.subplots(figsize=(7, 3.6) if name == "trend" else (5.6, 3.6), dpi=100)
+    if name == "trend":
+        rows = sorted((r for r in data["rows"] if r["arm"] == ALL), key=lambda r: r["audience_date"])
+        x = [date.fromisoformat(r["audience_date"]) for r in rows]
+        value = np.array([np.nan if r["incremental"] is None else r["incremental"] for r in rows], dtype=float)
+        low = np.array([np.nan if r["incremental_low"] is None else r["incremental_low"] for r in rows], dtype=float)
+        high = np.array([np.nan if r["incremental_high"] is None else r["incremental_high"] for r in rows], dtype=float)
+        ax.errorbar(x, value, yerr=[value - low, high - value], fmt="o", capsize=3, label="realized (95% interval)")
+        ax.plot(x, [r["expected_incremental"] for r in rows], "s--", color="#c0572b", label="expected")
+        ax.set_ylabel("incremental responses")
+        ax.set_xlabel("audience date")
+        fig.autofmt_xdate()
+    else:
+        table = pd.DataFrame(data["calibration"])
+        if not table.empty:
+            ax.errorbar(
+                table["predicted"],
+                table["realized"],
+                yerr=[table["realized"] - table["low"], table["high"] - table["realized"]],
+                fmt="o",
+                capsize=3,
+                label="deciles (95% interval)",
+            )
+            for row in table.itertuples():
+                ax.annotate(
+                    str(row.decile),
+                    (row.predicted, row.realized),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+            edge = [min(table["predicted"].min(), 0), table["predicted"].max()]
+            ax.plot(edge, edge, ":", color="grey", label="realized = predicted")
+        ax.set_xlabel("predicted uplift")
+        ax.set_ylabel("realized uplift")
+    ax.axhline(0, color="#999", linewidth=0.6)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()

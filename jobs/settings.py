@@ -228,6 +228,8 @@ class Drift(_Strict):
     seed: int
     drifted_share_warn: float = Field(gt=0, le=1)
     drifted_share_fail: float = Field(gt=0, le=1)
+    # One column whose distance (normed Wasserstein, Jensen-Shannon) reaches this fails a comparison.
+    column_fail_score: float = Field(default=0.25, gt=0)
     on_fail: Literal["fail_run", "block_promotion"]
 
 

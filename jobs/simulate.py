@@ -116,16 +116,25 @@ def simulate(
         seed=seed,
         tail=True,
     )
+    return play(settings, first_night=first_night, nights=nights, seed=seed)
+
+
+def play(
+    settings: Settings, *, first_night: date, nights: int, seed: int, steps_run: tuple[str, ...] = steps.STEPS
+) -> list[dict]:
+    """Run `nights` nights of the loop from first_night on a lake `generate` (and earlier nights) wrote;
+    steps_run: the steps of each night (all of them by default)."""
     truth = pd.read_parquet(settings.paths.ground_truth / "customers.parquet")
-    users = pd.read_parquet(settings.paths.lake / "raw" / "users" / f"dt={first_night.isoformat()}")
+    snapshots = sorted((settings.paths.lake / "raw" / "users").glob("dt=*"))
+    users = pd.read_parquet(snapshots[-1])
     users = users.rename(columns={v: k for k, v in settings.sources["users"].columns.items()})
     table = []
     for k in range(nights):
         night = first_night + timedelta(days=k)
-        if k:  # the customers' snapshot of the day (the generator's customers do not change)
-            deliver(settings, "users", users, night)
+        if not (settings.paths.lake / "raw" / "users" / f"dt={night.isoformat()}").exists():
+            deliver(settings, "users", users, night)  # the customers' snapshot of the day (they do not change)
         drift = "ok"
-        for step in steps.STEPS:
+        for step in steps_run:
             try:
                 steps.run(step, night, settings)
             except DriftFailed as err:  # after the audience was published: the night's send goes out
@@ -133,18 +142,21 @@ def simulate(
                 drift = "fail"
         audience = pd.read_parquet(partition_dir(settings, "audience", night))
         sends = send(settings, audience, truth, night, seed)
-        gate = json.loads((report_dir(settings, night) / "gate.json").read_text())
-        estimate = gate["deployed_value"]
+        gate_path = report_dir(settings, night) / "gate.json"
+        estimate = json.loads(gate_path.read_text())["deployed_value"] if gate_path.exists() else {}
+        monitoring_path = report_dir(settings, night) / "monitoring.json"
+        monitoring = json.loads(monitoring_path.read_text()) if monitoring_path.exists() else {}
         line = {
             "night": night.isoformat(),
             "policy": audience["policy"].iloc[0],
             "drift": drift,
             "sends": sends,
             **{route: int((audience["assignment"] == route).sum()) for route in ("target", "holdout", "explore")},
-            "estimated_value": estimate["value"],
-            "estimated_low": estimate["low"],
-            "estimated_high": estimate["high"],
+            "estimated_value": estimate.get("value"),
+            "estimated_low": estimate.get("low"),
+            "estimated_high": estimate.get("high"),
             "true_value": true_value(audience, truth, settings),
+            "monitoring": monitoring.get("action"),
         }
         log.info("night %s: %s", night, line)
         table.append(line)

@@ -87,6 +87,32 @@ def runs_page(request: Request, user: Viewer) -> HTMLResponse:
     return _page(request, "runs.html", user, runs=campaigns.runs(load_settings()))
 
 
+@app.get("/results", response_class=HTMLResponse)
+def results_page(request: Request, user: Viewer) -> HTMLResponse:
+    from jobs.results import view
+
+    settings = load_settings()
+    return _page(
+        request,
+        "results.html",
+        user,
+        data=view(settings),
+        monitoring=campaigns.latest_monitoring(settings),
+        guardrails=[o for o, g in settings.targeting.guardrails.items() if g.max_increase_per_send is not None],
+        recompute_days=settings.monitoring.recompute_days,
+        window_days=settings.experiment.attribution_window_days,
+    )
+
+
+@app.get("/results/{chart}.png")
+def results_chart(user: Viewer, chart: str) -> Response:
+    from jobs.results import chart as draw
+
+    if chart not in ("trend", "calibration"):
+        raise HTTPException(status_code=404, detail=f"no chart {chart}")
+    return Response(draw(load_settings(), chart), media_type="image/png")
+
+
 @app.get("/runs/{run_date}", response_class=HTMLResponse)
 def run_page(request: Request, user: Viewer, run_date: str, budget: int | None = None) -> HTMLResponse:
     return _page(request, "run.html", user, **run_context(load_settings(), _day(run_date), budget))

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 
 from conftest import RUN_DATE
-from helpers import settings_in
+from helpers import copy_raw, settings_in
 from jobs import gate
 from jobs.drift import DriftFailed, drift
+from jobs.etl import run_etl
+from jobs.generate import deliver, planted_shift
 from jobs.lake import partition_dir
 from jobs.settings import report_dir
 from jobs.tracking import training_run_for
@@ -48,9 +50,9 @@ def _shift_population(settings):
     _replace(settings, "features/scoring", RUN_DATE, scoring)
 
 
-def test_an_unchanged_run_does_not_fail(isolated):
+def test_a_quiet_night_reads_ok(isolated):
     result = drift(isolated, RUN_DATE)
-    assert result["outcome"] in ("ok", "warn") and result["predictions"] is None
+    assert result["outcome"] == "ok" and result["drifted_columns"] == [] and result["predictions"] is None
     summary = json.loads((report_dir(isolated, RUN_DATE) / "drift.json").read_text())["summary"]
     assert summary["predictions"] is None, "no earlier run: nothing to compare predictions with"
 
@@ -71,6 +73,42 @@ def test_a_shifted_population_blocks_promotion_when_configured(settings, isolate
     assert decision["decision"] == "reject"
     assert any("block_promotion" in reason for reason in decision["reasons"])
     assert drift(blocking, RUN_DATE)["outcome"] == "fail", "reported, but the run goes on"
+
+
+def test_a_planted_shift_fails_the_night_naming_its_features(settings, nightly, spark, tmp_path):
+    """The generator's planted shift (30% of customers on a new e-mail domain, 15 years older) in
+    tonight's users snapshot: the scoring set's population no longer matches the recent sends'."""
+    local = settings_in(settings, tmp_path)
+    copy_raw(settings, local)
+    folder = local.paths.lake / "raw" / "users" / f"dt={RUN_DATE.isoformat()}"
+    conf = local.sources["users"]
+    names = {conf.delivered(n): n for n in ("customer_id", "email", "age")}
+    users = pd.read_parquet(folder).rename(columns=names)
+    shifted = planted_shift(users, seed=1).rename(columns={v: k for k, v in names.items()})
+    shutil.rmtree(folder)
+    deliver(local, "users", shifted, RUN_DATE)
+    run_etl(spark, local, RUN_DATE)
+    with pytest.raises(DriftFailed, match="population") as err:
+        drift(local, RUN_DATE)
+    summary = json.loads((report_dir(local, RUN_DATE) / "drift.json").read_text())["summary"]
+    assert summary["outcome"] == "fail"
+    assert summary["drifted_columns"] == ["age", "email_domain"], summary["column_drift_scores"]
+    assert "age" in str(err.value) and "email_domain" in str(err.value)
+
+
+def test_tonights_features_are_compared_with_the_previous_nights(isolated):
+    previous = RUN_DATE - timedelta(days=1)
+    scoring = pd.read_parquet(partition_dir(isolated, "features/scoring", RUN_DATE))
+    _replace(isolated, "features/scoring", previous, scoring)
+    summary = drift(isolated, RUN_DATE)
+    comparisons = json.loads((report_dir(isolated, RUN_DATE) / "drift.json").read_text())["summary"]["comparisons"]
+    night = {c["name"]: c for c in comparisons}["night_over_night"]
+    assert night["previous_run_date"] == previous.isoformat() and night["outcome"] == "ok"
+    assert summary["outcome"] == "ok"
+    # Last night every customer had 3 sends fewer in the last 30 days: tonight follows a burst of sends.
+    _replace(isolated, "features/scoring", previous, scoring.assign(n_sends_30d=scoring["n_sends_30d"] - 3))
+    with pytest.raises(DriftFailed, match="night_over_night drifted share"):
+        drift(isolated, RUN_DATE)
 
 
 def test_recommendations_are_compared_with_the_previous_run(isolated):

@@ -1,5 +1,6 @@
 """The loop: each night's audience is sent, checked against itself when it comes back, and learned from."""
 
+import dataclasses
 import json
 import shutil
 from datetime import date, timedelta
@@ -12,8 +13,9 @@ from helpers import settings_in
 from jobs import registry, steps
 from jobs.audience import show
 from jobs.generate import deliver
-from jobs.lake import own_campaigns, partition_dir, version_dir
-from jobs.simulate import simulate
+from jobs.lake import own_campaigns, partition_dir, read_table, version_dir
+from jobs.settings import report_dir
+from jobs.simulate import play, simulate, true_incremental
 from jobs.tracking import use_tracking
 from jobs.validate import ValidationFailed, validate_raw
 
@@ -143,3 +145,74 @@ def test_a_backfill_keeps_the_sent_audience_and_scores_with_that_nights_champion
     assert (pd.read_parquet(current)["campaign_id"] == f"{first_id}_v2").all()
     assert own_campaigns(local, FIRST) == {first_id: kept, f"{first_id}_v2": current}
     assert f"Audience {FIRST}" in show(local, FIRST, version=1)
+
+
+def _results_and_truth(local):
+    """Every (audience, arm) of the results with the generator's true incremental responses."""
+    results = read_table(local, "results")
+    truth = pd.read_parquet(local.paths.ground_truth / "customers.parquet")
+    rows = []
+    for day, part in results.groupby("audience_date"):
+        true = true_incremental(local, pd.read_parquet(partition_dir(local, "audience", day)), truth)
+        rows.append(part.assign(truth=part["arm"].map(true)))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_every_sent_audience_gets_results_whose_intervals_hold_the_truth(loop):
+    local, table = loop
+    results = _results_and_truth(local)
+    sent = [line["night"] for line in table[: NIGHTS - 3] if line["sends"]]  # matured by the last night
+    assert sorted({d.isoformat() for d in results["audience_date"]}) == sent
+    measured = results[(results["sent"] > 0) & (results["holdout"] > 0) & (results["arm"] != "all")]
+    assert len(measured) >= 3
+    held = (measured["incremental_low"] <= measured["truth"]) & (measured["truth"] <= measured["incremental_high"])
+    assert held.mean() >= 0.75, measured[["audience_date", "arm", "incremental_low", "truth", "incremental_high"]]
+    assert (results["validated"]).all()
+
+
+def test_a_good_champion_is_never_flagged(loop):
+    local, table = loop
+    actions = [
+        json.loads((report_dir(local, date.fromisoformat(n["night"])) / "monitoring.json").read_text()) for n in table
+    ]
+    assert all(not a["evidence"] for a in actions), [a["evidence"] for a in actions]
+    assert any(a.get("realized_value") for a in actions), "the champion's realized value was assessed"
+
+
+def test_a_bad_champion_is_flagged_within_the_window_and_rolled_back(loop, monkeypatch):
+    """A champion that expects every arm to lose customers (its uplifts negated: it sends no one)
+    serves; the nights' results show it worse than the best constant policy, and it goes."""
+    local, table = loop
+    local = local.model_copy(
+        update={
+            "targeting": local.targeting.model_copy(update={"exploration_share": 0.3}),
+            "monitoring": local.monitoring.model_copy(update={"window": 3}),
+        }
+    )
+    use_tracking(local)
+    good = registry.alias_version(local, registry.CHAMPION)
+    bad = mlflow.MlflowClient().create_model_version(local.mlflow.registered_model, good.source, good.run_id)
+    registry.promote(local, bad.version)
+    original = registry.portable_model
+
+    def negated(settings, version):
+        model = original(settings, version)
+        if str(version) != str(bad.version):
+            return model
+        return dataclasses.replace(model, constant={**model.constant, **dict.fromkeys(model.arms, -0.05)})
+
+    monkeypatch.setattr(registry, "portable_model", negated)
+    start = date.fromisoformat(table[-1]["night"]) + timedelta(days=1)
+    nights = play(
+        local,
+        first_night=start,
+        nights=local.monitoring.window + local.experiment.attribution_window_days + 1,
+        seed=3,
+        steps_run=("validate-raw", "etl", "validate-features", "score", "results"),
+    )
+    assert nights[0]["policy"] == f"model:{bad.version}" and nights[0]["target"] == 0
+    assert [n["monitoring"] for n in nights].count("rollback") == 1, nights
+    flagged = mlflow.MlflowClient().get_model_version(local.mlflow.registered_model, bad.version)
+    assert "below the constant policy" in flagged.tags[registry.FLAGGED_TAG]
+    after = nights[[n["monitoring"] for n in nights].index("rollback") + 1 :]
+    assert after and all(n["policy"] == f"model:{good.version}" for n in after), nights
