@@ -15,7 +15,7 @@ recommended customers) with another `max_sends`.
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -79,15 +79,47 @@ def latest_monitoring(settings: Settings) -> dict | None:
 
 
 def runs(settings: Settings) -> list[dict]:
-    """One line per run date: gate decision, policy, drift, customers scored, sends, spend, value."""
+    """One line per night, newest first: a published night's gate decision, policy, drift, customers
+    scored, sends, spend, expected value and, once its sends matured, the realized incremental
+    responses (results); a night that did not publish, with its state and reason (failed: the failing
+    step's one line; running or late: started but not published; missing: no run between two runs)."""
+    from jobs.lake import read_table
+
+    realized = read_table(settings, "results")
+    if not realized.empty:
+        realized = (
+            realized[realized["arm"] == "all"]
+            .groupby("audience_date")
+            .agg(
+                incremental=("incremental", "sum"),
+                low=("incremental_low", "sum"),
+                high=("incremental_high", "sum"),
+                net_value=("net_value", "sum"),
+            )
+        )
+    published = set(run_dates(settings))
+    reported = set()
+    root = settings.paths.reports
+    for folder in root.glob("run_date=*") if root.exists() else []:
+        try:
+            reported.add(date.fromisoformat(folder.name.split("=", 1)[1]))
+        except ValueError:
+            continue
+    every = published | reported
+    days = sorted({*every, *_gaps(every)}, reverse=True)
     out = []
-    for run_date in run_dates(settings):
+    for run_date in days:
+        if run_date not in published:
+            out.append(_unpublished(settings, run_date, run_date in reported))
+            continue
         steps = report_dir(settings, run_date) / "steps"
         gate, score, drift = (_json(steps / f"{s}.json") for s in ("gate", "score", "drift"))
         summary = _summary(settings, run_date)
+        got = realized.loc[run_date] if not realized.empty and run_date in realized.index else None
         out.append(
             {
                 "run_date": run_date.isoformat(),
+                "state": "published",
                 "decision": gate.get("decision"),
                 "policy": score.get("policy") or (summary["policy"].iloc[0] if len(summary) else None),
                 "drift": drift.get("outcome"),
@@ -98,9 +130,33 @@ def runs(settings: Settings) -> list[dict]:
                 "spend": float(summary["spend"].sum()),
                 "expected_incremental_responses": float(summary["expected_incremental_responses"].sum()),
                 "expected_net_value": float(summary["expected_net_value"].sum()),
+                "realized": None
+                if got is None or pd.isna(got["incremental"])
+                else {k: float(got[k]) for k in ("incremental", "low", "high", "net_value")},
             }
         )
     return out
+
+
+def _gaps(days: set[date]) -> list[date]:
+    """The dates between the first and the last night that have no trace of a run."""
+    if not days:
+        return []
+    first, last = min(days), max(days)
+    return [first + timedelta(days=k) for k in range((last - first).days) if first + timedelta(days=k) not in days]
+
+
+def _unpublished(settings: Settings, run_date: date, reported: bool) -> dict:
+    folder = report_dir(settings, run_date)
+    failure = folder / "failure.txt"
+    if failure.exists():
+        state, reason = "failed", failure.read_text().strip()
+    elif reported:
+        done = sorted(p.stem for p in (folder / "steps").glob("*.json")) if (folder / "steps").exists() else []
+        state, reason = "not published", f"steps done: {', '.join(done) or 'none'}; no audience yet (running or late)"
+    else:
+        state, reason = "missing", "no run for this date: trigger it (or a backfill) in Airflow"
+    return {"run_date": run_date.isoformat(), "state": state, "reason": reason}
 
 
 def run(settings: Settings, run_date: date, top: int = 10) -> dict:

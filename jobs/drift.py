@@ -7,15 +7,16 @@ maintainers advise sampling; full large inputs take hours). Columns are compared
 grow with the sample: a night with no drift reads the same at any size. Comparisons per run:
 
 - population: the user attributes of tonight's scoring set against those of the training set's most
-  recent sends (the last attribution window of matured sends): who the model scores against whom it
-  learned from. History features are left out here: a send's are as of the send, a scoring row's as
-  of tonight, and the campaigns' own cadence moves them;
+  recent sends (the last attribution window of matured sends) to customers eligible tonight,
+  weighted back to the eligible population: who the model scores against whom it learned from.
+  History features are left out here: a send's are as of the send, a scoring row's as of tonight,
+  and the campaigns' own cadence moves them;
 - night over night: every feature of tonight's scoring set against the previous night's;
 - predictions: the predicted uplift of every arm and the recommended-arm mix against the previous
   run's audience (when both are a model's).
 
-A comparison reads `fail` when its drifted share reaches `drifted_share_fail` or one column's distance
-reaches `column_fail_score`, `warn` when its share reaches `drifted_share_warn` or a column drifted
+A comparison reads `fail` when its drifted share reaches `drifted_share_fail` or one user attribute's
+distance reaches `column_fail_score`, `warn` when its share reaches `drifted_share_warn` or a column drifted
 (distance at or above Evidently's 0.1), else `ok`; the run's outcome is the worst, with the columns
 named. On fail `on_fail` decides: fail the run, or block promotion. The summary also carries the
 champion's realized-vs-predicted calibration (jobs.results), monitored next to feature drift.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -69,8 +71,11 @@ def drifted_columns(per_column: dict[str, dict]) -> list[str]:
 
 
 def level(share: float, settings: Settings, per_column: dict[str, dict] | None = None) -> str:
-    """ok, warn or fail of one comparison (see the module docstring)."""
-    cfg, scores = settings.drift, [v["score"] for v in (per_column or {}).values()]
+    """ok, warn or fail of one comparison (see the module docstring). A column fails it alone only
+    when it is a user attribute: history features move with the campaigns' own sends (a large send
+    tonight changes tomorrow's send counts), so they warn, and fail only through the drifted share."""
+    cfg, attributes = settings.drift, set(settings.features.attributes)
+    scores = [v["score"] for c, v in (per_column or {}).items() if c in attributes]
     if share >= cfg.drifted_share_fail or any(s >= cfg.column_fail_score for s in scores):
         return "fail"
     if share >= cfg.drifted_share_warn or drifted_columns(per_column or {}):
@@ -97,20 +102,37 @@ def recent_sends(settings: Settings, run_date: date) -> pads.Expression | None:
 
 
 def feature_drift(settings: Settings, run_date: date) -> list[dict]:
-    """The population and night-over-night comparisons of run_date (see the module docstring)."""
+    """The population and night-over-night comparisons of run_date (see the module docstring).
+
+    Population: both sides are sampled by the same hash of customer_id, and the recent sends keep
+    the customers eligible tonight (in the scoring set), each send drawn again in proportion to the
+    eligible customers it stands for (1 / inclusion_probability: an own audience's sends are the
+    customers it selected, not a random draw). What is left differs only if the customers did."""
     cfg, spec = settings.drift, settings.features
     scoring = partition_dir(settings, "features/scoring", run_date)
     training = partition_dir(settings, "features/training", run_date)
     attributes = list(spec.attributes)
-    reference = sample_parquet(training, attributes, cfg.sample_rows, cfg.seed, where=recent_sends(settings, run_date))
-    current = sample_parquet(scoring, spec.names, cfg.sample_rows, cfg.seed)
-    comparisons = [_comparison("population", reference, current[attributes], settings)]
+    recent = recent_sends(settings, run_date)
+    sizes = [pads.dataset(str(training)).count_rows(filter=recent), pads.dataset(str(scoring)).count_rows()]
+    share = min(1.0, cfg.sample_rows / max(sizes)) if max(sizes) else 1.0
+    read = [*attributes, "customer_id", "inclusion_probability"]
+    reference = sample_parquet(training, read, cfg.sample_rows, cfg.seed, "customer_id", recent, share)
+    current = sample_parquet(
+        scoring, [*spec.names, "customer_id"], cfg.sample_rows, cfg.seed, "customer_id", None, share
+    )
+    eligible = reference[reference["customer_id"].isin(current["customer_id"])]
+    reference = eligible if len(eligible) else reference  # no recent send to an eligible customer: all of them
+    weights = 1.0 / reference["inclusion_probability"].to_numpy(float)
+    if len(reference) and not (weights == weights[0]).all():
+        draw = np.random.default_rng(cfg.seed).choice(len(reference), len(reference), p=weights / weights.sum())
+        reference = reference.iloc[np.sort(draw)]
+    comparisons = [_comparison("population", reference[attributes], current[attributes], settings)]
     earlier = [d for d in partition_dates(settings, "features/scoring") if d < run_date]
     if earlier:
         previous = sample_parquet(
             partition_dir(settings, "features/scoring", earlier[-1]), spec.names, cfg.sample_rows, cfg.seed
         )
-        comparisons.append(_comparison("night_over_night", previous, current, settings, earlier[-1]))
+        comparisons.append(_comparison("night_over_night", previous, current[spec.names], settings, earlier[-1]))
     return comparisons
 
 

@@ -42,7 +42,7 @@ from jobs import evaluation, policy
 from jobs.audience import BUDGET_CURVE
 from jobs.lake import MissingInputError, partition_dir, training_effects
 from jobs.policy import everyone
-from jobs.registry import CHAMPION, alias_version
+from jobs.registry import CHAMPION, FLAGGED_TAG, alias_version
 from jobs.settings import Settings
 from jobs.tlearner import key, serving_problem
 from jobs.tracking import HOLDOUT_ARTIFACT
@@ -169,12 +169,17 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         elif champion_chosen is not None:
             versus = differences[f"challenger - {CHAMPION_POLICY}"]
             not_worse = versus["value"] >= -cfg.champion_tolerance
-            passed = passed and not_worse
+            flagged = champion.tags.get(FLAGGED_TAG)
+            passed = passed and (not_worse or flagged is not None)
             reasons.append(
                 f"champion v{champion.version} {_fmt(table[CHAMPION_POLICY])}: difference {_fmt(versus)} "
                 + ("is not worse" if not_worse else "is worse")
                 + f" (tolerance {cfg.champion_tolerance} per customer)"
+                + (f"; it does not block: monitoring flagged it ({flagged})" if flagged and not not_worse else "")
             )
+        realized = _realized(champion)
+        if realized:
+            reasons.append(realized)
     if champion_note:
         reasons.append(champion_note)
     passed = _drift_allows(settings, run_date, reasons) and passed
@@ -209,7 +214,14 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         "policy_values": table,
         "differences": differences,
         "best_constant": best,
-        "champion": None if champion is None else {"version": str(champion.version), "note": champion_note},
+        "champion": None
+        if champion is None
+        else {
+            "version": str(champion.version),
+            "note": champion_note,
+            "flagged": champion.tags.get(FLAGGED_TAG),
+            "realized_value": json.loads(champion.tags.get("monitoring.realized_value", "null")),
+        },
         "constant_policy": {"arm": constant_arm, "reasons": constant_reasons, "effects": effects},
         "deployed_policy": f"model:{version}" if deployed else f"constant:{constant_arm}",
         "deployed_value": table[deployed_name],
@@ -218,6 +230,20 @@ def decide(settings: Settings, run_date: date, run) -> dict:
         "value_definition": "net value per customer vs sending nothing: value_per_response x incremental "
         "responses - cost; AIPW with the T-learner's outcome models, paired bootstrap 95% intervals",
     }
+
+
+def _realized(champion) -> str | None:
+    """The champion's realized value from its own audiences (jobs.monitoring's tags), as a reason line."""
+    tags = champion.tags
+    if "monitoring.realized_value" not in tags:
+        return None
+    value, versus = json.loads(tags["monitoring.realized_value"]), json.loads(tags["monitoring.versus_best_constant"])
+    return (
+        f"champion v{champion.version} realized {value['value']:.4f} [{value['low']:.4f}, {value['high']:.4f}] per "
+        f"customer over {tags.get('monitoring.nights')} matured night(s) of its own audiences (explore rows), "
+        f"{versus['value']:.4f} [{versus['low']:.4f}, {versus['high']:.4f}] against the constant policy "
+        f"'{tags.get('monitoring.best_constant')}'"
+    )
 
 
 def alternatives(table: dict[str, dict], arms: list[str]) -> tuple[str, dict[str, str]]:

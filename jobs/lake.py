@@ -281,7 +281,13 @@ def training_effects(settings: Settings, run_date: date) -> dict[str, dict]:
 
 
 def sample_parquet(
-    path: Path, columns: list[str] | None, rows: int, seed: int, key: str | None = None, where=None
+    path: Path,
+    columns: list[str] | None,
+    rows: int,
+    seed: int,
+    key: str | None = None,
+    where=None,
+    share: float | None = None,
 ) -> pd.DataFrame:
     """A uniform random sample of about `rows` rows, read one record batch at a time.
 
@@ -295,12 +301,11 @@ def sample_parquet(
     if not path.exists():
         raise MissingInputError(f"no table at {path}")
     dataset = pads.dataset(str(path), format="parquet")
-    total = dataset.count_rows(filter=where)
-    share = min(1.0, rows / total) if total else 1.0
+    if share is None:
+        total = dataset.count_rows(filter=where)
+        share = min(1.0, rows / total) if total else 1.0
     if key is not None:
-        if where is not None:
-            raise ValueError("sample_parquet: a key and a filter together are not supported")
-        return _sample_by_key(dataset, columns, share, seed, key)
+        return _sample_by_key(dataset, columns, share, seed, key, where)
     rng = np.random.default_rng(seed)
     parts = []
     for batch in dataset.to_batches(columns=columns, filter=where):
@@ -310,13 +315,13 @@ def sample_parquet(
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
-def _sample_by_key(dataset, columns: list[str] | None, share: float, seed: int, key: str) -> pd.DataFrame:
+def _sample_by_key(dataset, columns: list[str] | None, share: float, seed: int, key: str, where=None) -> pd.DataFrame:
     """sample_parquet with a key: rows kept by a seeded hash of the key, in key order (the key
     column itself only when asked for)."""
     names = list(columns or dataset.schema.names)
     read = names if key in names else [*names, key]
     if share >= 1:
-        table = dataset.to_table(columns=read)
+        table = dataset.to_table(columns=read, filter=where)
     else:
         hash_key, limit = f"{seed:016d}"[-16:], np.uint64(int(share * 2**64))
         batches = [
@@ -328,7 +333,7 @@ def _sample_by_key(dataset, columns: list[str] | None, share: float, seed: int, 
                     < limit
                 )
             )
-            for batch in dataset.to_batches(columns=read)
+            for batch in dataset.to_batches(columns=read, filter=where)
         ]
         table = pa.Table.from_batches(batches, schema=dataset.schema.empty_table().select(read).schema)
     # Arrow's take, then one conversion: pandas' take of the converted strings cost a second more at M.

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import requests
 import yaml
 
 import email_experiment
@@ -39,6 +43,49 @@ def copy_raw(source: Settings, target: Settings) -> None:
 def on_server(project: dict, spark_connect: Path) -> dict:
     """project's UPLIFT_HOME / UPLIFT_CONF with its Spark steps on the suite's Connect server."""
     return {**project, "UPLIFT_CONF": f"{project['UPLIFT_CONF']}{os.pathsep}{spark_connect}"}
+
+
+@contextlib.contextmanager
+def serve_api(root: Path, project: dict, user: str, password: str):
+    """`airflow api-server` on a free local port for a project home (UPLIFT_HOME / UPLIFT_CONF), with
+    one viewer user; yields its URL and stops it after."""
+    passwords = root / "passwords.json"
+    passwords.write_text(json.dumps({user: password}))
+    env = airflow_env(root, project)
+    env |= {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+    }
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (root / "api-server.log").open("w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if server.poll() is not None:
+                raise RuntimeError((root / "api-server.log").read_text()[-3000:])
+            time.sleep(1)
+        else:
+            raise RuntimeError(
+                "airflow api-server did not answer within 180 s: " + (root / "api-server.log").read_text()[-3000:]
+            )
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def airflow_env(root: Path, project: dict) -> dict:

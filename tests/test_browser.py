@@ -7,18 +7,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from browser import capture, fields, launch, login, number, table
 from conftest import RUN_DATE
-from helpers import airflow_env
+from helpers import serve_api
 from jobs import campaigns
 
 DAY = RUN_DATE.isoformat()
@@ -29,40 +26,9 @@ USER, PASSWORD = "manager", "a-campaign-managers-password"
 @pytest.fixture(scope="module")
 def api_server(nightly, tmp_path_factory):
     """`airflow api-server` on a free local port, serving this session's published run; its URL."""
-    root = tmp_path_factory.mktemp("ui")
-    passwords = root / "passwords.json"
-    passwords.write_text(json.dumps({USER: PASSWORD}))
-    env = airflow_env(root, {"UPLIFT_HOME": os.environ["UPLIFT_HOME"], "UPLIFT_CONF": os.environ["UPLIFT_CONF"]})
-    env |= {
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:viewer",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-    }
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (root / "api-server.log").open("w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port), "--host", "127.0.0.1"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        assert server.poll() is None, (root / "api-server.log").read_text()[-3000:]
-        time.sleep(1)
-    else:
-        server.terminate()
-        pytest.fail("airflow api-server did not answer within 180 s: " + (root / "api-server.log").read_text()[-3000:])
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    project = {"UPLIFT_HOME": os.environ["UPLIFT_HOME"], "UPLIFT_CONF": os.environ["UPLIFT_CONF"]}
+    with serve_api(tmp_path_factory.mktemp("ui"), project, USER, PASSWORD) as url:
+        yield url
 
 
 def _show_table() -> dict[str, dict[str, float]]:

@@ -61,7 +61,7 @@ def test_spark_steps_are_submitted_to_spark_default(dag):
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
     spark_tasks = {t.task_id for t in dag.tasks if isinstance(t, SparkSubmitOperator)}
-    assert spark_tasks == {"validate_raw", "etl", "validate_features", "score"}
+    assert spark_tasks == {"validate_raw", "etl", "validate_features", "score", "results"}
     etl = dag.get_task("etl")
     assert etl._conn_id == "spark_default"
     assert etl.application.endswith("jobs/bin/spark_job.py")

@@ -105,8 +105,13 @@ def test_tonights_features_are_compared_with_the_previous_nights(isolated):
     night = {c["name"]: c for c in comparisons}["night_over_night"]
     assert night["previous_run_date"] == previous.isoformat() and night["outcome"] == "ok"
     assert summary["outcome"] == "ok"
-    # Last night every customer had 3 sends fewer in the last 30 days: tonight follows a burst of sends.
+    # Last night every customer had 3 sends fewer in the last 30 days: tonight follows a burst of sends,
+    # which a history feature shows (warn), not a change of population.
     _replace(isolated, "features/scoring", previous, scoring.assign(n_sends_30d=scoring["n_sends_30d"] - 3))
+    burst = drift(isolated, RUN_DATE)
+    assert burst["outcome"] == "warn" and burst["drifted_columns"] == ["n_sends_30d"]
+    # Last night's customers were 15 years younger: the population changed overnight.
+    _replace(isolated, "features/scoring", previous, scoring.assign(age=scoring["age"] - 15))
     with pytest.raises(DriftFailed, match="night_over_night drifted share"):
         drift(isolated, RUN_DATE)
 

@@ -2,14 +2,21 @@
 
 import dataclasses
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from datetime import date, timedelta
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 
-from helpers import settings_in
+from browser import launch, login, number, table
+from helpers import serve_api, settings_in
 from jobs import registry, steps
 from jobs.audience import show
 from jobs.generate import deliver
@@ -177,6 +184,115 @@ def test_a_good_champion_is_never_flagged(loop):
     ]
     assert all(not a["evidence"] for a in actions), [a["evidence"] for a in actions]
     assert any(a.get("realized_value") for a in actions), "the champion's realized value was assessed"
+
+
+def _serve_settings(local, root):
+    """UPLIFT_HOME / UPLIFT_CONF under which another process (the CLI, Airflow) reads the loop's lake."""
+    overlay = {
+        "paths": {k: str(v) for k, v in local.paths.model_dump().items()},
+        "mlflow": local.mlflow.model_dump(mode="json"),
+        "experiment": local.experiment.model_dump(mode="json"),
+        "targeting": local.targeting.model_dump(mode="json"),
+    }
+    path = root / "loop.yml"
+    path.write_text(yaml.safe_dump(overlay))
+    return {"UPLIFT_HOME": os.environ["UPLIFT_HOME"], "UPLIFT_CONF": f"{os.environ['UPLIFT_CONF']}{os.pathsep}{path}"}
+
+
+def _cli_results(project) -> dict[str, dict[str, float]]:
+    """`uplift audience results`' table rows as numbers, by audience/arm."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "uplift"), "audience", "results"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **project},
+    ).stdout
+    figure = r"(-?[\d,.]+) \[(-?[\d,.]+), (-?[\d,.]+)\]"
+    line = re.compile(rf"^(\S+)\s+(\S+)\s+([\d,]+)\s+([\d,]+)\s+{figure}\s+(-?[\d,.]+)\s+{figure}\s+(-?[\d,.]+)$")
+    rows = {}
+    for text in out.splitlines():
+        m = line.match(text.strip())
+        if m:
+            v = [number(g) for g in m.groups()[2:]]
+            rows[f"{m.group(1)}/{m.group(2)}"] = dict(
+                zip(
+                    [
+                        "sent",
+                        "holdout",
+                        "incremental",
+                        "low",
+                        "high",
+                        "expected",
+                        "net_value",
+                        "net_low",
+                        "net_high",
+                        "expected_net",
+                    ],
+                    v,
+                    strict=True,
+                )
+            )
+    return rows
+
+
+def test_the_results_page_shows_what_uplift_audience_results_prints(loop, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    local, _ = loop
+    root = tmp_path_factory.mktemp("results-ui")
+    project = _serve_settings(local, root)
+    cli = _cli_results(project)
+    assert cli, "the CLI printed results"
+    with serve_api(root, project, "manager", "a-password") as url, sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1600, "height": 1100})
+        login(page, url, "manager", "a-password")
+        page.goto(f"{url}/campaigns/results")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(root / "results.png"), full_page=True)
+        shown = page.eval_on_selector_all(
+            "#results tr[data-arm]",
+            """rows => Object.fromEntries(rows.map(r => [r.dataset.audience + '/' + r.dataset.arm, Object.fromEntries(
+                [...r.querySelectorAll('[data-field]')].map(c => [c.dataset.field, c.innerText]))]))""",
+        )
+        images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.alt, i.naturalWidth])")
+        page.goto(f"{url}/campaigns/")
+        page.wait_for_load_state("networkidle")
+        runs = table(page, "#runs")
+        browser.close()
+    assert {k for k, v in shown.items() if v["incremental"] != "-"} == set(cli)
+    for key, row in cli.items():
+        assert number(shown[key]["sent"]) == row["sent"] and number(shown[key]["holdout"]) == row["holdout"], key
+        assert number(shown[key]["incremental"]) == pytest.approx(row["incremental"], abs=0.005), key
+        low, high = (number(x) for x in shown[key]["incremental_interval"].strip("[]").split(", "))
+        assert (low, high) == pytest.approx((row["low"], row["high"]), abs=0.005), key
+        assert number(shown[key]["net_value"]) == pytest.approx(row["net_value"], abs=0.005), key
+        assert number(shown[key]["expected_incremental"]) == pytest.approx(row["expected"], abs=0.005), key
+    assert len(images) == 2 and all(width > 0 for _, width in images), images
+    matured = {k.split("/")[0] for k in cli}
+    assert all(runs[day]["realized"] != "not matured" for day in matured if day in runs)
+    assert any(r.get("realized") == "not matured" for r in runs.values())
+
+
+def test_the_notebook_plots_realized_against_expected(loop, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    local, table = loop
+    for name, value in _serve_settings(local, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("UPLIFT_RUN_DATE", table[-1]["night"])
+    notebook = nbformat.read(Path(__file__).resolve().parent.parent / "notebooks" / "run_report.ipynb", as_version=4)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    last = [o for o in notebook.cells[-1].outputs]
+    assert any("image/png" in o.get("data", {}) for o in last), "the realized vs expected picture"
+    measured = read_table(local, "results")["audience_date"].nunique()
+    assert f"realized results of {measured} audiences" in "".join(o.get("text", "") for o in last)
 
 
 def test_a_bad_champion_is_flagged_within_the_window_and_rolled_back(loop, monkeypatch):

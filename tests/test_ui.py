@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from html import unescape
 from pathlib import Path
 
@@ -29,6 +31,9 @@ PAGES = [
     f"/campaigns/runs/{DAY}/artifacts/qini_and_deciles.png",
     f"/campaigns/runs/{DAY}/artifacts/uplift_drivers.png",
     "/campaigns/icon.svg",
+    "/campaigns/results",
+    "/campaigns/results/trend.png",
+    "/campaigns/results/calibration.png",
 ]
 
 
@@ -67,7 +72,7 @@ def _forged(token: str) -> str:
 
 def _cells(html: str, row_attr: str, value: str) -> dict[str, float]:
     """data-field cells of the table row with row_attr=value, as numbers."""
-    row = re.search(rf'<tr {row_attr}="{re.escape(value)}">(.*?)</tr>', html, re.S)
+    row = re.search(rf'<tr {row_attr}="{re.escape(value)}"[^>]*>(.*?)</tr>', html, re.S)
     assert row, f"no row {row_attr}={value}"
     return {
         m.group(1): float(unescape(m.group(2)).replace(",", "").rstrip("%"))
@@ -236,3 +241,22 @@ def test_download_is_exactly_the_cli_export(airflow, settings, tmp_path: Path):
     assert response.headers["content-type"].startswith("text/csv")
     assert response.content == (tmp_path / "cli.csv").read_bytes()
     assert response.content.count(b"\n") == rows + 1
+
+
+def test_the_runs_list_shows_nights_that_did_not_publish_with_their_reason(settings, tmp_path):
+    from helpers import settings_in
+
+    local = settings_in(settings, tmp_path)
+    for table in ("audience", "audience_summary"):
+        shutil.copytree(partition_dir(settings, table, RUN_DATE), partition_dir(local, table, RUN_DATE))
+    failed, late = RUN_DATE + timedelta(days=2), RUN_DATE + timedelta(days=3)
+    report_dir(local, failed).mkdir(parents=True)
+    (report_dir(local, failed) / "failure.txt").write_text("validate-raw failed for run_date=x: sends volume\n")
+    (report_dir(local, late) / "steps").mkdir(parents=True)
+    (report_dir(local, late) / "steps" / "validate-raw.json").write_text("{}")
+    nights = {r["run_date"]: r for r in campaigns.runs(local)}
+    assert list(nights) == [late.isoformat(), failed.isoformat(), (RUN_DATE + timedelta(days=1)).isoformat(), DAY]
+    assert nights[failed.isoformat()]["state"] == "failed" and "sends volume" in nights[failed.isoformat()]["reason"]
+    assert nights[late.isoformat()]["state"] == "not published" and "validate-raw" in nights[late.isoformat()]["reason"]
+    assert nights[(RUN_DATE + timedelta(days=1)).isoformat()]["state"] == "missing"
+    assert nights[DAY]["state"] == "published" and nights[DAY]["realized"] is None
