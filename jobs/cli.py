@@ -30,6 +30,10 @@ RunDate = Annotated[datetime, typer.Option("--run-date", formats=["%Y-%m-%d"], h
 def _step_command(step: str):
     def command(run_date: RunDate) -> None:
         steps.run(step, run_date.date())
+        if step == "results":  # and the table they make, as `uplift audience results` prints it
+            from jobs.results import show
+
+            typer.echo(show(load_settings()))
 
     command.__doc__ = f"Run the `{step}` step for one run date."
     return command

@@ -91,7 +91,15 @@ def run_report(settings: Settings, run_date: date) -> dict:
         "audience_guardrails": score.get("guardrails", {}),
         "policy": score.get("policy"),
         "promoted": records.get("promote", {}).get("promoted"),
-        "drift": {"outcome": drift.get("outcome"), "drifted_share": drift.get("drifted_share")},
+        "drift": {
+            "outcome": drift.get("outcome"),
+            "drifted_share": drift.get("drifted_share"),
+            "drifted_columns": drift.get("drifted_columns", []),
+        },
+        "results": {
+            "audiences": records.get("results", {}).get("audiences", []),
+            "monitoring": records.get("results", {}).get("monitoring", {}),
+        },
     }
 
 
@@ -135,8 +143,27 @@ def format_report(report: dict) -> str:
         ],
         f"models           trained v{report['trained_model_version']}, "
         f"scored with v{report['scored_with_model_version']}",
-        f"drift            {report['drift']['outcome']} (drifted share {report['drift']['drifted_share']})",
+        f"drift            {report['drift']['outcome']} (drifted share {report['drift']['drifted_share']}"
+        + (
+            f", columns {', '.join(report['drift']['drifted_columns'])}"
+            if report["drift"].get("drifted_columns")
+            else ""
+        )
+        + ")",
     ]
+    results = report.get("results", {})
+    for a in results.get("audiences", []):
+        low, high = a["interval"]
+        lines.append(
+            f"results          audience {a['audience_date']}: {a['sent']:,} sent, {a['holdout']:,} holdout, "
+            f"incremental responses {a['incremental']} [{low}, {high}], expected {a['expected']}"
+        )
+    monitoring = results.get("monitoring") or {}
+    if monitoring:
+        lines.append(
+            f"monitoring       champion {monitoring.get('champion')}: {monitoring.get('action')}"
+            + (f" ({'; '.join(monitoring['evidence'])})" if monitoring.get("evidence") else "")
+        )
     return "\n".join(lines)
 
 
