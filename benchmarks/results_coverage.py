@@ -20,7 +20,6 @@ responses come from the generator's truth. Then:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -28,7 +27,6 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -38,8 +36,7 @@ from jobs import registry
 from jobs.lake import partition_dir, read_table
 from jobs.results import calibration
 from jobs.settings import load_settings, report_dir
-from jobs.simulate import play, simulate, true_incremental
-from jobs.tracking import use_tracking
+from jobs.simulate import SERVING_STEPS, negated_champion, play, simulate, true_incremental
 
 DATA = {"customers": 6_000, "days": 10, "sends_per_day": 2_500}
 WINDOW_DAYS = 2
@@ -104,31 +101,10 @@ def calibration_order(settings, truth: pd.DataFrame) -> float | None:
 
 def bad_champion(settings, start: date, seed: int) -> dict:
     """Serve a champion whose uplifts are negated and play the nights (no training) until it goes."""
-    use_tracking(settings)
-    good = registry.alias_version(settings, registry.CHAMPION)
-    if good is None:
+    if registry.alias_version(settings, registry.CHAMPION) is None:
         return {"skipped": "no champion to corrupt"}
-    bad = mlflow.MlflowClient().create_model_version(settings.mlflow.registered_model, good.source, good.run_id)
-    registry.promote(settings, bad.version)
-    original = registry.portable_model
-
-    def negated(s, version):
-        model = original(s, version)
-        if str(version) != str(bad.version):
-            return model
-        return dataclasses.replace(model, constant={**model.constant, **dict.fromkeys(model.arms, -0.05)})
-
-    registry.portable_model = negated
-    try:
-        nights = play(
-            settings,
-            first_night=start,
-            nights=BAD_NIGHTS,
-            seed=seed,
-            steps_run=("validate-raw", "etl", "validate-features", "score", "results"),
-        )
-    finally:
-        registry.portable_model = original
+    with negated_champion(settings):
+        nights = play(settings, first_night=start, nights=BAD_NIGHTS, seed=seed, steps_run=SERVING_STEPS)
     actions = [n["monitoring"] for n in nights]
     caught = actions.index("rollback") + 1 if "rollback" in actions else None
     return {"nights_to_rollback": caught, "actions": actions, "window": settings.monitoring.window}

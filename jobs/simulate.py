@@ -17,10 +17,13 @@ it decides for, before exploration and holdout).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 from datetime import date, timedelta
 
+import mlflow
 import numpy as np
 import pandas as pd
 
@@ -67,6 +70,39 @@ def true_incremental(settings: Settings, audience: pd.DataFrame, truth: pd.DataF
         out[arm] = float((mine[f"p_{arm}"] - mine[f"p_{control}"]).sum())
     out["all"] = sum(out.values())
     return out
+
+
+# The nights of a serving-only loop: no training, no gate (monitoring alone changes the champion).
+SERVING_STEPS = ("validate-raw", "etl", "validate-features", "score", "results")
+
+
+@contextlib.contextmanager
+def negated_champion(settings: Settings):
+    """A deliberately bad champion: a new version of the champion's model that expects every arm to
+    lose 0.05 responses per customer (it sends no one), promoted; while the block lasts scoring loads
+    it so. Yields (the good version, the bad one)."""
+    from jobs import registry
+    from jobs.tracking import use_tracking
+
+    use_tracking(settings)
+    good = registry.alias_version(settings, registry.CHAMPION)
+    if good is None:
+        raise RuntimeError("no champion to corrupt: run nights that train and promote one first")
+    bad = mlflow.MlflowClient().create_model_version(settings.mlflow.registered_model, good.source, good.run_id)
+    registry.promote(settings, bad.version)
+    original = registry.portable_model
+
+    def negated(s: Settings, version: str):
+        model = original(s, version)
+        if str(version) != str(bad.version):
+            return model
+        return dataclasses.replace(model, constant={**model.constant, **dict.fromkeys(model.arms, -0.05)})
+
+    registry.portable_model = negated
+    try:
+        yield good, bad
+    finally:
+        registry.portable_model = original
 
 
 def send(settings: Settings, audience: pd.DataFrame, truth: pd.DataFrame, night: date, seed: int) -> int:

@@ -1,6 +1,5 @@
 """The loop: each night's audience is sent, checked against itself when it comes back, and learned from."""
 
-import dataclasses
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from jobs.audience import show
 from jobs.generate import deliver
 from jobs.lake import own_campaigns, partition_dir, read_table, version_dir
 from jobs.settings import report_dir
-from jobs.simulate import play, simulate, true_incremental
+from jobs.simulate import SERVING_STEPS, negated_champion, play, simulate, true_incremental
 from jobs.tracking import use_tracking
 from jobs.validate import ValidationFailed, validate_raw
 
@@ -184,6 +183,16 @@ def test_a_good_champion_is_never_flagged(loop):
     ]
     assert all(not a["evidence"] for a in actions), [a["evidence"] for a in actions]
     assert any(a.get("realized_value") for a in actions), "the champion's realized value was assessed"
+    reasons = [
+        reason
+        for n in table
+        for reason in json.loads((report_dir(local, date.fromisoformat(n["night"])) / "gate.json").read_text())[
+            "reasons"
+        ]
+    ]
+    assert any("realized" in r and "of its own audiences" in r for r in reasons), (
+        "the gate shows it beside its offline value"
+    )
 
 
 def _serve_settings(local, root):
@@ -295,7 +304,7 @@ def test_the_notebook_plots_realized_against_expected(loop, tmp_path, monkeypatc
     assert f"realized results of {measured} audiences" in "".join(o.get("text", "") for o in last)
 
 
-def test_a_bad_champion_is_flagged_within_the_window_and_rolled_back(loop, monkeypatch):
+def test_a_bad_champion_is_flagged_within_the_window_and_rolled_back(loop):
     """A champion that expects every arm to lose customers (its uplifts negated: it sends no one)
     serves; the nights' results show it worse than the best constant policy, and it goes."""
     local, table = loop
@@ -305,27 +314,15 @@ def test_a_bad_champion_is_flagged_within_the_window_and_rolled_back(loop, monke
             "monitoring": local.monitoring.model_copy(update={"window": 3}),
         }
     )
-    use_tracking(local)
-    good = registry.alias_version(local, registry.CHAMPION)
-    bad = mlflow.MlflowClient().create_model_version(local.mlflow.registered_model, good.source, good.run_id)
-    registry.promote(local, bad.version)
-    original = registry.portable_model
-
-    def negated(settings, version):
-        model = original(settings, version)
-        if str(version) != str(bad.version):
-            return model
-        return dataclasses.replace(model, constant={**model.constant, **dict.fromkeys(model.arms, -0.05)})
-
-    monkeypatch.setattr(registry, "portable_model", negated)
     start = date.fromisoformat(table[-1]["night"]) + timedelta(days=1)
-    nights = play(
-        local,
-        first_night=start,
-        nights=local.monitoring.window + local.experiment.attribution_window_days + 1,
-        seed=3,
-        steps_run=("validate-raw", "etl", "validate-features", "score", "results"),
-    )
+    with negated_champion(local) as (good, bad):
+        nights = play(
+            local,
+            first_night=start,
+            nights=local.monitoring.window + local.experiment.attribution_window_days + 1,
+            seed=3,
+            steps_run=SERVING_STEPS,
+        )
     assert nights[0]["policy"] == f"model:{bad.version}" and nights[0]["target"] == 0
     assert [n["monitoring"] for n in nights].count("rollback") == 1, nights
     flagged = mlflow.MlflowClient().get_model_version(local.mlflow.registered_model, bad.version)
