@@ -84,8 +84,8 @@ def calibration_order(settings, truth: pd.DataFrame) -> float | None:
     control = settings.experiment.control
     frames = []
     for day in sorted(set(sums["audience_date"])):
-        audience = pd.read_parquet(partition_dir(settings, "audience", day))
-        rows = audience.merge(truth, on="customer_id")
+        columns = ["customer_id", "recommended_arm", "decile", *[f"uplift_{a}" for a in settings.experiment.arms]]
+        rows = pd.read_parquet(partition_dir(settings, "audience", day), columns=columns).merge(truth, on="customer_id")
         uplifts = np.column_stack([rows[f"uplift_{a}"] for a in settings.experiment.arms])
         best = np.array(settings.experiment.arms)[uplifts.argmax(axis=1)]
         arm = np.where(rows["recommended_arm"] != "none", rows["recommended_arm"], best)
