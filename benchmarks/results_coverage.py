@@ -13,7 +13,7 @@ responses come from the generator's truth. Then:
 - detection: the champion is then replaced by a deliberately bad one (its uplifts negated: it
   sends no one) and the nights go on without training; the nights until monitoring rolls it back.
 
-    python -m benchmarks.results_coverage --seeds 4 --nights 10
+    python -m benchmarks.results_coverage --seeds 3 --nights 9
     # writes benchmarks/results/results-coverage-<date>-<commit>.json
 """
 
@@ -40,7 +40,7 @@ from jobs.simulate import SERVING_STEPS, negated_champion, play, simulate, true_
 
 DATA = {"customers": 6_000, "days": 10, "sends_per_day": 2_500}
 WINDOW_DAYS = 2
-BAD_NIGHTS = 8  # nights the bad champion is given to be caught
+BAD_NIGHTS = 6  # nights the bad champion is given to be caught (monitoring window 3 + the label window + 1)
 
 
 def _short(settings):
