@@ -133,6 +133,10 @@ def runs(settings: Settings) -> list[dict]:
                 "realized": None
                 if got is None or pd.isna(got["incremental"])
                 else {k: float(got[k]) for k in ("incremental", "low", "high", "net_value")},
+                # An audience is measured once its sends' window matured: the night after the send, plus the window.
+                "realized_note": "not matured"
+                if run_date + timedelta(days=settings.experiment.attribution_window_days + 1) > max(days)
+                else "no sends measured",
             }
         )
     return out

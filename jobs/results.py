@@ -612,6 +612,7 @@ def chart(settings: Settings, name: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates
     import matplotlib.pyplot as plt
 
     data = view(settings)
@@ -626,6 +627,11 @@ def chart(settings: Settings, name: str) -> bytes:
         ax.plot(x, [r["expected_incremental"] for r in rows], "s--", color="#c0572b", label="expected")
         ax.set_ylabel("incremental responses")
         ax.set_xlabel("audience date")
+        if len(x) == 1:  # one night: a day either side, not matplotlib's default span of years
+            ax.set_xlim(x[0] - timedelta(days=1), x[0] + timedelta(days=1))
+        span = (max(x) - min(x)).days if x else 0
+        ax.xaxis.set_major_locator(matplotlib.dates.DayLocator(interval=max(1, span // 8)))
+        ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%Y-%m-%d"))
         fig.autofmt_xdate()
     else:
         table = pd.DataFrame(data["calibration"])
