@@ -93,6 +93,7 @@ bench: setup $(CHROMIUM)
 bench-loop: setup
 	python -m benchmarks.loop --seeds 10 --nights 8
 	python -m benchmarks.exploration --seeds 5
+	python -m benchmarks.results_coverage --seeds 3 --nights 10
 
 clean:
 	rm -rf var
