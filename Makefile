@@ -89,7 +89,8 @@ bench: setup $(CHROMIUM)
 	python -m benchmarks.demo_night
 
 # The loop's statistics (docs/closing-the-loop.md): the gate's coverage over seeds of simulated nights
-# (about 30 minutes), and what the exploration share costs and buys (about a minute and a half).
+# (about 30 minutes), what the exploration share costs and buys (about a minute and a half), and the
+# results step's coverage with monitoring's detection (docs/did-it-work.md, about 20 minutes).
 bench-loop: setup
 	python -m benchmarks.loop --seeds 10 --nights 8
 	python -m benchmarks.exploration --seeds 5
