@@ -419,7 +419,11 @@ def measure(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     campaigns = measured_campaigns(settings, run_date)
     if not campaigns:
         return {"audiences": [], "note": "no audience has matured sends yet"}
-    arms, policies, calibrations = _sums(_rows(spark, settings, run_date, campaigns), settings)
+    rows = _rows(spark, settings, run_date, campaigns).persist()  # three aggregates over one join
+    try:
+        arms, policies, calibrations = _sums(rows, settings)
+    finally:
+        rows.unpersist()
     computed = datetime.now(UTC).replace(tzinfo=None)
     measured = []
     for campaign, folder in sorted(campaigns.items(), key=lambda kv: (audience_date(kv[1]), kv[0])):
