@@ -34,9 +34,9 @@ from jobs.settings import Settings, report_dir
 FLAGGED = registry.FLAGGED_TAG
 
 
-def champion_nights(settings: Settings, version: str) -> list[date]:
-    """The latest monitoring.window audience dates the version served whose results are in, validated."""
-    results = read_table(settings, "results")
+def champion_nights(settings: Settings, version: str, results: pd.DataFrame) -> list[date]:
+    """The latest monitoring.window audience dates the version served whose results (the results
+    table) are in, validated."""
     if results.empty:
         return []
     mine = results[(results["model_version"].astype(str) == str(version)) & results["validated"].astype(bool)]
@@ -44,10 +44,9 @@ def champion_nights(settings: Settings, version: str) -> list[date]:
     return days[-settings.monitoring.window :]
 
 
-def guardrail_increases(settings: Settings, version: str, days: list[date]) -> dict[str, dict]:
+def guardrail_increases(settings: Settings, version: str, days: list[date], results: pd.DataFrame) -> dict[str, dict]:
     """Each guardrail outcome's realized increase per send over the nights, pooled (estimates summed,
     half-widths in quadrature), against its limit."""
-    results = read_table(settings, "results")
     out = {}
     if results.empty or not days:
         return out
@@ -75,7 +74,8 @@ def guardrail_increases(settings: Settings, version: str, days: list[date]) -> d
 
 def assess(settings: Settings, version: str) -> dict:
     """The champion version's realized evidence (see the module docstring)."""
-    days = champion_nights(settings, version)
+    results = read_table(settings, "results")
+    days = champion_nights(settings, version, results)
     if not days:
         return {"version": str(version), "nights": [], "evidence": [], "note": "no matured audience of it yet"}
     sums = read_table(settings, "results_policies")
@@ -92,7 +92,7 @@ def assess(settings: Settings, version: str) -> dict:
             "best_constant": best["policy"],
             "best_constant_value": _figure(best, ""),
             "versus_best_constant": _figure(best, "difference"),
-            "explore_rows": int(values["rows"].sum()),
+            "explore_rows": int(values.loc[values["policy"] != FOLLOWS, "rows"].sum()),  # each row: one constant
         }
         if best["difference_high"] < 0:
             evidence.append(
@@ -100,7 +100,7 @@ def assess(settings: Settings, version: str) -> dict:
                 f"constant policy '{best['policy']}' ({best['value']:.4f}): paired difference "
                 f"{best['difference']:.4f} [{best['difference_low']:.4f}, {best['difference_high']:.4f}]"
             )
-    guardrails = guardrail_increases(settings, version, days)
+    guardrails = guardrail_increases(settings, version, days, results)
     for outcome, g in guardrails.items():
         if g["above"]:
             evidence.append(

@@ -150,3 +150,22 @@ def test_policies_are_valued_on_the_explore_rows(spark, lake):
     versus = values.loc["everyone gets subject_1"]
     assert versus["difference"] == pytest.approx(follows["value"] - versus["value"])
     assert versus["difference_low"] < versus["difference"] < versus["difference_high"]
+
+
+def test_monitoring_values_the_champion_on_its_measured_nights(spark, lake):
+    from jobs.lake import publish_frame
+    from jobs.monitoring import assess
+
+    local, _, _ = lake
+    measure(spark, local, TONIGHT)
+    for table in ("results", "results_policies"):
+        frame = read_table(local, table)
+        mine = frame[frame["audience_date"] == FIRST].drop(columns="run_date")
+        publish_frame(mine.assign(model_version="7", validated=True), local, table, FIRST)
+    report = assess(local, "7")
+    assert report["nights"] == [FIRST.isoformat()] and report["evidence"] == []
+    assert report["best_constant"] == "everyone gets subject_1"
+    assert report["realized_value"]["value"] == pytest.approx(3.725)
+    assert report["versus_best_constant"]["value"] == pytest.approx(3.725 - 3.7)
+    assert report["explore_rows"] == 160
+    assert assess(local, "8")["nights"] == []  # a version that served nothing measured
