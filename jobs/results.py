@@ -500,16 +500,6 @@ def _log_to_model_run(settings: Settings, table: pd.DataFrame, day: date) -> Non
                 client.log_metric(run_id, f"realized.{row.arm}.{name}", float(value), step=step)
 
 
-def read_results(settings: Settings, table: str = "results", since: date | None = None) -> pd.DataFrame:
-    """A results table's partitions (from `since`), as one frame; empty when none was written."""
-    return read_table(settings, table, since)
-
-
-def coverage(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
-    """The share of cases whose interval holds the value."""
-    return float(np.mean((low <= values) & (values <= high))) if len(values) else math.nan
-
-
 def view(settings: Settings, audiences: int = 30) -> dict:
     """What the Results page and `uplift audience results` show: the latest computation of the
     results of the last `audiences` measured audience dates (newest first), the policies' realized
