@@ -9,7 +9,8 @@ responses come from the generator's truth. Then:
   true uplifts of the arm they got, jobs.simulate.true_incremental); the aim is at least 90%;
 - calibration: the realized uplift by decile pooled over the seed's audiences against the true mean
   uplift of the same deciles (every eligible customer of the audiences), over the audiences a model
-  made: Spearman rank correlation;
+  made: Spearman rank correlation, and the inverse-variance weighted slope of realized on true
+  uplift with its 95% interval (the deciles order as the truth does when it lies above 0);
 - false alarms: nights on which monitoring flagged the loop's own (trained, gated) champion;
 - detection: the champion is then replaced by a deliberately bad one (its uplifts negated: it
   sends no one) and the nights go on without training; the nights until monitoring rolls it back.
@@ -78,14 +79,17 @@ def coverage_cases(settings, truth: pd.DataFrame) -> list[dict]:
     return cases
 
 
-def calibration_order(settings, truth: pd.DataFrame) -> float | None:
-    """Spearman correlation of the pooled realized uplift by decile with the true one."""
+def calibration_order(settings, truth: pd.DataFrame) -> dict | None:
+    """The pooled realized uplift by decile against the true one: Spearman correlation, and the
+    slope of realized on true uplift (least squares weighted by each decile's inverse variance, with
+    its 95% interval). The slope weighs a decile by what it holds: a decile the budget sends only on
+    its explore rows counts little, and deciles the truth ties cannot disorder it."""
     sums = read_table(settings, "results_calibration")
     if not sums.empty:  # a model's audiences: a constant policy ranks no one above anyone
         sums = sums[sums["policy"].str.startswith("model:")]
     if sums.empty:
         return None
-    realized = calibration(sums).set_index("decile")["realized"]
+    realized = calibration(sums).set_index("decile")[["realized", "low", "high"]]
     control = settings.experiment.control
     frames = []
     for day in sorted(set(sums["audience_date"])):
@@ -100,8 +104,25 @@ def calibration_order(settings, truth: pd.DataFrame) -> float | None:
         )
         frames.append(pd.DataFrame({"decile": rows["decile"], "tau": tau - p[control]}))
     true = pd.concat(frames).groupby("decile")["tau"].mean()
-    both = pd.concat([realized, true], axis=1, join="inner")
-    return float(both.rank().corr().iloc[0, 1]) if len(both) > 2 else None
+    both = realized.join(true, how="inner")
+    if len(both) < 3:
+        return None
+    return {"spearman": float(both[["realized", "tau"]].rank().corr().iloc[0, 1]), **order_slope(both)} | {
+        "deciles": both.reset_index().to_dict(orient="records")
+    }
+
+
+def order_slope(deciles: pd.DataFrame) -> dict:
+    """Weighted least-squares slope of `realized` on `tau` (weights: 1 / the realized interval's
+    variance) with its 95% interval: above 0 when the realized uplift rises with the true one."""
+    se = (deciles["high"] - deciles["low"]) / (2 * 1.96)
+    usable = se > 0
+    w, x, y = 1 / se[usable] ** 2, deciles["tau"][usable], deciles["realized"][usable]
+    centre = (w * x).sum() / w.sum()
+    spread = (w * (x - centre) ** 2).sum()
+    slope = float((w * (x - centre) * y).sum() / spread)
+    half = 1.96 / float(np.sqrt(spread))
+    return {"slope": slope, "slope_low": slope - half, "slope_high": slope + half}
 
 
 def bad_champion(settings, start: date, seed: int) -> dict:
@@ -140,9 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             detection = bad_champion(settings, FIRST_NIGHT + timedelta(days=args.nights), seed)
         finally:
             shutil.rmtree(root, ignore_errors=True)
-        seeds.append(
-            {"seed": seed, "cases": cases, "calibration_spearman": order, "false_alarms": flags, "bad": detection}
-        )
+        seeds.append({"seed": seed, "cases": cases, "calibration": order, "false_alarms": flags, "bad": detection})
         print(json.dumps(seeds[-1]), flush=True)
     cases = [c for s in seeds for c in s["cases"]]
     caught = [s["bad"].get("nights_to_rollback") for s in seeds]
@@ -155,7 +174,11 @@ def main(argv: list[str] | None = None) -> None:
         "monitoring_window": args.window,
         "cases": len(cases),
         "coverage": sum(c["covered"] for c in cases) / len(cases) if cases else None,
-        "calibration_spearman": [s["calibration_spearman"] for s in seeds],
+        "calibration_spearman": [s["calibration"] and s["calibration"]["spearman"] for s in seeds],
+        "calibration_slope": [
+            s["calibration"] and [round(s["calibration"][k], 3) for k in ("slope", "slope_low", "slope_high")]
+            for s in seeds
+        ],
         "false_alarm_nights": sum(len(s["false_alarms"]) for s in seeds),
         "bad_champion_nights_to_rollback": caught,
         "seconds": round(time.perf_counter() - started, 1),

@@ -20,7 +20,9 @@ population the policy will be applied to, not over the customers an earlier audi
 A row's contribution is ``value * (G_i(pi_i) - G_i(control)) - cost(pi_i)`` (0 when pi_i is
 control); V is their weighted mean. Intervals are percentile intervals of a paired bootstrap: every
 round resamples the same rows for every policy, so differences between policies get their
-own interval, narrower than the difference of two separate ones.
+own interval, narrower than the difference of two separate ones. A round resamples customers,
+not rows (`customer_groups`): a customer sent on several nights has rows that share its
+attributes and its habits, and counting them as independent would make every interval too narrow.
 
 With further outcomes (`targeting.outcomes`) each has its own scores G_i^o(a) (its label, its
 outcome models p_<arm>__o) and a row's contribution sums ``value_o * (G_i^o(pi_i) - G_i^o(control))``
@@ -36,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from jobs.metrics import resample
 from jobs.settings import Experiment, Targeting
 from jobs.tlearner import key, label_column
 
@@ -97,12 +100,18 @@ def contributions(assignment: np.ndarray, g: dict, exp: Experiment, targeting: T
 BOOTSTRAP_BATCH_BYTES = 64 * 2**20
 
 
-def _bootstrap_means(columns: np.ndarray, rounds: int, seed: int) -> np.ndarray:
-    """rounds x columns: column means of `rounds` row resamples (the same rows for every column).
+def customer_groups(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's customer as a code 0..G-1: the unit every bootstrap resamples."""
+    return pd.factorize(frame["customer_id"])[0]
 
-    The resamples' row counts are drawn one after another from one generator (the same draws
-    whatever the batch) and weighed against the columns a batch at a time: one matrix product
-    reads the columns once for the batch, where a product per resample read them every round.
+
+def _bootstrap_means(columns: np.ndarray, rounds: int, seed: int, groups: np.ndarray) -> np.ndarray:
+    """rounds x columns: column means of `rounds` customer resamples (the same for every column).
+
+    groups: each row's customer (customer_groups). A resample's mean is over its rows, sum(w c) /
+    sum(w). The resamples are drawn one after another from one generator (the same draws whatever
+    the batch) and weighed against the columns a batch at a time: one matrix product reads the
+    columns once for the batch, where a product per resample read them every round.
     """
     rng, n = np.random.default_rng(seed), columns.shape[0]
     batch = max(1, min(rounds, BOOTSTRAP_BATCH_BYTES // (8 * max(n, 1))))
@@ -110,8 +119,8 @@ def _bootstrap_means(columns: np.ndarray, rounds: int, seed: int) -> np.ndarray:
     for start in range(0, rounds, batch):
         size = min(batch, rounds - start)
         for row in weights[:size]:
-            row[:] = np.bincount(rng.integers(0, n, n), minlength=n)
-        out[start : start + size] = weights[:size] @ columns / n
+            row[:] = resample(rng, groups)
+        out[start : start + size] = weights[:size] @ columns / weights[:size].sum(axis=1, keepdims=True)
     return out
 
 
@@ -149,7 +158,8 @@ def value_table(
         blocks += [guardrails[0], *guardrails[1].values()]
     c = np.column_stack(blocks)
     means = np.split(c.mean(axis=0), len(blocks))
-    boots = np.split(_bootstrap_means(c, rounds, seed), len(blocks), axis=1)  # a block of k columns each
+    # a block of k columns each
+    boots = np.split(_bootstrap_means(c, rounds, seed, customer_groups(holdout)), len(blocks), axis=1)
     (point, ipw_point), (boot, ipw_boot) = means[:2], boots[:2]
     table = {}
     for i, name in enumerate(names):
@@ -248,7 +258,7 @@ def budget_curve(
     order = sent[np.argsort(-priority[sent], kind="mergesort")]
     n, scale = len(holdout), audience_rows / max(1, len(holdout))
     ks = np.unique(np.linspace(0, len(order), points + 1).round().astype(int))
-    rng = np.random.default_rng(seed)
+    rng, groups = np.random.default_rng(seed), customer_groups(holdout)
     value, responses = value[order], responses[order]  # in send order, once for every round
 
     def at_ks(weighted: np.ndarray) -> np.ndarray:
@@ -258,7 +268,8 @@ def budget_curve(
 
     boot_value, boot_resp = [], []
     for _ in range(rounds):
-        weight = np.bincount(rng.integers(0, n, n), minlength=n)[order]
+        drawn = resample(rng, groups)
+        weight = drawn[order] * (n / max(1, drawn.sum()))  # totals of a resample of n rows
         boot_value.append(at_ks(weight * value))
         boot_resp.append(at_ks(weight * responses))
     sends = np.concatenate([[0.0], np.cumsum(row_weights(holdout)[order])])[ks]  # the population's sends
@@ -293,7 +304,7 @@ def arm_values(
     columns = np.column_stack([given * value[:, None], given * responses[:, None]])
     sent = given * row_weights(holdout)[:, None]
     scale = audience_rows  # a mean per holdout row, times the audience
-    boot = _bootstrap_means(columns, rounds, seed) * scale
+    boot = _bootstrap_means(columns, rounds, seed, customer_groups(holdout)) * scale
     low, high = _interval(boot, axis=0)
     point, k = columns.mean(axis=0) * scale, len(exp.arms)
     return {

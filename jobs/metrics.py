@@ -181,10 +181,21 @@ def _area(x: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (q[1:] + q[:-1])) / 2)
 
 
+def resample(rng: np.random.Generator, groups: np.ndarray) -> np.ndarray:
+    """One cluster-bootstrap resample as row weights: G customers drawn with replacement from the G
+    customers of `groups` (codes 0..G-1), every row weighing as often as its customer was drawn
+    (with one row per customer, the plain row bootstrap)."""
+    g = int(groups.max()) + 1 if len(groups) else 0
+    return np.bincount(rng.integers(0, g, g), minlength=g)[groups]
+
+
 def qini_interval(
-    y_true, uplift, treatment, *, rounds: int, seed: int, level: float = 0.95, sample_weight=None
+    y_true, uplift, treatment, *, rounds: int, seed: int, level: float = 0.95, sample_weight=None, groups=None
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of qini_auc_score (with its sample_weight), resampling within each group.
+
+    groups: each row's customer code (0..G-1) where a customer can have several rows: then a round
+    resamples customers, all of a customer's rows together, whatever group they were sent.
 
     A resample is the original rows, each repeated as often as it was drawn: ranking and tie
     runs are those of the original rows, so both curves are sorted once, and every round is
@@ -200,8 +211,11 @@ def qini_interval(
     rankings = [_ranking(score, y_true, treatment, w) for score in (uplift, perfect)]
     scores = []
     for _ in range(rounds):
-        rows = np.r_[rng.choice(treated, treated.size), rng.choice(control, control.size)]
-        weights = np.bincount(rows, minlength=y_true.size).astype(float)
+        if groups is None:
+            rows = np.r_[rng.choice(treated, treated.size), rng.choice(control, control.size)]
+            weights = np.bincount(rows, minlength=y_true.size).astype(float)
+        else:
+            weights = resample(rng, groups).astype(float)
         (x_model, q_model), (x_perfect, q_perfect) = (_weighted_qini_points(r, weights) for r in rankings)
         random_area = x_perfect[-1] * q_perfect[-1] / 2
         perfect_area = _area(x_perfect, q_perfect) - random_area

@@ -1,6 +1,7 @@
 """Training: fit the T-learner on a run date's training set, evaluate it on a holdout, log to MLflow.
 
-The holdout split (stratified by arm and label) is never seen by the models; per-arm Qini
+The holdout (a stable share of the customers, `customer_split`: a customer sent on several
+nights has all its rows on one side) is never seen by the models; per-arm Qini
 (scikit-uplift normalisation, see jobs.metrics) with a bootstrap interval, uplift@30%, and
 the observed ATE are computed on it and logged with the holdout predictions, which the gate
 uses to value the challenger's, the champion's and the constant policies on the same rows.
@@ -47,6 +48,7 @@ from jobs.tlearner import key, label_column
 from jobs.tracking import HOLDOUT_ARTIFACT, use_tracking
 
 EARLY_STOPPING_ROUNDS = 30
+EARLY_STOPPING_SHARE = 0.15
 # What the logged model needs to load and predict, pinned to this environment's versions. Declared,
 # not inferred: MLflow's inference imports the model in a subprocess (4 s of every training run).
 MODEL_REQUIREMENTS = [
@@ -67,8 +69,29 @@ def load_training_set(settings: Settings, run_date: date) -> pd.DataFrame:
     return sample_parquet(path, columns, rows, settings.training.seed, key="send_id")
 
 
+def customer_split(customer_ids: pd.Series, fraction: float, seed: int, stream: str) -> np.ndarray:
+    """True on the rows of a stable `fraction` of the customers, drawn per customer from seed and
+    stream: all of a customer's rows fall on one side, so no model is judged or early-stopped on
+    a customer whose other nights it was fitted on."""
+    codes, uniques = pd.factorize(customer_ids)
+    draw = policy.stable_draw(pd.Series(uniques).astype(str) + f"|{seed}|{stream}")
+    return draw[codes] < fraction
+
+
+def early_stopping_split(rows: pd.DataFrame, label: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows to fit on and the validation rows that stop the boosting: 15% of the customers.
+    Where that leaves either side with a single label (a handful of customers or responders), a
+    split of the rows stratified by label instead: early stopping needs both labels on each side."""
+    valid = customer_split(rows["customer_id"], EARLY_STOPPING_SHARE, seed, "early_stopping")
+    fit, held = rows[~valid], rows[valid]
+    if fit[label].nunique() == 2 and held[label].nunique() == 2:
+        return fit, held
+    fit, held = train_test_split(rows, test_size=EARLY_STOPPING_SHARE, stratify=rows[label], random_state=seed)
+    return fit, held
+
+
 def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
-    """One LightGBM classifier per arm and outcome, early-stopped on a stratified validation split of its rows.
+    """One LightGBM classifier per arm and outcome, early-stopped on a validation share of its customers.
 
     The models are fitted side by side, one thread each: small trees gain little from threads
     within one fit, and lose a lot when the cores are shared (Spark workers, other jobs).
@@ -89,7 +112,7 @@ def fit_t_learner(train: pd.DataFrame, settings: Settings) -> TLearnerModel:
                 + (f" (outcome '{outcome}')" if outcome else "")
                 + ": cannot fit"
             )
-        fit, valid = train_test_split(rows, test_size=0.15, stratify=rows[label], random_state=cfg.seed)
+        fit, valid = early_stopping_split(rows, label, cfg.seed)
         classifier = lgb.LGBMClassifier(**cfg.lightgbm, random_state=cfg.seed, n_jobs=1, verbose=-1)
         classifier.fit(
             model.design_matrix(fit),
@@ -128,9 +151,11 @@ def evaluate(
             (rows["arm"] == arm).to_numpy().astype(int),
             rows[f"uplift_{k}"].to_numpy(),
         )
-        w = diagnostic_weights(rows)
+        w, groups = diagnostic_weights(rows), pd.factorize(rows["customer_id"])[0]
         seed = settings.training.seed
-        low, high = metrics.qini_interval(y, u, t, rounds=gate.bootstrap_rounds, seed=seed, sample_weight=w)
+        low, high = metrics.qini_interval(
+            y, u, t, rounds=gate.bootstrap_rounds, seed=seed, sample_weight=w, groups=groups
+        )
         return {
             "qini": metrics.qini_auc_score(y, u, t, sample_weight=w),
             "uplift_auc": metrics.uplift_auc_score(y, u, t, sample_weight=w),
@@ -270,13 +295,13 @@ def train(settings: Settings, run_date: date) -> dict:
     """Fit, evaluate and log a challenger for run_date; register it as a new model version."""
     data = load_training_set(settings, run_date)
     cfg = settings.training
-    # arm x label as integers in the order of their "arm/label" strings (the split sklearn draws
-    # depends on the classes' order): the same split, without 2M strings to compare.
-    arms = sorted(data["arm"].astype(str).unique())
-    strata = (
-        pd.Categorical(data["arm"].astype(str), categories=arms).codes.astype(np.int64) * 2 + data["label"].to_numpy()
-    )
-    train_rows, holdout = train_test_split(data, test_size=cfg.holdout_fraction, stratify=strata, random_state=cfg.seed)
+    held = customer_split(data["customer_id"], cfg.holdout_fraction, cfg.seed, "holdout")
+    train_rows, holdout = data[~held], data[held]
+    if train_rows.empty or holdout.empty:
+        raise ValueError(
+            f"the training set for {run_date} has {data['customer_id'].nunique()} customers: too few to hold "
+            f"out {cfg.holdout_fraction:.0%} of them and train on the rest"
+        )
     model = fit_t_learner(train_rows, settings)
     probabilities = model.predict_proba(holdout)
     results, scored = evaluate(model, holdout, settings, probabilities)  # the ranking diagnostics, on p_arm - p_control

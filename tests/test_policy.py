@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import RUN_DATE
-from jobs import evaluation, policy
+from jobs import evaluation, metrics, policy
 
 ARMS = ["subject_1", "subject_2", "subject_3"]
 
@@ -270,6 +270,44 @@ def test_aipw_and_ipw_recover_a_known_policy_value(primary):
         assert v["incremental_responses_low"] <= v["sends"] * effect <= v["incremental_responses_high"], (arm, v)
 
 
+def test_a_customer_sent_on_several_nights_counts_once_in_every_interval(primary):
+    """The same customers' rows four times over (four nights of the same sends) hold no more
+    evidence than one night: every interval (policy values, their difference, the budget curve,
+    the per-arm figures, the Qini) stays as wide, where a bootstrap of rows would halve it."""
+    exp, targeting = _randomized_policy(primary)
+    once, _, x = _randomized(6000, seed=12)
+    repeated = pd.concat([once] * 4, ignore_index=True)
+    width = {}
+    for name, frame, xs in (("once", once, x), ("repeated", repeated, np.tile(x, 4))):
+        target = np.where(xs > 0.5, "a", "b")
+        assignments = {"model": target, "b": np.full(len(xs), "b")}
+        table = evaluation.value_table(
+            assignments, frame, exp, targeting, pairs={"d": ("model", "b")}, rounds=300, seed=3
+        )
+        curve = evaluation.budget_curve(target, xs, frame, exp, targeting, audience_rows=6000, rounds=300, seed=3)
+        by_arm = evaluation.arm_values(target, frame, exp, targeting, audience_rows=6000, rounds=300, seed=3)
+        rows = frame["arm"].isin(["a", "control"]).to_numpy()
+        qini = metrics.qini_interval(
+            frame["label"].to_numpy()[rows],
+            xs[rows],
+            (frame["arm"].to_numpy()[rows] == "a").astype(int),
+            rounds=300,
+            seed=3,
+            groups=pd.factorize(frame["customer_id"][rows])[0],
+        )
+        width[name] = np.array(
+            [
+                table["policies"]["model"]["high"] - table["policies"]["model"]["low"],
+                table["differences"]["d"]["high"] - table["differences"]["d"]["low"],
+                curve["net_value_high"].iloc[-1] - curve["net_value_low"].iloc[-1],
+                by_arm["a"]["net_value_high"] - by_arm["a"]["net_value_low"],
+                qini[1] - qini[0],
+            ]
+        )
+    ratio = width["repeated"] / width["once"]
+    assert ((ratio > 0.8) & (ratio < 1.25)).all(), ratio
+
+
 def test_the_bootstraps_are_their_per_round_definitions(primary, monkeypatch):
     """The batched bootstrap means, and the budget curve's cumulative sums at its points, are what
     one resample per round gives: the same draws, the same numbers (to rounding)."""
@@ -279,7 +317,16 @@ def test_the_bootstraps_are_their_per_round_definitions(primary, monkeypatch):
     draws = np.random.default_rng(seed)
     expected = np.stack([np.bincount(draws.integers(0, n, n), minlength=n) @ columns / n for _ in range(rounds)])
     monkeypatch.setattr(evaluation, "BOOTSTRAP_BATCH_BYTES", 8 * n * 5)  # batches of 5 rounds, the last of 3
-    assert np.allclose(evaluation._bootstrap_means(columns, rounds, seed), expected, rtol=1e-12, atol=0)
+    one_each = np.arange(n)  # a row per customer: the plain row bootstrap
+    assert np.allclose(evaluation._bootstrap_means(columns, rounds, seed, one_each), expected, rtol=1e-12, atol=0)
+    # Customers of 1 to 5 rows: a round draws as many customers as there are, with replacement, and
+    # averages the rows of those drawn (each as often as its customer was drawn).
+    groups = rng.integers(0, 300, n)
+    groups = np.unique(groups, return_inverse=True)[1]
+    g, draws = groups.max() + 1, np.random.default_rng(seed)
+    weights = [np.bincount(draws.integers(0, g, g), minlength=g)[groups] for _ in range(rounds)]
+    expected = np.stack([w @ columns / w.sum() for w in weights])
+    assert np.allclose(evaluation._bootstrap_means(columns, rounds, seed, groups), expected, rtol=1e-12, atol=0)
 
     exp, targeting = _randomized_policy(primary)
     frame, _, x = _randomized(3000, seed=8)

@@ -243,7 +243,7 @@ def test_download_is_exactly_the_cli_export(airflow, settings, tmp_path: Path):
     assert response.content.count(b"\n") == rows + 1
 
 
-def test_the_runs_list_shows_nights_that_did_not_publish_with_their_reason(settings, tmp_path):
+def test_the_runs_list_shows_nights_that_did_not_publish_with_their_reason(settings, nightly, tmp_path):
     from helpers import settings_in
 
     local = settings_in(settings, tmp_path)
