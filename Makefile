@@ -71,7 +71,7 @@ test: setup $(CHROMIUM)
 test-fast: setup
 	python -m pytest -m "not slow" --durations=15
 
-# The job code for a Spark cluster's executors: set spark.py_files to it (README, Operations).
+# The job code for a Spark cluster's executors: set spark.py_files to it (docs/operations.md, Spark cluster).
 dist: setup
 	python -m jobs.dist dist/uplift_jobs.zip
 

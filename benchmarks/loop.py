@@ -8,8 +8,11 @@ with the policy's true value (the generator's net value of its own choice for ev
 decides for, before exploration and holdout). A night that deploys `constant:none` is worth 0 for
 sure and is left out of the coverage. The interval should contain the truth on at least 90% of
 nights. A short attribution window lets the nights learn from their own sends within a few nights.
+`--rule point` plays the gate's `point` rule, under which a model is deployed on most nights, so
+that the intervals of models' policies, not only of constant ones, are put to the test.
 
     python -m benchmarks.loop --seeds 10 --nights 8   # writes benchmarks/results/loop-<date>-<commit>.json
+    python -m benchmarks.loop --seeds 10 --nights 8 --rule point
 """
 
 from __future__ import annotations
@@ -57,31 +60,36 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--nights", type=int, default=8)
+    parser.add_argument("--rule", choices=["interval", "point"], default="interval", help="gate.beats")
     args = parser.parse_args(argv)
     started, nights = time.perf_counter(), []
     for seed in range(args.seeds):
         root = Path(tempfile.mkdtemp(prefix=f"loop-{seed}-"))
         try:
-            table = simulate(
-                _home(load_settings(), root), nights=args.nights, first_night=FIRST_NIGHT, seed=seed, **DATA
-            )
+            settings = _home(load_settings(), root)
+            settings = settings.model_copy(update={"gate": settings.gate.model_copy(update={"beats": args.rule})})
+            table = simulate(settings, nights=args.nights, first_night=FIRST_NIGHT, seed=seed, **DATA)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         nights += [{"seed": seed, **line} for line in table]
         print(json.dumps(nights[-len(table) :]), flush=True)
     counted = [n for n in nights if n["policy"] != "constant:none"]
     covered = [n["estimated_low"] <= n["true_value"] <= n["estimated_high"] for n in counted]
+    models = [c for n, c in zip(counted, covered, strict=True) if n["policy"].startswith("model:")]
     result = {
         "seeds": args.seeds,
         "nights_per_seed": args.nights,
         "data": DATA,
         "attribution_window_days": WINDOW_DAYS,
+        "rule": args.rule,
         "nights_counted": len(counted),
         "coverage": sum(covered) / len(covered) if covered else None,
+        "model_nights": len(models),
+        "model_coverage": sum(models) / len(models) if models else None,
         "seconds": round(time.perf_counter() - started, 1),
         "nights": nights,
     }
-    path = result_path("loop-")
+    path = result_path("loop-" if args.rule == "interval" else "loop-point-")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "nights"}), f"-> {path}")
 

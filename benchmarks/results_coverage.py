@@ -36,7 +36,7 @@ from benchmarks import result_path
 from benchmarks.loop import FIRST_NIGHT, _home
 from jobs import registry
 from jobs.lake import partition_dir, read_table
-from jobs.results import calibration
+from jobs.results import calibration, calibration_slope
 from jobs.settings import load_settings, report_dir
 from jobs.simulate import SERVING_STEPS, negated_champion, play, simulate, true_incremental
 
@@ -107,22 +107,11 @@ def calibration_order(settings, truth: pd.DataFrame) -> dict | None:
     both = realized.join(true, how="inner")
     if len(both) < 3:
         return None
-    return {"spearman": float(both[["realized", "tau"]].rank().corr().iloc[0, 1]), **order_slope(both)} | {
-        "deciles": both.reset_index().to_dict(orient="records")
+    return {
+        "spearman": float(both[["realized", "tau"]].rank().corr().iloc[0, 1]),
+        "slope": calibration_slope(both, against="tau"),
+        "deciles": both.reset_index().to_dict(orient="records"),
     }
-
-
-def order_slope(deciles: pd.DataFrame) -> dict:
-    """Weighted least-squares slope of `realized` on `tau` (weights: 1 / the realized interval's
-    variance) with its 95% interval: above 0 when the realized uplift rises with the true one."""
-    se = (deciles["high"] - deciles["low"]) / (2 * 1.96)
-    usable = se > 0
-    w, x, y = 1 / se[usable] ** 2, deciles["tau"][usable], deciles["realized"][usable]
-    centre = (w * x).sum() / w.sum()
-    spread = (w * (x - centre) ** 2).sum()
-    slope = float((w * (x - centre) * y).sum() / spread)
-    half = 1.96 / float(np.sqrt(spread))
-    return {"slope": slope, "slope_low": slope - half, "slope_high": slope + half}
 
 
 def bad_champion(settings, start: date, seed: int) -> dict:
@@ -175,10 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "cases": len(cases),
         "coverage": sum(c["covered"] for c in cases) / len(cases) if cases else None,
         "calibration_spearman": [s["calibration"] and s["calibration"]["spearman"] for s in seeds],
-        "calibration_slope": [
-            s["calibration"] and [round(s["calibration"][k], 3) for k in ("slope", "slope_low", "slope_high")]
-            for s in seeds
-        ],
+        "calibration_slope": [s["calibration"] and s["calibration"]["slope"] for s in seeds],
         "false_alarm_nights": sum(len(s["false_alarms"]) for s in seeds),
         "bad_champion_nights_to_rollback": caught,
         "seconds": round(time.perf_counter() - started, 1),

@@ -34,7 +34,8 @@ import pyarrow.dataset as pads
 from evidently import Report
 from evidently.presets import DataDriftPreset
 
-from jobs.lake import partition_dates, partition_dir, sample_parquet
+from jobs.lake import partition_dates, partition_dir, read_table, sample_parquet
+from jobs.results import calibration, calibration_slope
 from jobs.settings import Settings, report_dir
 
 
@@ -180,10 +181,8 @@ def prediction_drift(settings: Settings, run_date: date, previous: date) -> tupl
 
 def calibration_summary(settings: Settings, run_date: date) -> dict | None:
     """Realized vs predicted uplift by decile over the audiences of the last monitoring.window
-    matured nights (jobs.results), with the rank correlation of the two; None before any."""
-    from jobs.lake import read_table
-    from jobs.results import calibration
-
+    matured nights (jobs.results), with the rank correlation of the two and the weighted slope of
+    realized on predicted (jobs.results.calibration_slope); None before any."""
     sums = read_table(settings, "results_calibration")
     if sums.empty:
         return None
@@ -195,6 +194,7 @@ def calibration_summary(settings: Settings, run_date: date) -> dict | None:
     return {
         "audience_dates": [d.isoformat() for d in days],
         "rank_correlation": None if rank is None or pd.isna(rank) else round(float(rank), 3),
+        "slope": calibration_slope(table),
         "deciles": table.round(5).to_dict(orient="records"),
     }
 

@@ -404,6 +404,26 @@ def calibration(sums: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["decile", "rows", "predicted", "realized", "low", "high"])
 
 
+def calibration_slope(table: pd.DataFrame, against: str = "predicted") -> dict | None:
+    """The slope of the deciles' realized uplift on `against` (least squares, each decile weighed by
+    the inverse variance of its realized uplift), with its 95% interval: 1 where the realized follows
+    `against` one for one, 0 where the ranking tells nothing. A decile measured on few rows (one the
+    budget sends only on its explore rows) counts little, and deciles tied on `against` cannot
+    disorder it, as they disorder a rank correlation. None with fewer than 3 measured deciles or
+    without spread in `against`."""
+    se = (table["high"] - table["low"]) / (2 * Z)
+    usable = (se > 0) & table["realized"].notna()
+    if usable.sum() < 3:
+        return None
+    w, x, y = 1 / se[usable] ** 2, table.loc[usable, against], table.loc[usable, "realized"]
+    centre = (w * x).sum() / w.sum()
+    spread = float((w * (x - centre) ** 2).sum())
+    if spread <= 0:
+        return None
+    slope, half = float((w * (x - centre) * y).sum() / spread), Z / math.sqrt(spread)
+    return {"slope": slope, "slope_low": slope - half, "slope_high": slope + half}
+
+
 def validated(settings: Settings, audience_day: date) -> bool:
     """Whether the night after the audience (the day its sends were delivered) passed validate-raw."""
     path = report_dir(settings, audience_day + timedelta(days=1)) / "validation" / "raw.json"
@@ -539,6 +559,7 @@ def view(settings: Settings, audiences: int = 30) -> dict:
         "window": [d.isoformat() for d in window],
         "policies": _records(policy_values(sums, settings)) if not sums.empty else [],
         "calibration": _records(calibration(deciles)) if not deciles.empty else [],
+        "calibration_slope": calibration_slope(calibration(deciles)) if not deciles.empty else None,
     }
 
 
@@ -594,6 +615,9 @@ def show(settings: Settings, audiences: int = 30) -> str:
                 f"  decile {c['decile']:>2}: predicted {c['predicted']:.4f}, realized {c['realized']:.4f} "
                 f"[{c['low']:.4f}, {c['high']:.4f}] ({c['rows']:,} rows)"
             )
+        if data["calibration_slope"]:
+            slope = fig(data["calibration_slope"], "slope", 2)
+            lines.append(f"  slope of realized on predicted: {slope} (1: calibrated, 0: the ranking tells nothing)")
     return "\n".join(lines)
 
 

@@ -102,7 +102,7 @@ def test_no_export_without_a_connection_string(settings, published, monkeypatch)
 
 
 def test_the_documented_queries_read_the_audience(spark, settings, published):
-    """The Spark SQL and DuckDB queries shown in the README, on the real table."""
+    """The Spark SQL and DuckDB queries shown in docs/audience.md, on the real table."""
     import duckdb
 
     lake = settings.paths.lake

@@ -49,7 +49,7 @@ def airflow_run(home, spark_connect, tmp_path_factory):
     show = subprocess.run(
         [uplift, "audience", "show", "--run-date", RUN.isoformat()], env=env, capture_output=True, text=True, check=True
     )
-    print(show.stdout)  # the README quotes this output
+    print(show.stdout)  # docs/own-data.md quotes this output
     return root, env
 
 

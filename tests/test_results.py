@@ -9,7 +9,7 @@ import pytest
 from helpers import settings_in
 from jobs import policy
 from jobs.lake import partition_dir, read_table
-from jobs.results import ALL, FOLLOWS, NO_ONE, measure, policy_values, rate_difference
+from jobs.results import ALL, FOLLOWS, NO_ONE, calibration, calibration_slope, measure, policy_values, rate_difference
 
 FIRST = date(2026, 5, 1)
 SECOND = FIRST + timedelta(days=3)  # inside the first audience's 7-day label window
@@ -169,3 +169,50 @@ def test_monitoring_values_the_champion_on_its_measured_nights(spark, lake):
     assert report["versus_best_constant"]["value"] == pytest.approx(3.725 - 3.7)
     assert report["explore_rows"] == 160
     assert assess(local, "8")["nights"] == []  # a version that served nothing measured
+
+
+def test_the_calibration_deciles_order_as_the_truth_does(spark, settings, tmp_path):
+    """An audience of 40,000 recommended subject_1, whose true uplift falls from 0.10 in decile 1 to
+    0.01 in decile 10 (the model's predictions say 0.1 everywhere): the realized uplift by decile,
+    the sent against the holdout and the explore rows, each weighed by 1 / propensity, orders as the
+    truth does and its intervals hold it."""
+    local = settings_in(settings, tmp_path)
+    rng = np.random.default_rng(5)
+    n, explore_share, holdout_share = 40_000, 0.05, 0.1
+    options = ["control", *local.experiment.arms]
+    explored = rng.random(n) < explore_share
+    held = rng.random(n) < holdout_share
+    arm = np.where(explored, rng.choice(options, n), np.where(held, "control", "subject_1"))
+    share = explore_share / len(options)
+    rows = []
+    for k in range(n):
+        route = policy.EXPLORE if explored[k] else policy.HOLDOUT if held[k] else policy.TARGET
+        propensity = {
+            "control": (1 - explore_share) * holdout_share + share,
+            "subject_1": (1 - explore_share) * (1 - holdout_share) + share,
+        }.get(arm[k], share)
+        by_route = {
+            policy.EXPLORE: share,
+            policy.HOLDOUT: (1 - explore_share) * holdout_share,
+            policy.TARGET: (1 - explore_share) * (1 - holdout_share),
+        }[route]
+        rows.append(_row(f"c{k}", route, arm[k], "subject_1", True, propensity, by_route))
+    _audience(local, FIRST, rows)  # decile = position % 10 + 1
+    decile = np.arange(n) % 10 + 1
+    tau = 0.01 * (11 - decile)
+    responds = rng.random(n) < 0.1 + np.where(arm == "subject_1", tau, 0.0)
+    campaign = local.export.campaign_of(FIRST)
+    listed = [(campaign, f"c{k}") for k in range(n)]
+    _training(local, {(campaign, f"c{k}") for k in np.flatnonzero(responds)}, listed)
+
+    measure(spark, local, TONIGHT)
+    table = calibration(read_table(local, "results_calibration")).set_index("decile")
+    truth = pd.Series(0.01 * (11 - np.arange(1, 11)), index=range(1, 11))
+    assert list(table.index) == list(range(1, 11))
+    assert table["realized"].corr(truth, method="spearman") >= 0.8, table
+    held_truth = (table["low"] <= truth) & (truth <= table["high"])
+    assert held_truth.sum() >= 8, table
+    top, bottom = table.loc[1:5, "realized"].mean(), table.loc[6:10, "realized"].mean()
+    assert top - bottom == pytest.approx(0.05, abs=0.02)
+    slope = calibration_slope(table.assign(truth=truth), against="truth")
+    assert 0 < slope["slope_low"] < 1 < slope["slope_high"], slope
