@@ -128,11 +128,12 @@ def bad_champion(settings, start: date, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed + seeds - 1")
     parser.add_argument("--nights", type=int, default=10)
     parser.add_argument("--window", type=int, default=3, help="monitoring.window for the run")
     args = parser.parse_args(argv)
     started, seeds = time.perf_counter(), []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         root = Path(tempfile.mkdtemp(prefix=f"results-{seed}-"))
         try:
             settings = _short(_home(load_settings(), root))
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     caught = [s["bad"].get("nights_to_rollback") for s in seeds]
     result = {
         "seeds": args.seeds,
+        "first_seed": args.first_seed,
         "nights_per_seed": args.nights,
         "data": DATA,
         "max_sends": MAX_SENDS,

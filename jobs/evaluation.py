@@ -158,7 +158,7 @@ def value_table(
         blocks += [guardrails[0], *guardrails[1].values()]
     c = np.column_stack(blocks)
     means = np.split(c.mean(axis=0), len(blocks))
-    # a block of k columns each
+    # one block of k columns (one per policy) for each of AIPW, IPW and the guardrail columns
     boots = np.split(_bootstrap_means(c, rounds, seed, customer_groups(holdout)), len(blocks), axis=1)
     (point, ipw_point), (boot, ipw_boot) = means[:2], boots[:2]
     table = {}

@@ -527,7 +527,7 @@ def view(settings: Settings, audiences: int = 30) -> dict:
     latest monitoring assessment."""
     table = read_table(settings, "results")
     if table.empty:
-        return {"rows": [], "dates": [], "policies": [], "calibration": [], "window": []}
+        return {"rows": [], "dates": [], "policies": [], "calibration": [], "calibration_slope": None, "window": []}
     dates = sorted(set(table["audience_date"]), reverse=True)[:audiences]
     table = table[table["audience_date"].isin(dates)]
     order = {a: k for k, a in enumerate([*settings.experiment.arms, ALL])}
@@ -539,6 +539,7 @@ def view(settings: Settings, audiences: int = 30) -> dict:
     sums = sums[sums["audience_date"].isin(window)] if not sums.empty else sums
     deciles = read_table(settings, "results_calibration")
     deciles = deciles[deciles["audience_date"].isin(window)] if not deciles.empty else deciles
+    pooled = calibration(deciles) if not deciles.empty else None
     guardrails = [o for o, g in settings.targeting.guardrails.items() if g.max_increase_per_send is not None]
     rows = _records(table.drop(columns="_order"))
     for r in rows:
@@ -558,8 +559,8 @@ def view(settings: Settings, audiences: int = 30) -> dict:
         "dates": [d.isoformat() for d in dates],
         "window": [d.isoformat() for d in window],
         "policies": _records(policy_values(sums, settings)) if not sums.empty else [],
-        "calibration": _records(calibration(deciles)) if not deciles.empty else [],
-        "calibration_slope": calibration_slope(calibration(deciles)) if not deciles.empty else None,
+        "calibration": _records(pooled) if pooled is not None else [],
+        "calibration_slope": calibration_slope(pooled) if pooled is not None else None,
     }
 
 
