@@ -59,11 +59,12 @@ def _home(settings: Settings, root: Path) -> Settings:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed + seeds - 1")
     parser.add_argument("--nights", type=int, default=8)
     parser.add_argument("--rule", choices=["interval", "point"], default="interval", help="gate.beats")
     args = parser.parse_args(argv)
     started, nights = time.perf_counter(), []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         root = Path(tempfile.mkdtemp(prefix=f"loop-{seed}-"))
         try:
             settings = _home(load_settings(), root)
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     models = [c for n, c in zip(counted, covered, strict=True) if n["policy"].startswith("model:")]
     result = {
         "seeds": args.seeds,
+        "first_seed": args.first_seed,
         "nights_per_seed": args.nights,
         "data": DATA,
         "attribution_window_days": WINDOW_DAYS,

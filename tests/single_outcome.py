@@ -1,9 +1,10 @@
 """Today's single-outcome configuration, run end to end in process and reduced to a digest.
 
 `single_outcome_audience.json` next to this file holds the digest written by the code before
-outcomes and guardrails existed (commit 93c6a3e, `python tests/single_outcome.py`), with the two
+outcomes and guardrails existed (commit 93c6a3e, `python tests/single_outcome.py`), with the three
 later changes that apply to that code too: policy.average_effects' interval (no pseudo-success
-per campaign) and training reading its set in send_id order (jobs.train.load_training_set);
+per campaign), training reading its set in send_id order (jobs.train.load_training_set), and the
+training holdout, early stopping and every bootstrap drawn by customer (jobs.train.customer_split);
 tests/test_outcomes.py runs the same configuration with today's code and compares, so adding
 outcomes cannot change what a single-outcome user gets.
 """
