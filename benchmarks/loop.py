@@ -11,7 +11,7 @@ nights. A short attribution window lets the nights learn from their own sends wi
 `--rule point` plays the gate's `point` rule, under which a model is deployed on most nights, so
 that the intervals of models' policies, not only of constant ones, are put to the test.
 
-    python -m benchmarks.loop --seeds 10 --nights 8   # writes benchmarks/results/loop-<date>-<commit>.json
+    python -m benchmarks.loop --seeds 10 --nights 8   # writes benchmarks/results/loop-seeds0-9-<date>-<commit>.json
     python -m benchmarks.loop --seeds 10 --nights 8 --rule point
 """
 
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "nights": nights,
     }
-    path = result_path("loop-" if args.rule == "interval" else "loop-point-")
+    last = args.first_seed + args.seeds - 1
+    path = result_path(f"loop-{'' if args.rule == 'interval' else 'point-'}seeds{args.first_seed}-{last}-")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "nights"}), f"-> {path}")
 
