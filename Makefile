@@ -31,10 +31,10 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --compile-bytecode --python $(PYTHON) --reinstall-package pyspark
 	touch $@
 
-# The Spark drivers' class-data archive (jobs/class_archive.py): valid for these jars only,
+# The Spark drivers' class-data archive (jobs/runtime/class_archive.py): valid for these jars only,
 # so it is rebuilt whenever the environment is synced.
 $(VENV)/spark-classes.jsa: $(VENV)/.synced
-	python -m jobs.class_archive
+	python -m jobs.runtime.class_archive
 
 demo: setup
 	uplift generate --last-day $(RUN_DATE)
@@ -46,7 +46,7 @@ demo: setup
 	@echo "Airflow run log: $(AIRFLOW_HOME)/demo-run.log"
 	@uplift summary --run-date $(RUN_DATE) 2>/dev/null
 
-# The Airflow UI with the Campaigns page (jobs.ui), on the demo's SQLite stores: Ctrl-C stops it.
+# The Airflow UI with the Campaigns page (jobs.ui.pages), on the demo's SQLite stores: Ctrl-C stops it.
 UI_PORT ?= 8080
 ui: setup
 	mkdir -p $(AIRFLOW_HOME)
@@ -54,7 +54,7 @@ ui: setup
 	@echo "Airflow UI: http://localhost:$(UI_PORT)/  Campaigns: http://localhost:$(UI_PORT)/plugin/campaigns"
 	@echo "Log in as admin; the password is printed below at start and kept in"
 	@echo "  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (Airflow's simple auth manager)"
-	@# The Spark Connect server the UI's runs start (jobs/connect.py) stops with the UI.
+	@# The Spark Connect server the UI's runs start (jobs/runtime/connect.py) stops with the UI.
 	trap 'uplift spark-server stop > /dev/null' EXIT; AIRFLOW__API__PORT=$(UI_PORT) airflow standalone
 
 # The browser tests drive Debian's Chromium (tests/browser.py); as root, `make test` installs it.
@@ -73,10 +73,11 @@ test-fast: setup
 
 # The job code for a Spark cluster's executors: set spark.py_files to it (docs/operations.md, Spark cluster).
 dist: setup
-	python -m jobs.dist dist/uplift_jobs.zip
+	python -m jobs.runtime.dist dist/uplift_jobs.zip
 
 lint: setup
 	ruff check jobs dags tests benchmarks
+	lint-imports
 	ruff format --check jobs dags tests benchmarks
 
 # The nightly run per size (S 250k, M 2.5M, L 10M sends), with references: benchmarks/results/<date>.{json,md};

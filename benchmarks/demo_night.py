@@ -6,7 +6,7 @@ recorded it (task_instance.duration: the task's process, JVM and interpreter sta
 The target is their sum, the night's task time, under 60 s.
 
 The settings are conf/base's, Spark Connect included: the first Spark task finds no server and
-starts one (jobs/connect.py), so its start and the cold JVM are in the task time, as on a
+starts one (jobs/runtime/connect.py), so its start and the cold JVM are in the task time, as on a
 machine's first night. Only the server's port is the bench's own (a free one, not a developer's
 15002), and the server is stopped at the end.
 

@@ -37,7 +37,7 @@ def _disk_mb(path: Path) -> int:
 def run(scale: int, keep: bool) -> dict:
     customers, per_day = (n * scale for n in SIZES["M"])
     home, logs, env = bench_home(f"uplift-etl-x{scale}-")
-    from jobs.connect import address, stop
+    from jobs.runtime.connect import address, stop
     from jobs.settings import load_settings
 
     settings = load_settings()

@@ -1,8 +1,8 @@
 """What the explore share costs and buys, and what clipping the weights would do: the default's evidence.
 
-In memory, on the demo generator's customers and truth (jobs.simulate's rounds): per seed a model
+In memory, on the demo generator's customers and truth (jobs.demo.simulate's rounds): per seed a model
 fitted on a randomized campaign chooses an audience, which is sent for a few nights as
-jobs.policy.assign records it, for each exploration share. Per share:
+jobs.model.policy.assign records it, for each exploration share. Per share:
 - cost: the true net value per eligible customer the nights give up against the same audience
   sent without exploration (holdout kept);
 - the average effect of every arm from the own sends (propensity-weighted): its error against the
@@ -27,9 +27,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import result_path
-from jobs import evaluation, policy
-from jobs.settings import load_settings
-from jobs.simulate import (
+from jobs.demo.simulate import (
     demo_customers,
     in_memory,
     own_sends,
@@ -38,7 +36,10 @@ from jobs.simulate import (
     true_value,
     uplifts_of,
 )
-from jobs.train import fit_t_learner
+from jobs.model import evaluation, policy
+from jobs.model.train import fit_t_learner
+from jobs.names import p_column
+from jobs.settings import load_settings
 
 NIGHT = date(2026, 10, 30)
 SHARES = (0.0, 0.02, 0.05, 0.1, 0.2)
@@ -53,7 +54,9 @@ def _sent_value(own: pd.DataFrame, truth: pd.DataFrame, settings, customers: int
     for arm in settings.experiment.arms:
         mine = rows[rows["arm"] == arm]
         value += float(
-            (targeting.value_per_response * (mine[f"p_{arm}"] - mine["p_control"]) - targeting.cost_per_send[arm]).sum()
+            (
+                targeting.value_per_response * (mine[p_column(arm)] - mine["p_control"]) - targeting.cost_per_send[arm]
+            ).sum()
         )
     return value / customers / NIGHTS
 
@@ -87,7 +90,7 @@ def run_seed(seed: int) -> list[dict]:
         holdout = pd.concat([own, first.predict_proba(own).reset_index(drop=True)], axis=1)
         truth_value = true_value(chosen.assign(resting=False), truth, local)
         effects = policy.average_effects(policy.arm_counts(own, "label"), "control", arms)
-        ate_errors = [effects[a]["ate"] - float((truth[f"p_{a}"] - truth["p_control"]).mean()) for a in arms]
+        ate_errors = [effects[a]["ate"] - float((truth[p_column(a)] - truth["p_control"]).mean()) for a in arms]
         line = {
             "seed": seed,
             "share": share,

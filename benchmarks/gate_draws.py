@@ -32,13 +32,13 @@ import pandas as pd
 
 from benchmarks import result_path
 from benchmarks.policy_coverage import RUN_DATE, _home, true_value
-from jobs import gate
-from jobs.etl import run_etl
-from jobs.generate import generate
+from jobs.data.etl import run_etl
+from jobs.demo.generate import generate
+from jobs.model import gate
+from jobs.model.tracking import HOLDOUT_ARTIFACT
+from jobs.model.train import train
+from jobs.runtime.spark import get_spark
 from jobs.settings import Settings, load_settings
-from jobs.spark import get_spark
-from jobs.tracking import HOLDOUT_ARTIFACT
-from jobs.train import train
 
 SUITE = {"customers": 16_000, "days": 30, "sends_per_day": 6_000, "seed": 11}  # tests/conftest.py's DEMO
 

@@ -16,18 +16,19 @@ from datetime import date
 import mlflow
 import pandas as pd
 
-from jobs import policy
-from jobs.lake import partition_dir
+from jobs.data.lake import partition_dir
+from jobs.model import policy
+from jobs.model.tracking import use_tracking
+from jobs.names import p_column
 from jobs.settings import load_settings
-from jobs.tracking import use_tracking
 
 
 def true_increase(audience: pd.DataFrame, truth: pd.DataFrame, outcome: str) -> pd.Series:
     """Per send (selected, not held out): the true uplift of outcome of the arm it is given."""
     sent = audience[audience["selected"] & ~audience["holdout"]]
     rows = truth.loc[sent.index]
-    control = rows[f"p_control__{outcome}"]
-    given = [rows.at[c, f"p_{arm}__{outcome}"] for c, arm in sent["recommended_arm"].items()]
+    control = rows[p_column("control", outcome)]
+    given = [rows.at[c, p_column(arm, outcome)] for c, arm in sent["recommended_arm"].items()]
     return pd.Series(given, index=sent.index) - control
 
 

@@ -1,6 +1,6 @@
 """The loop's honesty over seeds: does the gate's interval for the deployed policy cover its truth?
 
-For each seed, `uplift simulate` (jobs.simulate) lands the demo's randomized history and plays the
+For each seed, `uplift simulate` (jobs.demo.simulate) lands the demo's randomized history and plays the
 loop: every night runs the whole nightly, its audience is sent as exported and the responses come
 from the generator's truth. Per night the gate's AIPW estimate of the deployed policy (net value per
 eligible customer, paired-bootstrap 95% interval, weighed by the recorded propensities) is compared
@@ -26,8 +26,8 @@ from datetime import date
 from pathlib import Path
 
 from benchmarks import result_path
+from jobs.demo.simulate import simulate
 from jobs.settings import Settings, load_settings
-from jobs.simulate import simulate
 
 FIRST_NIGHT = date(2026, 10, 30)
 DATA = {"customers": 6_000, "days": 10, "sends_per_day": 2_500}

@@ -3,7 +3,7 @@
 For each size, in a fresh project home: generate the data, then run every step of the
 nightly DAG as the DAG runs it with conf/base's settings, each in its own process as
 `uplift <step>`: the Spark steps are clients of a Spark Connect server (`spark.remote`,
-jobs/connect.py; local[2]: driver and executors share its JVM), which the first Spark step
+jobs/runtime/connect.py; local[2]: driver and executors share its JVM), which the first Spark step
 starts, so the server's start and its cold JVM are in that step's wall, as on a machine's first
 night. The same night then runs a second time on the same server, as every later night does
 (measured apart; the targets are checked on the first night, and again on the second where
@@ -118,7 +118,7 @@ class PeakMemory:
     def _server(self) -> list[psutil.Process]:
         """The server and its children, once the first Spark step has started it (it then
         leaves that step's tree: it is started in a session of its own)."""
-        from jobs.connect import server_pid
+        from jobs.runtime.connect import server_pid
 
         pid = server_pid(self.server_port) if self.server_port else None
         if pid is None or pid in {self.root.pid, *(c.pid for c in self.root.children(recursive=True))}:
@@ -181,8 +181,8 @@ def reference(command: list[str], env: dict, log: Path) -> dict:
 
 
 def step_command(step: str, settings) -> list[str]:
-    from jobs.spark import submit_conf
-    from jobs.steps import SPARK_STEPS
+    from jobs.names import SPARK_STEPS
+    from jobs.runtime.conf import submit_conf
 
     bin_dir = Path(sys.executable).parent
     if step not in SPARK_STEPS or settings.spark.remote:
@@ -199,9 +199,9 @@ def raw_predict_reference(settings) -> dict:
     import mlflow
     import pandas as pd
 
-    from jobs.lake import partition_dir
-    from jobs.registry import CHAMPION, alias_version
-    from jobs.tracking import use_tracking
+    from jobs.data.lake import partition_dir
+    from jobs.model.registry import CHAMPION, alias_version
+    from jobs.model.tracking import use_tracking
 
     use_tracking(settings)
     champion = alias_version(settings, CHAMPION)
@@ -221,8 +221,8 @@ def model_vs_oracle(settings, report: dict) -> dict:
     import mlflow
     import pandas as pd
 
-    from jobs import metrics
-    from jobs.tracking import HOLDOUT_ARTIFACT, latest_training_run
+    from jobs.model import metrics
+    from jobs.model.tracking import HOLDOUT_ARTIFACT, latest_training_run
 
     run = latest_training_run(settings, RUN_DATE)
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=HOLDOUT_ARTIFACT)
@@ -274,7 +274,7 @@ def generate_command(customers: int, sends_per_day: int) -> list[str]:
 
 def night(size: str, settings, env: dict, logs: Path, port: int, label: str = "") -> dict:
     """Every step of the night, each in its own process as the DAG runs it; measured."""
-    from jobs.steps import STEPS
+    from jobs.names import STEPS
 
     stages = {}
     for step in STEPS:
@@ -288,9 +288,9 @@ def night(size: str, settings, env: dict, logs: Path, port: int, label: str = ""
 def run_size(size: str, keep: bool, references: bool = True) -> dict:
     customers, per_day = SIZES[size]
     home, logs, env = bench_home(f"uplift-bench-{size}-")
-    from jobs.connect import address, stop
+    from jobs.names import STEPS
+    from jobs.runtime.connect import address, stop
     from jobs.settings import load_settings
-    from jobs.steps import STEPS
 
     settings = load_settings()
     print(f"[{size}] home {home}", flush=True)
@@ -449,7 +449,7 @@ def _reference_cell(run: dict, detail: str) -> str:
 
 
 def markdown(report: dict) -> str:
-    from jobs.steps import SPARK_STEPS
+    from jobs.names import SPARK_STEPS
 
     sizes = report["sizes"]
     names = list(sizes)

@@ -1,6 +1,6 @@
 """Are the gate's policy values honest? Coverage of the deployed policy's interval over many seeds.
 
-For each seed: generate a demo dataset with ground truth (jobs.generate), run the real ETL,
+For each seed: generate a demo dataset with ground truth (jobs.demo.generate), run the real ETL,
 training and gate, and compare the gate's AIPW estimate (net value per customer, with its
 paired-bootstrap 95% interval) with the true value on the same holdout rows: the mean over rows
 of ``value x (p_true[arm chosen] - p_true[control]) - cost``, plus each further outcome's value
@@ -28,13 +28,14 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import result_path
-from jobs import gate, policy
-from jobs.etl import run_etl
-from jobs.generate import generate
+from jobs.data.etl import run_etl
+from jobs.demo.generate import generate
+from jobs.model import gate, policy
+from jobs.model.tracking import HOLDOUT_ARTIFACT
+from jobs.model.train import train
+from jobs.names import constant_policy, everyone, p_column
+from jobs.runtime.spark import get_spark
 from jobs.settings import Settings, load_settings
-from jobs.spark import get_spark
-from jobs.tracking import HOLDOUT_ARTIFACT
-from jobs.train import train
 
 RUN_DATE = date(2026, 10, 30)
 DATA = {"customers": 8_000, "days": 16, "sends_per_day": 3_000}
@@ -59,10 +60,10 @@ def true_value(settings: Settings, holdout: pd.DataFrame, assignment: np.ndarray
     value = np.zeros(len(holdout))
     for arm in exp.arms:
         sent = assignment == arm
-        uplift = rows[f"p_{arm}"].to_numpy() - rows["p_control"].to_numpy()
+        uplift = rows[p_column(arm)].to_numpy() - rows["p_control"].to_numpy()
         value[sent] = targeting.value_per_response * uplift[sent] - targeting.cost_per_send[arm]
         for outcome, spec in targeting.outcomes.items():  # e.g. unsubscribes, valued -5 each
-            harm = rows[f"p_{arm}__{outcome}"].to_numpy() - rows[f"p_{exp.control}__{outcome}"].to_numpy()
+            harm = rows[p_column(arm, outcome)].to_numpy() - rows[p_column(exp.control, outcome)].to_numpy()
             value[sent] += spec.value * harm[sent]
     return float(value.mean())
 
@@ -84,8 +85,8 @@ def one_seed(base: Settings, spark, seed: int) -> dict:
         names = {"challenger": gate.CHALLENGER}
         if deployed.startswith("model:"):
             names["deployed"] = gate.CHALLENGER
-        elif deployed != f"constant:{policy.NONE}":
-            names["deployed"] = policy.everyone(deployed.split(":", 1)[1])
+        elif deployed != constant_policy(policy.NONE):
+            names["deployed"] = everyone(deployed.split(":", 1)[1])
         out = {
             "seed": seed,
             "holdout_rows": len(holdout),

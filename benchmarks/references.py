@@ -1,6 +1,6 @@
 """Reference implementations the benchmarks compare the pipeline against.
 
-- `duckdb_etl`: the same point-in-time training and scoring sets as `jobs.etl.build_sets`,
+- `duckdb_etl`: the same point-in-time training and scoring sets as `jobs.data.etl.build_sets`,
   built by one DuckDB SQL session on a single node (2 threads) straight from the raw parquet.
   Its SQL is generated from the feature spec (`features:` in conf), as the Spark ETL is.
   tests/test_references.py proves it equal to the Spark ETL, row for row and value for value.
@@ -29,10 +29,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from jobs.data.lake import ASSIGNMENT_RECORD, MissingInputError, own_campaigns, raw_dir, raw_partitions
 from jobs.features import FeatureSpec
-from jobs.lake import ASSIGNMENT_RECORD, MissingInputError, own_campaigns, raw_dir, raw_partitions
+from jobs.names import label_column
 from jobs.settings import Settings, Source, load_settings
-from jobs.tlearner import label_column
 
 # DuckDB spelling of the Spark types raw columns are read as (Settings.raw_types).
 DUCKDB_TYPES = {"string": "VARCHAR", "double": "DOUBLE", "date": "DATE", "timestamp": "TIMESTAMP"}
@@ -81,12 +81,12 @@ def _raw_sql(settings: Settings, source: str, run_date: date) -> str:
 
 
 def _attribute_sql(spec: FeatureSpec, name: str) -> str:
-    """jobs.etl._attribute in SQL, over the users snapshot `u` joined to the anchor `a`."""
+    """jobs.data.etl._attribute in SQL, over the users snapshot `u` joined to the anchor `a`."""
     attribute, column = spec.attributes[name], f"u.{_ident(spec.source_column(name))}"
     if attribute.derive == "days_since":
         return f"CAST(CAST(a.as_of AS DATE) - {column} AS INTEGER)"  # Spark's datediff is an int
     if attribute.derive == "email_domain":
-        # As jobs.etl: after the last '@', null without one.
+        # As jobs.data.etl: after the last '@', null without one.
         return f"CASE WHEN contains({column}, '@') THEN lower(string_split({column}, '@')[-1]) END"
     return column
 
@@ -138,7 +138,7 @@ def _history_sql(spec: FeatureSpec) -> dict[str, str]:
 
 
 def _point_in_time_sql(spec: FeatureSpec, anchors: str) -> str:
-    """jobs.etl.point_in_time_features in SQL: anchor_id, customer_id, as_of and the spec's features.
+    """jobs.data.etl.point_in_time_features in SQL: anchor_id, customer_id, as_of and the spec's features.
 
     `anchors` names a table (anchor_id, customer_id, as_of, anchor_day); tables users, sends,
     qualifying and snapshot_days must exist. Anchors without a snapshot before their day drop.
@@ -174,7 +174,7 @@ def _point_in_time_sql(spec: FeatureSpec, anchors: str) -> str:
 
 
 def _records_sql(settings: Settings, run_date: date) -> str:
-    """The own campaigns' assignment records (jobs.lake.assignment_records), or an empty table of them."""
+    """The own campaigns' assignment records (jobs.data.lake.assignment_records), or an empty table of them."""
     folders = [str(p / "*.parquet") for p in own_campaigns(settings, run_date).values()]
     if not folders:
         return (
@@ -187,7 +187,7 @@ def _records_sql(settings: Settings, run_date: date) -> str:
 
 
 def _split_sql(settings: Settings) -> str:
-    """The randomization share of m.arm in m.campaign_id (jobs.etl.split_share)."""
+    """The randomization share of m.arm in m.campaign_id (jobs.data.etl.split_share)."""
     exp = settings.experiment
     default = " ".join(f"WHEN m.arm = {_quote(a)} THEN {float(v)!r}" for a, v in exp.expected_split.items())
     own = " ".join(
@@ -203,7 +203,7 @@ def _split_sql(settings: Settings) -> str:
 
 
 def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
-    """Write out_dir/training.parquet and out_dir/scoring.parquet as jobs.etl.build_sets defines them.
+    """Write out_dir/training.parquet and out_dir/scoring.parquet as jobs.data.etl.build_sets defines them.
 
     The features are the conf's feature spec's. Reads parquet deliveries only (conf `format:
     parquet`; a CSV source raises), honouring the conf's column mapping. Everything stays
@@ -228,7 +228,8 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
         con.execute("SET TimeZone = 'UTC'")  # as the Spark session: dates of timestamps are UTC dates
         con.execute(f"CREATE TEMP TABLE users AS {_raw_sql(settings, 'users', run_date)}")
         con.execute(f"CREATE TEMP TABLE snapshot_days AS SELECT * FROM (VALUES {snapshot_days}) v(snapshot_dt)")
-        # Dedupe as jobs.etl.dedupe: the first delivered row per key (other columns break ties), then the run-date cut.
+        # Dedupe as jobs.data.etl.dedupe: the first delivered row per key (other columns break ties),
+        # then the run-date cut.
         con.execute(f"""
             CREATE TEMP TABLE sends AS
             SELECT send_id, campaign_id, customer_id, sent_at, arm FROM ({_raw_sql(settings, "sends", run_date)})
@@ -325,14 +326,14 @@ def _read_raw_pandas(settings: Settings, source: str, run_date: date) -> pd.Data
 
 
 def _pandas_attributes(rows: pd.DataFrame, as_of: pd.Series, spec: FeatureSpec) -> pd.DataFrame:
-    """jobs.etl._attribute in pandas, over anchors joined to their users snapshot (our column names)."""
+    """jobs.data.etl._attribute in pandas, over anchors joined to their users snapshot (our column names)."""
     out = {}
     for name, attribute in spec.attributes.items():
         column = rows[spec.source_column(name)]
         if attribute.derive == "days_since":
             out[name] = (as_of.dt.normalize() - column).dt.days
         elif attribute.derive == "email_domain":
-            out[name] = column.str.split("@").str[-1].str.lower().where(column.str.contains("@"))  # as jobs.etl
+            out[name] = column.str.split("@").str[-1].str.lower().where(column.str.contains("@"))  # as jobs.data.etl
         else:
             out[name] = column
     return pd.DataFrame(out, index=rows.index)
@@ -359,7 +360,7 @@ def _counts(prior: pd.DataFrame, windows: set[int], index: pd.Index) -> dict[int
 def _pandas_history(
     anchors: pd.DataFrame, sends: pd.DataFrame, qualifying: pd.DataFrame, spec: FeatureSpec
 ) -> pd.DataFrame:
-    """The spec's history features per anchor_id, as jobs.etl.point_in_time_features computes them.
+    """The spec's history features per anchor_id, as jobs.data.etl.point_in_time_features computes them.
 
     anchors: anchor_id, customer_id, as_of; sends: customer_id, sent_at, arm; qualifying:
     customer_id, responded_at.
@@ -392,17 +393,17 @@ def _pandas_history(
 def pandas_tlearner(settings: Settings, run_date: date) -> dict:
     """The T-learner end to end in memory: raw parquet -> features -> per-arm holdout Qini.
 
-    The features (the conf's feature spec) and labels are jobs.etl's training set (same rows);
+    The features (the conf's feature spec) and labels are jobs.data.etl's training set (same rows);
     the holdout split and LightGBM parameters are conf `training`'s, without the pipeline's
     early stopping, on LIGHTGBM_THREADS threads. Parquet deliveries only. Qini is
-    jobs.metrics.qini_auc_score on arm-vs-control holdout rows, uplift = p_arm - p_control.
+    jobs.model.metrics.qini_auc_score on arm-vs-control holdout rows, uplift = p_arm - p_control.
     Returns {"seconds", "training_rows", "qini": {arm: value}}.
     """
     # Imported here: the DuckDB reference's process should not carry LightGBM and scikit-learn.
     import lightgbm as lgb
     from sklearn.model_selection import train_test_split
 
-    from jobs.metrics import qini_auc_score
+    from jobs.model.metrics import qini_auc_score
 
     started = time.perf_counter()
     exp, cfg, spec = settings.experiment, settings.training, settings.features

@@ -1,12 +1,12 @@
 """Did it work, honestly? The results step's intervals against the truth, and monitoring's detection.
 
-For each seed, `uplift simulate` (jobs.simulate) plays the loop with a short label window: every
+For each seed, `uplift simulate` (jobs.demo.simulate) plays the loop with a short label window: every
 night runs the whole nightly (its results step included), its audience is sent as exported and the
 responses come from the generator's truth. Then:
 
 - coverage: for every (audience, arm) the results measured with sends and a holdout, whether the 95%
   interval of the realized incremental responses holds the true ones (the sum of the sent customers'
-  true uplifts of the arm they got, jobs.simulate.true_incremental); the aim is at least 90%;
+  true uplifts of the arm they got, jobs.demo.simulate.true_incremental); the aim is at least 90%;
 - calibration: the realized uplift by decile pooled over the seed's audiences against the true mean
   uplift of the same deciles (every eligible customer of the audiences), over the audiences a model
   made: Spearman rank correlation, and the inverse-variance weighted slope of realized on true
@@ -34,11 +34,12 @@ import pandas as pd
 
 from benchmarks import result_path
 from benchmarks.loop import FIRST_NIGHT, _home
-from jobs import registry
-from jobs.lake import partition_dir, read_table
-from jobs.results import calibration, calibration_slope
+from jobs.data.lake import partition_dir, read_table
+from jobs.demo.simulate import SERVING_STEPS, negated_champion, play, simulate, true_incremental
+from jobs.model import registry
+from jobs.monitoring.results import calibration, calibration_slope
+from jobs.names import p_column, uplift_column
 from jobs.settings import load_settings, report_dir
-from jobs.simulate import SERVING_STEPS, negated_champion, play, simulate, true_incremental
 
 DATA = {"customers": 20_000, "days": 10, "sends_per_day": 5_000}
 # A budget: every night sends a slice of the customers (the contact window rests each slice for the
@@ -93,12 +94,12 @@ def calibration_order(settings, truth: pd.DataFrame) -> dict | None:
     control = settings.experiment.control
     frames = []
     for day in sorted(set(sums["audience_date"])):
-        columns = ["customer_id", "recommended_arm", "decile", *[f"uplift_{a}" for a in settings.experiment.arms]]
+        columns = ["customer_id", "recommended_arm", "decile", *[uplift_column(a) for a in settings.experiment.arms]]
         rows = pd.read_parquet(partition_dir(settings, "audience", day), columns=columns).merge(truth, on="customer_id")
-        uplifts = np.column_stack([rows[f"uplift_{a}"] for a in settings.experiment.arms])
+        uplifts = np.column_stack([rows[uplift_column(a)] for a in settings.experiment.arms])
         best = np.array(settings.experiment.arms)[uplifts.argmax(axis=1)]
         arm = np.where(rows["recommended_arm"] != "none", rows["recommended_arm"], best)
-        p = {a: rows[f"p_{a}"].to_numpy() for a in settings.experiment.all_arms}
+        p = {a: rows[p_column(a)].to_numpy() for a in settings.experiment.all_arms}
         tau = np.choose(
             pd.Categorical(arm, categories=settings.experiment.arms).codes, [p[a] for a in settings.experiment.arms]
         )

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks import result_path
+from jobs.names import p_column, uplift_column
 
 RUN_DATE = date(2026, 10, 30)
 TARGET_S = 1.0
@@ -40,7 +41,7 @@ TARGET_S = 1.0
 
 def publish(settings, customers: int, seed: int = 3) -> None:
     """One night's published outputs for `customers` customers, in the lake and report layout."""
-    from jobs.lake import partition_dir
+    from jobs.data.lake import partition_dir
     from jobs.settings import report_dir
 
     rng = np.random.default_rng(seed)
@@ -81,8 +82,8 @@ def publish(settings, customers: int, seed: int = 3) -> None:
             "rank": rank,
             "decile": (rank - 1) * 10 // customers + 1,
             "p_control": p[exp.control],
-            **{f"p_{a}": p[a] for a in exp.arms},
-            **{f"uplift_{a}": uplift[a] for a in exp.arms},
+            **{p_column(a): p[a] for a in exp.arms},
+            **{uplift_column(a): uplift[a] for a in exp.arms},
             "policy": "model:1",
             "model_name": settings.mlflow.registered_model,
             "model_version": "1",
@@ -149,8 +150,8 @@ def measure(customers: int, repeat: int) -> dict:
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from fastapi.testclient import TestClient
 
-    from jobs import campaigns
     from jobs.settings import load_settings
+    from jobs.ui import campaigns
 
     settings = load_settings()
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """uplift_model_rollback: put the `previous` model version back as `champion` (trigger by hand).
 
-Wiring only: the task runs `jobs.registry.rollback`, the same code as `uplift model rollback`.
+Wiring only: the task runs `jobs.model.registry.rollback`, the same code as `uplift model rollback`.
 The next nightly run scores with the restored champion.
 """
 
@@ -22,7 +22,7 @@ with DAG(
 
     @task
     def rollback() -> dict:
-        from jobs.registry import rollback as restore_previous
+        from jobs.model.registry import rollback as restore_previous
         from jobs.settings import load_settings
 
         return restore_previous(load_settings())

@@ -2,7 +2,7 @@
 
 Wiring only: every task runs `jobs.steps` for its logical date `ds`, the same code as
 `uplift <step> --run-date ds`. With `spark.remote` (the embedded default) the Spark steps are
-tasks like the others, clients of that Spark Connect server (jobs/connect.py). Without it they
+tasks like the others, clients of that Spark Connect server (jobs/runtime/connect.py). Without it they
 go through spark-submit on the `spark_default` connection (for a cluster, the connection plus
 `spark.py_files`, the job code shipped to the executors).
 """
@@ -18,9 +18,9 @@ from airflow.sdk import DAG, Asset, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 import jobs
+from jobs.names import SPARK_STEPS, STEPS
+from jobs.runtime.conf import submit_conf
 from jobs.settings import load_settings
-from jobs.spark import submit_conf
-from jobs.steps import SPARK_STEPS, STEPS
 
 settings = load_settings()
 SPARK_JOB = str(Path(jobs.__file__).parent / "bin" / "spark_job.py")

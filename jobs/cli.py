@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from jobs import steps
+from jobs.names import AUDIENCE, STEPS
 from jobs.settings import load_settings
 
 app = typer.Typer(
@@ -31,7 +32,7 @@ def _step_command(step: str):
     def command(run_date: RunDate) -> None:
         steps.run(step, run_date.date())
         if step == "results":  # and the table they make, as `uplift audience results` prints it
-            from jobs.results import show
+            from jobs.monitoring.results import show
 
             typer.echo(show(load_settings()))
 
@@ -39,7 +40,7 @@ def _step_command(step: str):
     return command
 
 
-for _step in steps.STEPS:
+for _step in STEPS:
     app.command(_step)(_step_command(_step))
 
 
@@ -53,7 +54,7 @@ app.add_typer(spark_server_app, name="spark-server")
 @spark_server_app.command("start")
 def spark_server_start() -> None:
     """Start the local server `spark.remote` names, unless it runs already."""
-    from jobs import connect
+    from jobs.runtime import connect
 
     settings = _remote_settings()
     connect.ensure_server(settings)
@@ -63,7 +64,7 @@ def spark_server_start() -> None:
 @spark_server_app.command("stop")
 def spark_server_stop() -> None:
     """Stop the local server `spark.remote` names (its JVM and Python workers)."""
-    from jobs import connect
+    from jobs.runtime import connect
 
     print(json.dumps(connect.stop(_remote_settings())))
 
@@ -71,7 +72,7 @@ def spark_server_stop() -> None:
 @spark_server_app.command("status")
 def spark_server_status() -> None:
     """Whether the server `spark.remote` names listens, its pid and log."""
-    from jobs import connect
+    from jobs.runtime import connect
 
     print(json.dumps(connect.status(_remote_settings())))
 
@@ -87,8 +88,13 @@ def _remote_settings():
 def nightly(run_date: RunDate) -> None:
     """Run every step in order for one run date, without Airflow (same code as the DAG tasks)."""
     settings = load_settings()
-    for step in steps.STEPS:
+    for step in STEPS:
         steps.run(step, run_date.date(), settings)
+
+
+def _demo_data(customers: int, days: int, sends_per_day: int, seed: int) -> dict:
+    """The generator's size and seed, as `generate` and `simulate` take them."""
+    return {"customers": customers, "days": days, "sends_per_day": sends_per_day, "seed": seed}
 
 
 @app.command()
@@ -101,17 +107,10 @@ def simulate(
     seed: int = 7,
 ) -> None:
     """Play the loop on the demo generator's truth: each night's audience is sent and learned from."""
-    from jobs.simulate import simulate as run_simulate
+    from jobs.demo.simulate import simulate as run_simulate
 
-    table = run_simulate(
-        load_settings(),
-        nights=nights,
-        customers=customers,
-        days=days,
-        sends_per_day=sends_per_day,
-        first_night=first_night.date(),
-        seed=seed,
-    )
+    data = _demo_data(customers, days, sends_per_day, seed)
+    table = run_simulate(load_settings(), nights=nights, first_night=first_night.date(), **data)
     for line in table:
         typer.echo(json.dumps(line))
 
@@ -132,16 +131,13 @@ def generate(
     ] = None,
 ) -> None:
     """Land a demo dataset (users, sends, responses) in the raw zone, and its ground truth apart."""
-    from jobs.generate import generate as run_generate
+    from jobs.demo.generate import generate as run_generate
 
     result = run_generate(
         load_settings(),
-        customers=customers,
-        days=days,
-        sends_per_day=sends_per_day,
         last_day=last_day.date(),
-        seed=seed,
         shift_on=shift_on.date() if shift_on else None,
+        **_demo_data(customers, days, sends_per_day, seed),
     )
     typer.echo(json.dumps(result.__dict__, default=str))
 
@@ -149,7 +145,7 @@ def generate(
 @app.command()
 def summary(run_date: RunDate) -> None:
     """Print what a run produced: audience per arm, gate decision, champion, reports."""
-    from jobs.report import run_summary
+    from jobs.monitoring.report import run_summary
 
     typer.echo(run_summary(load_settings(), run_date.date()))
 
@@ -159,7 +155,7 @@ def audience_results(
     audiences: Annotated[int, typer.Option(min=1, help="The latest measured audience dates shown.")] = 30,
 ) -> None:
     """Realized vs expected lift of the sent audiences (the results step's tables), as on the Results page."""
-    from jobs.results import show
+    from jobs.monitoring.results import show
 
     typer.echo(show(load_settings(), audiences))
 
@@ -173,7 +169,7 @@ def audience_show(
     ] = None,
 ) -> None:
     """Per-arm counts, expected lift and spend, and the top customers."""
-    from jobs.audience import show
+    from jobs.targeting.audience import show
 
     typer.echo(show(load_settings(), run_date.date(), top, version))
 
@@ -188,7 +184,7 @@ def audience_export(
     format: Annotated[str, typer.Option(help="Only csv for now.")] = "csv",
 ) -> None:
     """Write the send list for the e-mail tool: customer, campaign_id, assigned arm, assignment, propensity."""
-    from jobs.audience import export_csv
+    from jobs.targeting.audience import export_csv
 
     if format != "csv":
         raise typer.BadParameter("only --format csv is supported", param_hint="--format")
@@ -214,12 +210,12 @@ def audience_what_if(
     ] = None,
 ) -> None:
     """Expected response rate of a segment with and without a message."""
-    from jobs.audience import what_if
-    from jobs.lake import MissingInputError, partition_dates
-    from jobs.spark import step_session
+    from jobs.data.lake import MissingInputError, partition_dates
+    from jobs.runtime.spark import step_session
+    from jobs.targeting.audience import what_if
 
     settings = load_settings()
-    published = partition_dates(settings, "audience")
+    published = partition_dates(settings, AUDIENCE)
     if run_date is None and not published:
         raise MissingInputError("no audience published yet: run the pipeline first")
     day = run_date.date() if run_date else published[-1]
@@ -231,7 +227,7 @@ def audience_what_if(
 @model_app.command("status")
 def model_status() -> None:
     """Show the champion and previous versions."""
-    from jobs.registry import status
+    from jobs.model.registry import status
 
     typer.echo(json.dumps(status(load_settings()), indent=2))
 
@@ -239,7 +235,7 @@ def model_status() -> None:
 @model_app.command("promote")
 def model_promote(version: Annotated[str, typer.Option(help="Model version to make champion.")]) -> None:
     """Make a version the champion by hand (the current champion becomes previous)."""
-    from jobs.registry import promote
+    from jobs.model.registry import promote
 
     typer.echo(json.dumps(promote(load_settings(), version), indent=2))
 
@@ -247,7 +243,7 @@ def model_promote(version: Annotated[str, typer.Option(help="Model version to ma
 @model_app.command("rollback")
 def model_rollback() -> None:
     """Restore the previous version as champion."""
-    from jobs.registry import rollback
+    from jobs.model.registry import rollback
 
     typer.echo(json.dumps(rollback(load_settings()), indent=2))
 

@@ -10,7 +10,7 @@ The spec is checked when the settings load: a feature may not take the name of a
 column, and may not be, or be derived from, the outcome, the arm, the send's own timestamp or
 identity, an identifier or a PII column (a PII column feeds only a derivation that drops what
 identifies a person, like the e-mail domain). validate-features checks the published tables
-again, from their data (jobs.validate), independently of this list.
+again, from their data (jobs.data.validate), independently of this list.
 """
 
 from __future__ import annotations

@@ -138,14 +138,14 @@ class Mlflow(_Strict):
 
 
 class Guardrail(_Strict):
-    """Limits an outcome's increase must stay within (jobs.policy)."""
+    """Limits an outcome's increase must stay within (jobs.model.policy)."""
 
     # Per customer: no customer gets an arm whose upper bound on this outcome's uplift exceeds this.
     max_uplift: float | None = Field(default=None, ge=0)
     # Campaign: the policy's expected total increase at most this share of its sends.
     max_increase_per_send: float | None = Field(default=None, ge=0)
     # The per-customer upper bound: the observed uplift's 95% upper limit among holdout rows in
-    # the same quantile bin of predicted uplift (this many bins; jobs.train.guardrail_bounds).
+    # the same quantile bin of predicted uplift (this many bins; jobs.model.train.guardrail_bounds).
     bound_bins: int = Field(default=5, ge=1, le=50)
 
     @model_validator(mode="after")
@@ -178,7 +178,7 @@ class Targeting(_Strict):
     holdout_share: float = Field(ge=0, lt=1)
     # Of the eligible customers (with a budget: of the budgeted sends), the random share assigned
     # across control and the arms the guardrails allow at experiment.expected_split, whatever the
-    # model thinks: every arm stays observable for every kind of customer (jobs.policy.assign).
+    # model thinks: every arm stays observable for every kind of customer (jobs.model.policy.assign).
     exploration_share: float = Field(default=0.05, ge=0, lt=1)
     # Nights a customer on an audience's send list (any arm, control included) rests before being
     # listed again, so that no two of a customer's label windows overlap and each audience stays a
@@ -281,7 +281,7 @@ class Settings(_Strict):
     @property
     def window_days(self) -> int:
         """The longest label window: how late a response may be delivered (a further outcome's label
-        is null on the sends its window has not matured for, jobs.etl._timeline)."""
+        is null on the sends its window has not matured for, jobs.data.etl._timeline)."""
         windows = [o.window_days for o in self.targeting.outcomes.values()]
         return max([self.experiment.attribution_window_days, *windows])
 

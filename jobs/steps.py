@@ -11,28 +11,22 @@ import logging
 import time
 from datetime import UTC, date, datetime
 
+from jobs.names import (
+    FAILURE_NOTE,
+    FEATURES_VALIDATION,
+    GATE_DECISION_TAG,
+    GATE_REASONS_TAG,
+    GATE_REPORT,
+    MODEL_VERSION_TAG,
+)
 from jobs.settings import Settings, load_settings, report_dir
 
 log = logging.getLogger("uplift")
 
-SPARK_STEPS = ("validate-raw", "etl", "validate-features", "score", "results")
-STEPS = (
-    "validate-raw",
-    "etl",
-    "validate-features",
-    "train",
-    "gate",
-    "promote",
-    "score",
-    "results",
-    "drift",
-    "report",
-)
-
 
 def _validate_raw(settings: Settings, run_date: date) -> dict:
-    from jobs.spark import step_session
-    from jobs.validate import preload_gx, validate_raw
+    from jobs.data.validate import preload_gx, validate_raw
+    from jobs.runtime.spark import step_session
 
     preload_gx()  # while the session starts (and, on a machine's first night, the Connect server)
     with step_session(settings, "uplift-validate-raw", shared=True) as spark:
@@ -40,16 +34,16 @@ def _validate_raw(settings: Settings, run_date: date) -> dict:
 
 
 def _etl(settings: Settings, run_date: date) -> dict:
-    from jobs.etl import run_etl
-    from jobs.spark import step_session
+    from jobs.data.etl import run_etl
+    from jobs.runtime.spark import step_session
 
     with step_session(settings, "uplift-etl", shared=True) as spark:
         return run_etl(spark, settings, run_date)
 
 
 def _validate_features(settings: Settings, run_date: date) -> dict:
-    from jobs.spark import step_session
-    from jobs.validate import preload_gx, validate_features
+    from jobs.data.validate import preload_gx, validate_features
+    from jobs.runtime.spark import step_session
 
     preload_gx()
     with step_session(settings, "uplift-validate-features", shared=True) as spark:
@@ -57,17 +51,22 @@ def _validate_features(settings: Settings, run_date: date) -> dict:
 
 
 def _train(settings: Settings, run_date: date) -> dict:
-    from jobs.train import train
+    from jobs.model.train import train
 
     return train(settings, run_date)
 
 
 def _gate(settings: Settings, run_date: date) -> dict:
-    from jobs import gate
-    from jobs.tracking import latest_training_run
+    from jobs.model import gate
+    from jobs.model.tracking import latest_training_run
 
-    decision = gate.decide(settings, run_date, latest_training_run(settings, run_date))
-    gate.record(settings, decision, report_dir(settings, run_date) / "gate.json")
+    drift_checks = []
+    if settings.drift.on_fail == "block_promotion":
+        from jobs.monitoring.drift import feature_drift  # Evidently: imported only when it is needed
+
+        drift_checks = feature_drift(settings, run_date)
+    decision = gate.decide(settings, run_date, latest_training_run(settings, run_date), drift_checks)
+    gate.record(settings, decision, report_dir(settings, run_date) / GATE_REPORT)
     values = {
         name: {k: round(v[k], 4) for k in ("value", "low", "high")} for name, v in decision["policy_values"].items()
     }
@@ -78,24 +77,24 @@ def _gate(settings: Settings, run_date: date) -> dict:
 
 
 def _promote(settings: Settings, run_date: date) -> dict:
-    from jobs import registry
-    from jobs.tracking import latest_training_run
+    from jobs.model import registry
+    from jobs.model.tracking import latest_training_run
 
     run = latest_training_run(settings, run_date)
-    decision = run.data.tags.get("gate.decision")
+    decision = run.data.tags.get(GATE_DECISION_TAG)
     if decision is None:
         raise RuntimeError(
             f"the training run of {run_date} has no gate decision: run `uplift gate --run-date {run_date}`"
         )
     if decision != "promote":
-        return {"promoted": False, "reason": run.data.tags.get("gate.reasons"), **registry.status(settings)}
-    return {"promoted": True, **registry.promote(settings, run.data.tags["model_version"], run_date)}
+        return {"promoted": False, "reason": run.data.tags.get(GATE_REASONS_TAG), **registry.status(settings)}
+    return {"promoted": True, **registry.promote(settings, run.data.tags[MODEL_VERSION_TAG], run_date)}
 
 
 def _score(settings: Settings, run_date: date) -> dict:
-    from jobs.audience import to_postgres
-    from jobs.score import score
-    from jobs.spark import step_session
+    from jobs.runtime.spark import step_session
+    from jobs.targeting.audience import to_postgres
+    from jobs.targeting.score import score
 
     with step_session(settings, "uplift-score", shared=True) as spark:
         result = score(spark, settings, run_date)
@@ -103,9 +102,9 @@ def _score(settings: Settings, run_date: date) -> dict:
 
 
 def _results(settings: Settings, run_date: date) -> dict:
-    from jobs.monitoring import monitor
-    from jobs.results import measure
-    from jobs.spark import step_session
+    from jobs.monitoring.champion import monitor
+    from jobs.monitoring.results import measure
+    from jobs.runtime.spark import step_session
 
     with step_session(settings, "uplift-results", shared=True) as spark:
         measured = measure(spark, settings, run_date)
@@ -117,8 +116,8 @@ def _results(settings: Settings, run_date: date) -> dict:
 def _drift(settings: Settings, run_date: date) -> dict:
     import mlflow
 
-    from jobs.drift import drift
-    from jobs.tracking import training_run_for
+    from jobs.model.tracking import training_run_for
+    from jobs.monitoring.drift import drift
 
     result = drift(settings, run_date)
     run = training_run_for(settings, run_date)
@@ -129,7 +128,7 @@ def _drift(settings: Settings, run_date: date) -> dict:
 
 
 def _report(settings: Settings, run_date: date) -> dict:
-    from jobs.report import publish_run_report
+    from jobs.monitoring.report import publish_run_report
 
     return publish_run_report(settings, run_date)
 
@@ -173,7 +172,7 @@ def run(step: str, run_date: date, settings: Settings | None = None) -> dict:
 def failure_reason(settings: Settings, step: str, run_date: date, error: BaseException | None) -> str:
     """One line saying which step failed and why; for validation, which checks failed."""
 
-    summary = {"validate-raw": "raw.json", "validate-features": "features.json"}.get(step)
+    summary = {"validate-raw": "raw.json", "validate-features": FEATURES_VALIDATION}.get(step)
     path = report_dir(settings, run_date) / "validation" / summary if summary else None
     if path is not None and path.exists():
         report = json.loads(path.read_text())
@@ -193,7 +192,7 @@ def record_failure(step: str, run_date: date, error: BaseException | None) -> st
 
     settings = load_settings()
     line = failure_reason(settings, step, run_date, error)
-    path = report_dir(settings, run_date) / "failure.txt"
+    path = report_dir(settings, run_date) / FAILURE_NOTE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(line + "\n")
     log.error(line)

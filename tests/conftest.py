@@ -7,7 +7,6 @@ nothing depends on what an earlier run or `make demo` left behind.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from datetime import date
 from pathlib import Path
@@ -56,24 +55,19 @@ def settings(home):
 
 @pytest.fixture(scope="session")
 def spark(settings):
-    from jobs.spark import get_spark
+    from jobs.runtime.spark import get_spark
 
     session = get_spark(settings, "uplift-tests")
     yield session
     session.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def spark_connect(settings, home) -> Path:
-    """The suite's Spark Connect server (jobs/connect.py, on a port of its own, not a developer's
+    """The suite's Spark Connect server (jobs/runtime/connect.py, on a port of its own, not a developer's
     15002); the overlay that points a project's runs at it. Stopped at the end of the session."""
-    from jobs import connect
+    from helpers import free_port
+    from jobs.runtime import connect
 
     port = free_port()
     remote = {"remote": f"sc://localhost:{port}"}
@@ -86,7 +80,7 @@ def spark_connect(settings, home) -> Path:
 
 @pytest.fixture(scope="session")
 def generated(settings):
-    from jobs.generate import generate
+    from jobs.demo.generate import generate
 
     return generate(settings, last_day=RUN_DATE, **DEMO)
 
@@ -95,8 +89,9 @@ def generated(settings):
 def nightly(settings, spark, generated):
     """Every step of one nightly run, in process, on the generated data; their summaries."""
     from jobs import steps
+    from jobs.names import STEPS
 
-    return {step: steps.run(step, RUN_DATE, settings) for step in steps.STEPS}
+    return {step: steps.run(step, RUN_DATE, settings) for step in STEPS}
 
 
 @pytest.fixture

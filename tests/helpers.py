@@ -56,9 +56,7 @@ def serve_api(root: Path, project: dict, user: str, password: str):
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
     }
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = (root / "api-server.log").open("w")
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port), "--host", "127.0.0.1"],
@@ -67,21 +65,10 @@ def serve_api(root: Path, project: dict, user: str, password: str):
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
     try:
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if server.poll() is not None:
-                raise RuntimeError((root / "api-server.log").read_text()[-3000:])
-            time.sleep(1)
-        else:
-            raise RuntimeError(
-                "airflow api-server did not answer within 180 s: " + (root / "api-server.log").read_text()[-3000:]
-            )
+        wait_for_http(
+            f"{url}/api/v2/monitor/health", server, "airflow api-server", 180, (root / "api-server.log").read_text
+        )
         yield url
     finally:
         server.terminate()
@@ -127,3 +114,25 @@ def own_home(root: Path, overlay: dict, users: pd.DataFrame | None = None, **exp
     (root / "conf" / "own.yml").write_text(yaml.safe_dump(overlay, sort_keys=False))
     speed = write_overlay(root, TEST_CONF)
     return {"UPLIFT_HOME": str(root), "UPLIFT_CONF": f"{root / 'conf' / 'own.yml'}{os.pathsep}{speed}"}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, server: subprocess.Popen, what: str, timeout: float, log=lambda: "") -> None:
+    """Return once url answers 200; raise with the tail of log() when server exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if server.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log()[-3000:]}")
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not answer within {timeout} s: {log()[-3000:]}")

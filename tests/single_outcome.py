@@ -3,8 +3,8 @@
 `single_outcome_audience.json` next to this file holds the digest written by the code before
 outcomes and guardrails existed (commit 93c6a3e, `python tests/single_outcome.py`), with the three
 later changes that apply to that code too: policy.average_effects' interval (no pseudo-success
-per campaign), training reading its set in send_id order (jobs.train.load_training_set), and the
-training holdout, early stopping and every bootstrap drawn by customer (jobs.train.customer_split);
+per campaign), training reading its set in send_id order (jobs.model.train.load_training_set), and the
+training holdout, early stopping and every bootstrap drawn by customer (jobs.model.train.customer_split);
 tests/test_outcomes.py runs the same configuration with today's code and compares, so adding
 outcomes cannot change what a single-outcome user gets.
 """
@@ -41,7 +41,7 @@ def run(settings, root: Path) -> dict:
     from conftest import RUN_DATE
     from helpers import settings_in
     from jobs import steps
-    from jobs.generate import generate
+    from jobs.demo.generate import generate
 
     local = single_outcome(settings_in(settings, root))
     generate(local, last_day=RUN_DATE, **DATA)
@@ -51,7 +51,7 @@ def run(settings, root: Path) -> dict:
 
 
 def digest(settings, run_date) -> dict:
-    from jobs.lake import partition_dir
+    from jobs.data.lake import partition_dir
 
     audience = pd.read_parquet(
         partition_dir(settings, "audience", run_date),

@@ -30,8 +30,8 @@ import pytest
 import requests
 from test_dag import champion_version
 
-from conftest import RUN_DATE, TEST_CONF, free_port, write_overlay
-from helpers import on_server
+from conftest import RUN_DATE, TEST_CONF, write_overlay
+from helpers import free_port, on_server
 
 PROJECT = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs import policy
+from jobs.model import policy
 from jobs.settings import Guardrail, Outcome
 
 SPLIT = {"control": 0.4, "a": 0.4, "b": 0.2}

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import RUN_DATE
 from jobs import audience as aud
-from jobs.lake import partition_dir
+from jobs.data.lake import partition_dir
 
 ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

@@ -8,9 +8,10 @@ import pytest
 
 from conftest import RUN_DATE
 from helpers import copy_raw, settings_in
-from jobs.generate import deliver
-from jobs.lake import MissingInputError
-from jobs.validate import ValidationFailed, validate_raw
+from jobs.data.checks import ValidationFailed
+from jobs.data.lake import MissingInputError
+from jobs.data.validate import validate_raw
+from jobs.demo.generate import deliver
 
 DAY = f"dt={RUN_DATE}"
 

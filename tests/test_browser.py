@@ -16,7 +16,7 @@ import pytest
 from browser import capture, fields, launch, login, number, table
 from conftest import RUN_DATE
 from helpers import serve_api
-from jobs import campaigns
+from jobs.ui import campaigns
 
 DAY = RUN_DATE.isoformat()
 UPLIFT = str(Path(sys.executable).parent / "uplift")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from jobs.class_archive import check
-from jobs.spark import class_archive, driver_java_options
+from jobs.runtime.class_archive import check
+from jobs.runtime.conf import class_archive, driver_java_options
 
 
 @pytest.mark.slow  # a spark-submit of its own; the archive changes with the environment, not the code
@@ -16,5 +16,5 @@ def test_a_driver_maps_the_archive_setup_built(settings):
 
 
 def test_without_an_archive_the_driver_runs_the_configured_options(settings, monkeypatch, tmp_path):
-    monkeypatch.setattr("jobs.spark.class_archive", lambda: tmp_path / "none.jsa")
+    monkeypatch.setattr("jobs.runtime.conf.class_archive", lambda: tmp_path / "none.jsa")
     assert driver_java_options(settings) == settings.spark.java_options

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from conftest import RUN_DATE
 from jobs.cli import app
-from jobs.steps import STEPS
+from jobs.names import STEPS
 
 runner = CliRunner()
 

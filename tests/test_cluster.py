@@ -4,9 +4,9 @@ A master and one worker are started here with the pyspark wheel's launcher; thei
 holds nothing of this project. The DAG is parsed with `spark.py_files` pointing at the artifact
 `make dist` builds and `spark_default` at the master; its scoring task then runs spark-submit in
 client mode (scoring is the job whose executors run our code: they unpickle the champion's
-boosters into `jobs.tlearner` classes). A probe submitted the same way shows where the executors import `jobs` from. The
-audience must equal the local-mode run's. (The ETL's executors run no Python; its cluster run
-would cost two more minutes and prove nothing the scoring run does not.)
+boosters into `jobs.model.tlearner` classes). A probe submitted the same way shows where the
+executors import `jobs` from. The audience must equal the local-mode run's. (The ETL's executors
+run no Python; its cluster run would cost two more minutes and prove nothing the scoring run does not.)
 """
 
 import contextlib
@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,18 +26,13 @@ import pyspark
 import pytest
 
 from conftest import RUN_DATE, TEST_CONF, write_overlay
-from jobs.lake import partition_dir
+from helpers import free_port
+from jobs.data.lake import partition_dir
 
 PROJECT = Path(__file__).resolve().parent.parent
 SPARK_CLASS = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
 PROBE = str(Path(__file__).with_name("cluster_probe.py"))
 SPARK_TASKS = ("validate_raw", "etl", "validate_features", "score")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _master_json(ui_port: int) -> dict:
@@ -62,7 +56,7 @@ def _wait_for(condition, what: str, logs: Path, timeout: float = 120) -> None:
 def cluster(tmp_path_factory):
     """spark://127.0.0.1:<port> with one registered worker (1 core, 2 GB); its work dir."""
     root = tmp_path_factory.mktemp("spark_cluster")
-    port, ui = _free_port(), _free_port()
+    port, ui = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLIFT_", "PYSPARK_", "PYTHONPATH"))}
     env["SPARK_LOCAL_DIRS"] = str(root / "local")
     env["SPARK_MASTER_OPTS"] = "-Dspark.master.rest.enabled=false"  # no fixed REST port 6066
@@ -80,7 +74,7 @@ def cluster(tmp_path_factory):
         master = ["--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)]
         start("master", "org.apache.spark.deploy.master.Master", *master)
         _wait_for(lambda: _master_json(ui).get("status") == "ALIVE", "master", root)
-        worker = ["--host", "127.0.0.1", "--cores", "1", "--memory", "2g", "--webui-port", str(_free_port())]
+        worker = ["--host", "127.0.0.1", "--cores", "1", "--memory", "2g", "--webui-port", str(free_port())]
         worker += ["--work-dir", str(root / "work")]
         start("worker", "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", *worker)
         _wait_for(lambda: _master_json(ui).get("aliveworkers") == 1, "worker registration", root)
@@ -105,7 +99,9 @@ def cluster_run(settings, nightly, cluster, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cluster_project")
     # What `make dist` runs, from the checkout into this home's dist/.
-    subprocess.run([sys.executable, "-m", "jobs.dist", str(root / "dist" / "uplift_jobs.zip")], cwd=PROJECT, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "jobs.runtime.dist", str(root / "dist" / "uplift_jobs.zip")], cwd=PROJECT, check=True
+    )
     scoring = partition_dir(settings, "features/scoring", RUN_DATE)
     shutil.copytree(scoring, root / "var" / "lake" / "features" / "scoring" / scoring.name)
     overlay = {

@@ -1,4 +1,4 @@
-"""The local Spark Connect server (jobs/connect.py): started on demand by a step, once, on
+"""The local Spark Connect server (jobs/runtime/connect.py): started on demand by a step, once, on
 127.0.0.1 only, never shared with another checkout, stopped by `uplift spark-server stop`; a
 server that cannot start is named with its log."""
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import free_port
-from jobs import connect
+from helpers import free_port
+from jobs.runtime import connect
 
 UPLIFT = str(Path(sys.executable).parent / "uplift")
 
@@ -79,9 +79,9 @@ def test_the_first_step_starts_one_server_that_listens_on_loopback_only(settings
 FAILING_STEP = """
 import json, os, threading, time
 import psutil
-from jobs import connect
+from jobs.runtime import connect
 from jobs.settings import load_settings
-from jobs.spark import step_session
+from jobs.runtime.spark import step_session
 
 settings = load_settings()
 seen = {}
@@ -146,7 +146,7 @@ def test_a_step_that_fails_mid_query_cancels_the_query_on_the_server(settings, t
 SHARED_STEP = """
 import json, sys
 from jobs.settings import load_settings
-from jobs.spark import step_session
+from jobs.runtime.spark import step_session
 
 with step_session(load_settings(), "uplift-test-shared", shared=sys.argv[2] == "shared") as spark:
     frame = spark.range(10_000).selectExpr("id % 7 AS k", "id * 3 AS v").groupBy("k").sum("v")
@@ -160,7 +160,7 @@ with step_session(load_settings(), "uplift-test-shared", shared=sys.argv[2] == "
 REATTACH = """
 import sys
 from jobs.settings import load_settings
-from jobs.spark import _connect
+from jobs.runtime.spark import _connect
 
 try:
     _connect(load_settings(), sys.argv[1]).range(1).count()
@@ -221,9 +221,9 @@ def test_the_nightly_steps_share_a_session_and_the_classes_spark_compiled_for_it
 IDLE_SESSION = """
 import json, time
 import psutil
-from jobs import connect
+from jobs.runtime import connect
 from jobs.settings import load_settings
-from jobs.spark import start_python_workers, step_session
+from jobs.runtime.spark import start_python_workers, step_session
 
 settings = load_settings()
 server = psutil.Process(connect.server_pid(connect.address(settings.spark.remote)[1]))
@@ -233,7 +233,8 @@ def daemons():
     found = []
     for process in server.children(recursive=True):
         try:
-            if "jobs.worker_daemon" in process.cmdline() and "jobs.worker_daemon" not in process.parent().cmdline():
+            daemon = "jobs.runtime.worker_daemon"
+            if daemon in process.cmdline() and daemon not in process.parent().cmdline():
                 found.append(process.pid)
         except psutil.Error:  # gone, or a zombie the JVM has not collected
             pass
@@ -242,13 +243,13 @@ def daemons():
 seen = {}
 with step_session(settings, "uplift-test-idle") as spark:
     frame = spark.range(4).selectExpr("cast(id as string) AS customer_id")
-    start_python_workers(frame, ("jobs.tlearner",)).result()
+    start_python_workers(frame, ("jobs.model.tlearner",)).result()
     seen["daemons_after_python"] = len(daemons())
     started = time.monotonic()
     while daemons() and time.monotonic() - started < 240:
         time.sleep(2)
     seen["daemons_once_idle"], seen["idle_s"] = len(daemons()), round(time.monotonic() - started)
-    start_python_workers(frame, ("jobs.tlearner",)).result()
+    start_python_workers(frame, ("jobs.model.tlearner",)).result()
     seen["daemons_after_python_again"] = len(daemons())
 print(json.dumps(seen))
 """
@@ -257,7 +258,7 @@ print(json.dumps(seen))
 @pytest.mark.slow
 def test_the_python_daemon_of_an_idle_session_exits_and_the_session_still_runs_python(settings, tmp_path):
     """Spark keeps a Python daemon per Connect session until the server stops: a server that runs
-    for months would keep one per night. Ours exits once idle (jobs.worker_daemon), and a session
+    for months would keep one per night. Ours exits once idle (jobs.runtime.worker_daemon), and a session
     that runs Python after that gets a new one."""
     port = free_port()
     (tmp_path / "remote.yml").write_text(f"spark:\n  remote: sc://localhost:{port}\n")

@@ -9,13 +9,13 @@ import pytest
 
 from conftest import RUN_DATE
 from helpers import copy_raw, settings_in
-from jobs import gate
-from jobs.drift import DriftFailed, drift
-from jobs.etl import run_etl
-from jobs.generate import deliver, planted_shift
-from jobs.lake import partition_dir
+from jobs.data.etl import run_etl
+from jobs.data.lake import partition_dir
+from jobs.demo.generate import deliver, planted_shift
+from jobs.model import gate
+from jobs.model.tracking import training_run_for
+from jobs.monitoring.drift import DriftFailed, drift, feature_drift
 from jobs.settings import report_dir
-from jobs.tracking import training_run_for
 
 
 @pytest.fixture
@@ -69,7 +69,8 @@ def test_a_shifted_population_fails_the_run(isolated):
 def test_a_shifted_population_blocks_promotion_when_configured(settings, isolated):
     _shift_population(isolated)
     blocking = _with_drift(isolated, on_fail="block_promotion").model_copy(update={"mlflow": settings.mlflow})
-    decision = gate.decide(blocking, RUN_DATE, training_run_for(settings, RUN_DATE))
+    checks = feature_drift(blocking, RUN_DATE)
+    decision = gate.decide(blocking, RUN_DATE, training_run_for(settings, RUN_DATE), checks)
     assert decision["decision"] == "reject"
     assert any("block_promotion" in reason for reason in decision["reasons"])
     assert drift(blocking, RUN_DATE)["outcome"] == "fail", "reported, but the run goes on"

@@ -4,8 +4,9 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from jobs import drivers
-from jobs.model import TLearnerModel
+from jobs.model import drivers
+from jobs.model.pyfunc import TLearnerModel
+from jobs.names import uplift_column
 
 ADDITIVITY_TOLERANCE = 1e-9
 
@@ -51,7 +52,7 @@ def test_the_attribute_that_drives_an_arms_effect_is_its_top_driver_and_values_a
     predicted = model.predict(None, sample)
     for arm in ["early", "late"]:
         total = explained["values"][arm].sum(axis=1) + explained["arms"][arm]["base_uplift"]
-        gap = np.abs(total.to_numpy() - predicted[f"uplift_{arm}"].to_numpy())
+        gap = np.abs(total.to_numpy() - predicted[uplift_column(arm)].to_numpy())
         assert gap.max() < ADDITIVITY_TOLERANCE, f"{arm}: SHAP values miss the uplift by {gap.max():.2e}"
 
 

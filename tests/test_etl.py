@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from helpers import settings_in
-from jobs.etl import dedupe, run_etl
-from jobs.generate import deliver
-from jobs.lake import MissingInputError, partition_dir
+from jobs.data.etl import dedupe, run_etl
+from jobs.data.lake import MissingInputError, partition_dir
+from jobs.demo.generate import deliver
 from jobs.settings import Outcome
 
 RUN = date(2026, 10, 30)
@@ -158,8 +158,8 @@ def test_own_column_names_and_csv_need_only_configuration(spark, settings, tmp_p
     """A user whose files name every column differently, responses as CSV: conf changes only."""
     from conftest import DEMO, RUN_DATE
     from helpers import settings_in
-    from jobs.generate import generate
-    from jobs.validate import validate_raw
+    from jobs.data.validate import validate_raw
+    from jobs.demo.generate import generate
 
     renamed = {
         "users": {

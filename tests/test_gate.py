@@ -14,10 +14,11 @@ import pytest
 import email_experiment
 from conftest import RUN_DATE
 from helpers import copy_raw, settings_in
-from jobs import registry, steps
-from jobs.lake import partition_dir
+from jobs import steps
+from jobs.data.lake import partition_dir
+from jobs.model import registry
+from jobs.model.tracking import use_tracking
 from jobs.settings import report_dir
-from jobs.tracking import use_tracking
 
 RUN = email_experiment.last_response_day() + timedelta(days=5)
 NIGHT = ("etl", "train", "gate", "promote", "score", "drift")
@@ -85,11 +86,11 @@ def test_noise_is_never_promoted_and_the_night_publishes_a_marked_constant_polic
     assert not audience["selected"].any() and (audience["recommended_arm"] == "none").all()
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN))
     assert summary.empty or (summary["policy"] == "constant:none").all()
-    from jobs.audience import show
+    from jobs.targeting.audience import show
 
     text = show(settings, RUN)
     assert "Policy: constant:none  (no model has passed the gate: a constant policy)" in text
-    from jobs.audience import what_if
+    from jobs.targeting.audience import what_if
 
     assert "constant policy" in what_if(spark, settings, RUN, "true", "mens_email")["note"]
 

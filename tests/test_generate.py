@@ -4,7 +4,7 @@ import pandas as pd
 
 from conftest import DEMO, RUN_DATE
 from helpers import settings_in
-from jobs.generate import generate
+from jobs.demo.generate import generate
 
 
 def _raw(settings, source):

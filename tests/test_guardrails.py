@@ -1,7 +1,7 @@
 """The demo's unsubscribe guardrail through the whole nightly, checked against the generator's truth.
 
 subject_3 wins clicks for gmail.com customers and raises their unsubscribes by 4 points from
-age 45 (jobs.generate); conf/base declares the unsubscribe outcome (value -5) with a guardrail
+age 45 (jobs.demo.generate); conf/base declares the unsubscribe outcome (value -5) with a guardrail
 of 0.01 per customer and 0.005 per send. The session's nightly run (conftest) is the guarded
 policy; the same champion's predictions through the policy without the guardrail are the
 comparison. And today's single-outcome configuration must give the audience it gave before
@@ -18,11 +18,12 @@ import pytest
 import single_outcome
 
 from conftest import RUN_DATE
-from jobs import gate, policy
-from jobs.lake import partition_dir
-from jobs.registry import CHAMPION, alias_version
+from jobs.data.lake import partition_dir
+from jobs.model import gate, policy
+from jobs.model.registry import CHAMPION, alias_version
+from jobs.model.tracking import use_tracking
+from jobs.names import p_column
 from jobs.settings import report_dir
-from jobs.tracking import use_tracking
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,8 @@ def test_without_the_guardrail_the_harmed_segment_gets_subject_3_and_with_it_it_
     # Among the harmed, those for whom subject_3 is truly the best net value (not loyal regulars, whom subject_2 wins).
     truth = population.set_index("customer_id")
     true_net = {
-        arm: 10 * (truth[f"p_{arm}"] - truth["p_control"])
-        - 5 * (truth[f"p_{arm}__unsubscribe"] - truth["p_control__unsubscribe"])
+        arm: 10 * (truth[p_column(arm)] - truth["p_control"])
+        - 5 * (truth[p_column(arm, "unsubscribe")] - truth[p_column("control", "unsubscribe")])
         - settings.targeting.cost_per_send[arm]
         for arm in settings.experiment.arms
     }
@@ -84,7 +85,8 @@ def test_without_the_guardrail_the_harmed_segment_gets_subject_3_and_with_it_it_
 
     sent = audience[audience["assignment"] == "target"]
     true_uplift = {
-        arm: truth[f"p_{arm}__unsubscribe"] - truth["p_control__unsubscribe"] for arm in settings.experiment.arms
+        arm: truth[p_column(arm, "unsubscribe")] - truth[p_column("control", "unsubscribe")]
+        for arm in settings.experiment.arms
     }
     per_customer = pd.Series(
         [true_uplift[arm][cid] for cid, arm in sent["recommended_arm"].items()], index=sent.index, dtype=float

@@ -16,14 +16,16 @@ import yaml
 
 from browser import launch, login, number, table
 from helpers import serve_api, settings_in
-from jobs import registry, steps
-from jobs.audience import show
-from jobs.generate import deliver
-from jobs.lake import own_campaigns, partition_dir, read_table, version_dir
+from jobs import steps
+from jobs.data.checks import ValidationFailed
+from jobs.data.lake import own_campaigns, partition_dir, read_table, version_dir
+from jobs.data.validate import validate_raw
+from jobs.demo.generate import deliver
+from jobs.demo.simulate import SERVING_STEPS, negated_champion, play, simulate, true_incremental
+from jobs.model import registry
+from jobs.model.tracking import use_tracking
 from jobs.settings import report_dir
-from jobs.simulate import SERVING_STEPS, negated_champion, play, simulate, true_incremental
-from jobs.tracking import use_tracking
-from jobs.validate import ValidationFailed, validate_raw
+from jobs.targeting.audience import show
 
 FIRST = date(2026, 10, 30)
 # A 2-day window: the first night's own sends (delivered the next day) train the fourth night on,

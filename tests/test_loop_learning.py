@@ -1,7 +1,7 @@
 """Learning from the pipeline's own sends, on the demo generator's truth, over several seeds.
 
-Each seed (jobs.simulate's in-memory rounds): a model fitted on a randomized campaign chooses an
-audience (jobs.policy.apply), which is sent for a few nights as jobs.policy.assign records it
+Each seed (jobs.demo.simulate's in-memory rounds): a model fitted on a randomized campaign chooses an
+audience (jobs.model.policy.apply), which is sent for a few nights as jobs.model.policy.assign records it
 (target, holdout, explore); responses come from the truth. Then:
 - a model fitted on those own sends ranks customers about as well as one fitted on as many
   randomized sends;
@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs import evaluation, policy
-from jobs.simulate import (
+from jobs.demo.simulate import (
     demo_customers,
     in_memory,
     own_sends,
@@ -26,7 +25,9 @@ from jobs.simulate import (
     true_value,
     uplifts_of,
 )
-from jobs.train import fit_t_learner
+from jobs.model import evaluation, policy
+from jobs.model.train import fit_t_learner
+from jobs.names import p_column
 
 SEEDS = range(10)
 CUSTOMERS, RANDOMIZED_SENDS, NIGHTS = 20_000, 40_000, 4
@@ -74,7 +75,7 @@ def test_the_recorded_propensities_unbias_the_average_effects(seeds):
         effects = policy.average_effects(policy.arm_counts(run["own"], "label"), "control", arms)
         naive = policy.average_effects(policy.arm_counts(_naive(run["own"]), "label"), "control", arms)
         for arm in arms:
-            true_ate = float((truth[f"p_{arm}"] - truth["p_control"]).mean())
+            true_ate = float((truth[p_column(arm)] - truth["p_control"]).mean())
             covered += effects[arm]["low"] <= true_ate <= effects[arm]["high"]
             corrected_errors.append(effects[arm]["ate"] - true_ate)
             naive_errors.append(naive[arm]["ate"] - true_ate)

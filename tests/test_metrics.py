@@ -6,7 +6,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from jobs import metrics
+from jobs.model import metrics
 
 
 def literal_qini_auc(y, u, t):

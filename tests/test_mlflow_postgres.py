@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 
 from conftest import RUN_DATE, write_overlay
 from helpers import settings_in
-from jobs import registry, steps
+from jobs import steps
 from jobs.cli import app
-from jobs.lake import partition_dir
-from jobs.tracking import use_tracking
+from jobs.data.lake import partition_dir
+from jobs.model import registry
+from jobs.model.tracking import use_tracking
 
 ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

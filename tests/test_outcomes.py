@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs import evaluation, policy
 from jobs.features import FeatureSpec
+from jobs.model import evaluation, policy
+from jobs.model.train import fit_t_learner, guardrail_bounds
+from jobs.names import key, p_column
 from jobs.settings import Experiment, Outcome, Targeting
-from jobs.tlearner import key
-from jobs.train import fit_t_learner, guardrail_bounds
 
 DAY = date(2026, 10, 30)
 ARMS = ["a", "b"]
@@ -44,6 +44,13 @@ def _targeting(**changes) -> Targeting:
     return Targeting.model_validate(base | changes)
 
 
+def _sends(arm: np.ndarray, **columns) -> pd.DataFrame:
+    """One randomized campaign's sends of arm (at _experiment's split) with the given columns."""
+    n = len(arm)
+    keys = {"customer_id": [f"u{i}" for i in range(n)], "campaign_id": "k", "propensity": 1 / 3}
+    return pd.DataFrame({**keys, "inclusion_probability": 1.0, "arm": arm, **columns})
+
+
 def _trading(n: int = 60_000, seed: int = 4) -> pd.DataFrame:
     """Arm a: +8 points of clicks for everyone, no purchases. Arm b: +2 points of clicks and,
     in segment s1, +3 points of purchases. Control: 5% clicks, 1% purchases."""
@@ -52,18 +59,12 @@ def _trading(n: int = 60_000, seed: int = 4) -> pd.DataFrame:
     seg = rng.choice(["s0", "s1"], n)
     click = 0.05 + 0.08 * (arm == "a") + 0.02 * (arm == "b")
     purchase = 0.01 + 0.03 * ((arm == "b") & (seg == "s1"))
-    frame = pd.DataFrame(
-        {
-            "customer_id": [f"u{i}" for i in range(n)],
-            "campaign_id": "k",
-            "propensity": 1 / 3,  # _experiment's split
-            "inclusion_probability": 1.0,
-            "arm": arm,
-            "seg": seg,
-            "x": rng.normal(size=n),
-            "label": (rng.random(n) < click).astype(int),
-            "label__purchase": (rng.random(n) < purchase).astype(float),
-        }
+    frame = _sends(
+        arm,
+        seg=seg,
+        x=rng.normal(size=n),
+        label=(rng.random(n) < click).astype(int),
+        label__purchase=(rng.random(n) < purchase).astype(float),
     )
     frame.loc[frame.index[-n // 5 :], "label__purchase"] = np.nan  # the latest sends: not matured for purchases
     return frame
@@ -191,22 +192,16 @@ def test_the_gate_estimates_each_policys_guardrail_increase_and_flags_the_ones_a
     n = 30_000
     arm = rng.choice(["c", "a", "b"], n)
     harmed = rng.random(n) < 0.5
-    holdout = pd.DataFrame(
-        {
-            "customer_id": [f"u{i}" for i in range(n)],
-            "campaign_id": "k",
-            "propensity": 1 / 3,  # _experiment's split
-            "inclusion_probability": 1.0,
-            "arm": arm,
-            "label": (rng.random(n) < 0.05 + 0.05 * (arm != "c")).astype(int),
-            "label__unsubscribe": (rng.random(n) < 0.004 + 0.04 * ((arm == "a") & harmed)).astype(int),
-        }
+    holdout = _sends(
+        arm,
+        label=(rng.random(n) < 0.05 + 0.05 * (arm != "c")).astype(int),
+        label__unsubscribe=(rng.random(n) < 0.004 + 0.04 * ((arm == "a") & harmed)).astype(int),
     )
     holdout["label__unsubscribe"] = holdout["label__unsubscribe"].astype(float)
     holdout.loc[holdout.index[: n // 10], "label__unsubscribe"] = np.nan  # not matured: the model's estimate counts
     for a in ["c", *ARMS]:
-        holdout[f"p_{a}"] = 0.05 + 0.05 * (a != "c")
-        holdout[f"p_{a}__unsubscribe"] = 0.004 + (0.04 * harmed if a == "a" else 0.0)
+        holdout[p_column(a)] = 0.05 + 0.05 * (a != "c")
+        holdout[p_column(a, "unsubscribe")] = 0.004 + (0.04 * harmed if a == "a" else 0.0)
     targeting = _guarded(max_uplift=0.01, per_send=0.005)
     assignments = {
         "everyone gets a": np.full(n, "a", dtype=object),

@@ -21,8 +21,9 @@ import pytest
 
 import email_experiment
 from helpers import airflow_env, on_server, own_home, readme_overlay
+from jobs.model.train import FEATURE_SPEC_ARTIFACT
+from jobs.names import p_column, uplift_column
 from jobs.settings import load_settings
-from jobs.train import FEATURE_SPEC_ARTIFACT
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN = email_experiment.last_response_day() + timedelta(days=5)  # the labels have matured
@@ -60,7 +61,7 @@ def test_the_readme_example_publishes_an_audience_for_every_eligible_customer(ai
     audience = pd.read_parquet(lake / "audience" / f"run_date={RUN}")
     assert sorted(audience["customer_id"]) == sorted(users.loc[users["recency_months"] <= 10, "cust"])
     for arm in ("mens_email", "womens_email"):
-        assert audience[f"uplift_{arm}"].notna().all() and audience[f"p_{arm}"].notna().all()
+        assert audience[uplift_column(arm)].notna().all() and audience[p_column(arm)].notna().all()
     assert set(audience["recommended_arm"]) <= {"mens_email", "womens_email", "none"}
     assert not {"uplift_subject_1", "p_subject_1"} & set(audience.columns), "no demo arm leaks in"
     training = pd.read_parquet(lake / "features" / "training" / f"run_date={RUN}")
@@ -103,8 +104,8 @@ def test_the_model_learns_from_the_declared_attributes_and_logs_the_spec(airflow
 
 
 def test_the_campaign_page_offers_the_users_attributes_and_finds_the_planted_drivers(airflow_run, monkeypatch):
-    from jobs import campaigns
     from jobs.settings import load_settings
+    from jobs.ui import campaigns
 
     _, env = airflow_run
     for name in ("UPLIFT_HOME", "UPLIFT_CONF"):
@@ -176,8 +177,8 @@ def test_a_spec_naming_a_pipeline_column_or_a_leaky_source_fails_at_load(monkeyp
 
 
 def test_a_declared_column_missing_from_the_delivery_is_named_with_its_file(spark, own_settings):
-    from jobs.lake import MissingInputError
-    from jobs.validate import validate_raw
+    from jobs.data.lake import MissingInputError
+    from jobs.data.validate import validate_raw
 
     settings = own_settings(
         {
@@ -192,7 +193,8 @@ def test_a_declared_column_missing_from_the_delivery_is_named_with_its_file(spar
 
 
 def test_an_outcome_counting_a_response_type_never_delivered_is_refused_by_name(spark, own_settings):
-    from jobs.validate import ValidationFailed, validate_raw
+    from jobs.data.checks import ValidationFailed
+    from jobs.data.validate import validate_raw
 
     outcomes = dict(readme_overlay()["targeting"]["outcomes"])
     outcomes["unsubscribe"] = {**outcomes["unsubscribe"], "response_types": ["unsubscibe"]}  # a typo
@@ -207,7 +209,8 @@ def test_an_outcome_counting_a_response_type_never_delivered_is_refused_by_name(
 
 
 def test_text_in_a_numeric_column_is_named_with_values_and_file(spark, own_settings):
-    from jobs.validate import ValidationFailed, validate_raw
+    from jobs.data.checks import ValidationFailed
+    from jobs.data.validate import validate_raw
 
     attributes = readme_overlay()["features"]["attributes"] | {"channel": {"kind": "numeric"}}
     settings = own_settings({"features": {"attributes": attributes}})
@@ -222,7 +225,8 @@ def test_text_in_a_numeric_column_is_named_with_values_and_file(spark, own_setti
 
 
 def test_a_categorical_with_too_many_levels_is_refused(spark, own_settings):
-    from jobs.validate import ValidationFailed, validate_raw
+    from jobs.data.checks import ValidationFailed
+    from jobs.data.validate import validate_raw
 
     attributes = readme_overlay()["features"]["attributes"] | {"spend_to_date": {"kind": "categorical"}}
     settings = own_settings({"features": {"attributes": attributes}})
@@ -236,7 +240,7 @@ def test_a_categorical_with_too_many_levels_is_refused(spark, own_settings):
 
 
 def test_an_eligibility_rule_on_an_undeclared_column_is_refused(spark, own_settings):
-    from jobs.etl import run_etl
+    from jobs.data.etl import run_etl
 
     settings = own_settings({"features": {"eligibility": "contact_email IS NOT NULL"}})
     with pytest.raises(ValueError, match=r"features.eligibility 'contact_email IS NOT NULL' cannot be evaluated"):
@@ -246,8 +250,9 @@ def test_an_eligibility_rule_on_an_undeclared_column_is_refused(spark, own_setti
 
 def test_leaky_columns_in_a_snapshot_fail_validation_by_name(spark, tmp_path, own_settings):
     """A snapshot exported after the campaign carries its outcome and its arm: the data says so."""
-    from jobs.etl import run_etl
-    from jobs.validate import ValidationFailed, validate_features
+    from jobs.data.checks import ValidationFailed
+    from jobs.data.etl import run_etl
+    from jobs.data.validate import validate_features
 
     lake = tmp_path / "scratch"
     email_experiment.write(lake)

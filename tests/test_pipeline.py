@@ -13,9 +13,11 @@ import pytest
 from scipy import stats
 
 from conftest import RUN_DATE
-from jobs import registry, steps
-from jobs.gate import alternatives
-from jobs.lake import partition_dir
+from jobs import steps
+from jobs.data.lake import partition_dir
+from jobs.model import registry
+from jobs.model.gate import alternatives
+from jobs.names import STEPS, p_column, uplift_column, uplift_high_column
 from jobs.settings import report_dir
 
 ARMS = ["subject_1", "subject_2", "subject_3"]
@@ -24,7 +26,7 @@ ARMS = ["subject_1", "subject_2", "subject_3"]
 @pytest.fixture(autouse=True)
 def _tracking(settings):
     """Other modules may point MLflow at their own stores; these tests read this one."""
-    from jobs.tracking import use_tracking
+    from jobs.model.tracking import use_tracking
 
     use_tracking(settings)
 
@@ -113,13 +115,13 @@ def test_targeting_follows_the_policy(settings, audience):
         # value of clicks and purchases + value of unsubscribes (negative) - cost, among the arms whose
         # upper bound on the unsubscribe uplift is within the per-customer limit
         net = {
-            a: (rows[f"uplift_{a}"] * policy.value_per_response - policy.cost_per_send[a])
-            .add(rows[f"uplift_{a}__unsubscribe"] * policy.outcomes["unsubscribe"].value)
-            .where(rows[f"uplift_high_{a}__unsubscribe"] <= guardrail.max_uplift, -np.inf)
+            a: (rows[uplift_column(a)] * policy.value_per_response - policy.cost_per_send[a])
+            .add(rows[uplift_column(a, "unsubscribe")] * policy.outcomes["unsubscribe"].value)
+            .where(rows[uplift_high_column(a, "unsubscribe")] <= guardrail.max_uplift, -np.inf)
             for a in ARMS
         }
         assert (pd.DataFrame(net).idxmax(axis=1) == arm).all()
-        assert (rows[f"uplift_high_{arm}__unsubscribe"] <= guardrail.max_uplift).all()
+        assert (rows[uplift_high_column(arm, "unsubscribe")] <= guardrail.max_uplift).all()
     assert not audience.loc[audience["recommended_arm"] == "none", "selected"].any()
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE)).set_index("recommended_arm")
     assert summary["customers"].sum() == audience["selected"].sum()
@@ -134,7 +136,7 @@ def test_predicted_uplift_tracks_the_true_uplift(audience, truth):
     merged = audience.merge(truth, on="customer_id", suffixes=("", "_true"))
     for arm in ARMS:
         true_uplift = merged[f"p_{arm}_true"] - merged["p_control_true"]
-        rho = stats.spearmanr(merged[f"uplift_{arm}"], true_uplift).statistic
+        rho = stats.spearmanr(merged[uplift_column(arm)], true_uplift).statistic
         assert rho > 0.4, f"{arm}: rank correlation with the true uplift {rho:.2f}"
 
 
@@ -158,7 +160,7 @@ def test_drift_report_is_written(settings, nightly):
 def test_run_report_counts_rows_and_times_every_step(settings, nightly, audience):
     report = json.loads((report_dir(settings, RUN_DATE) / "run_report.json").read_text())
     stages = {s["step"]: s for s in report["stages"]}
-    assert list(stages) == [s for s in steps.STEPS if s != "report"] and report["missing_steps"] == []
+    assert list(stages) == [s for s in STEPS if s != "report"] and report["missing_steps"] == []
     assert all(s["seconds"] > 0 for s in stages.values())
     raw = settings.paths.lake / "raw"
     delivered = sum(len(pd.read_parquet(raw / source / f"dt={RUN_DATE}")) for source in ("users", "sends", "responses"))
@@ -202,8 +204,8 @@ def test_batch_scores_are_the_served_models_predictions(settings, nightly, audie
     assert len(scored) == len(served) > 1000
     pd.testing.assert_series_equal(scored["p_control"], served["p_control"])
     for arm in settings.experiment.arms:
-        pd.testing.assert_series_equal(scored[f"p_{arm}"], served[f"p_{arm}"])
-        pd.testing.assert_series_equal(scored[f"uplift_{arm}"], served[f"uplift_{arm}"])
+        pd.testing.assert_series_equal(scored[p_column(arm)], served[p_column(arm)])
+        pd.testing.assert_series_equal(scored[uplift_column(arm)], served[uplift_column(arm)])
 
 
 def test_model_rejects_input_without_its_features(settings, nightly):

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from conftest import RUN_DATE
-from jobs import evaluation, metrics, policy
+from jobs.model import evaluation, metrics, policy
+from jobs.names import p_column, uplift_column, uplift_high_column
 
 ARMS = ["subject_1", "subject_2", "subject_3"]
 
@@ -15,9 +16,9 @@ def _uplifts(n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({"customer_id": [f"c{i:05d}" for i in range(n)]})
     for arm in ARMS:
-        frame[f"uplift_{arm}"] = np.round(rng.normal(0.01, 0.02, n), 3)  # rounded: many ties
-        frame[f"uplift_{arm}__unsubscribe"] = np.round(rng.normal(0.008, 0.006, n), 3)
-        frame[f"uplift_high_{arm}__unsubscribe"] = frame[f"uplift_{arm}__unsubscribe"] + 0.001
+        frame[uplift_column(arm)] = np.round(rng.normal(0.01, 0.02, n), 3)  # rounded: many ties
+        frame[uplift_column(arm, "unsubscribe")] = np.round(rng.normal(0.008, 0.006, n), 3)
+        frame[uplift_high_column(arm, "unsubscribe")] = frame[uplift_column(arm, "unsubscribe")] + 0.001
     return frame
 
 
@@ -38,7 +39,7 @@ def primary(settings):
     ],
 )
 def test_spark_scoring_and_pandas_evaluation_choose_the_same_rows(spark, settings, budget, limit):
-    from jobs.score import apply_policy
+    from jobs.targeting.score import apply_policy
 
     unsubscribe = settings.targeting.outcomes["unsubscribe"]
     tight = unsubscribe.model_copy(
@@ -61,9 +62,9 @@ def test_spark_scoring_and_pandas_evaluation_choose_the_same_rows(spark, setting
     assert chosen["expected_uplift__unsubscribe"].sum() <= guardrail.max_increase_per_send * len(chosen) + 1e-9
     price = policy.guardrail_prices(frame, targeting, ARMS)["unsubscribe"]
     assert price > 0 if limit == 0.002 else price == 0, "the campaign limit binds only at the tight limit"
-    bounds = chosen.apply(lambda r: r[f"uplift_high_{r['recommended_arm']}__unsubscribe"], axis=1)
+    bounds = chosen.apply(lambda r: r[uplift_high_column(r["recommended_arm"], "unsubscribe")], axis=1)
     assert (bounds <= guardrail.max_uplift).all()
-    assert (frame[[f"uplift_high_{a}__unsubscribe" for a in ARMS]] > guardrail.max_uplift).any(axis=None)
+    assert (frame[[uplift_high_column(a, "unsubscribe") for a in ARMS]] > guardrail.max_uplift).any(axis=None)
     if budget:
         assert in_pandas["selected"].sum() < (in_pandas["recommended_arm"] != "none").sum(), "the budget binds"
 
@@ -207,7 +208,7 @@ def _randomized(n: int, seed: int):
     frame = pd.DataFrame({"arm": arm, "label": y.astype(int), "campaign_id": "c", "customer_id": np.arange(n)})
     frame["propensity"], frame["inclusion_probability"] = frame["arm"].map({"control": 0.2, "a": 0.4, "b": 0.4}), 1.0
     for name, p in truth.items():  # outcome models: the truth blurred, as a fitted model would be
-        frame[f"p_{name}"] = np.clip(p + rng.normal(0, 0.02, n), 0.001, 0.999)
+        frame[p_column(name)] = np.clip(p + rng.normal(0, 0.02, n), 0.001, 0.999)
     return frame, truth, x
 
 
@@ -357,7 +358,7 @@ def test_the_pandas_ranking_is_by_net_value_then_customer_id_and_keeps_the_rows_
     rng = np.random.default_rng(11)
     frame = pd.DataFrame({"customer_id": rng.integers(0, 300, 1200)}, index=rng.permutation(1200))
     for arm in ARMS:
-        frame[f"uplift_{arm}"] = np.round(rng.normal(0.01, 0.02, 1200), 2)
+        frame[uplift_column(arm)] = np.round(rng.normal(0.01, 0.02, 1200), 2)
     targeting = primary.targeting.model_copy(update={"max_sends": 400, "holdout_share": 0.1})
     out = policy.apply(frame, targeting, ARMS, RUN_DATE)
     assert list(out.index) == sorted(frame.index)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from conftest import RUN_DATE
 from jobs import steps
-from jobs.lake import partition_dir, table_dir
+from jobs.data.lake import partition_dir, table_dir
 
 
 def _files(folder: Path) -> dict[str, int]:

@@ -9,10 +9,10 @@ import pytest
 from benchmarks.references import duckdb_etl, pandas_tlearner
 from conftest import RUN_DATE
 from helpers import copy_raw, settings_in
-from jobs.etl import SCORING_KEYS, build_sets, training_keys
+from jobs.data.etl import SCORING_KEYS, build_sets, training_keys
+from jobs.data.lake import partition_dir
+from jobs.demo.generate import deliver
 from jobs.features import Attribute, FeatureSpec, History
-from jobs.generate import deliver
-from jobs.lake import partition_dir
 
 
 def assert_same_rows(spark_set: pd.DataFrame, duckdb_set: pd.DataFrame, key: str) -> None:

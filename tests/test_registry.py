@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from helpers import settings_in
-from jobs import registry
-from jobs.model import TLearnerModel
-from jobs.tracking import use_tracking
-from jobs.train import log_model
+from jobs.model import registry
+from jobs.model.pyfunc import TLearnerModel
+from jobs.model.tracking import use_tracking
+from jobs.model.train import log_model
 
 
 def _model() -> tuple[TLearnerModel, pd.DataFrame]:

@@ -7,9 +7,19 @@ import pandas as pd
 import pytest
 
 from helpers import settings_in
-from jobs import policy
-from jobs.lake import partition_dir, read_table
-from jobs.results import ALL, FOLLOWS, NO_ONE, calibration, calibration_slope, measure, policy_values, rate_difference
+from jobs.data.lake import partition_dir, read_table
+from jobs.model import policy
+from jobs.monitoring.results import (
+    ALL,
+    FOLLOWS,
+    NO_ONE,
+    calibration,
+    calibration_slope,
+    measure,
+    policy_values,
+    rate_difference,
+)
+from jobs.names import expected_uplift_column, label_column, uplift_column
 
 FIRST = date(2026, 5, 1)
 SECOND = FIRST + timedelta(days=3)  # inside the first audience's 7-day label window
@@ -28,8 +38,8 @@ def _audience(settings, day: date, rows: list[dict]) -> None:
         send_cost=0.05,
         policy="model:1",
         model_version=None,
-        **{f"uplift_{a}": 0.01 * (k + 1) for k, a in enumerate(arms)},
-        **{f"expected_uplift__{o}": 0.0 for o in settings.targeting.outcomes},
+        **{uplift_column(a): 0.01 * (k + 1) for k, a in enumerate(arms)},
+        **{expected_uplift_column(o): 0.0 for o in settings.targeting.outcomes},
     )
     frame["model_version"] = frame["model_version"].astype("string")
     path = partition_dir(settings, "audience", day)
@@ -54,7 +64,7 @@ def _training(settings, responders: set[tuple[str, str]], listed: list[tuple[str
     frame = pd.DataFrame(listed, columns=["campaign_id", "customer_id"])
     frame["label"] = [int((c, x) in responders) for c, x in listed]
     for outcome in settings.targeting.outcomes:
-        frame[f"label__{outcome}"] = 0
+        frame[label_column(outcome)] = 0
     path = partition_dir(settings, "features/training", TONIGHT)
     path.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path / "part-0.parquet", index=False)
@@ -153,8 +163,8 @@ def test_policies_are_valued_on_the_explore_rows(spark, lake):
 
 
 def test_monitoring_values_the_champion_on_its_measured_nights(spark, lake):
-    from jobs.lake import publish_frame
-    from jobs.monitoring import assess
+    from jobs.data.lake import publish_frame
+    from jobs.monitoring.champion import assess
 
     local, _, _ = lake
     measure(spark, local, TONIGHT)

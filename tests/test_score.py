@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 from conftest import RUN_DATE
-from jobs.score import apply_policy
-from jobs.spark import start_python_workers
+from jobs.names import uplift_column
+from jobs.runtime.spark import start_python_workers
+from jobs.targeting.score import apply_policy
 
 
 def _policy(settings, **changes):
@@ -59,7 +60,7 @@ def test_uplift_floor_and_budgets(spark, settings):
 def test_a_stable_share_of_the_selected_is_held_out(spark, settings):
     frame = pd.DataFrame({"customer_id": [f"C{i}" for i in range(4000)]})
     for arm in ("subject_1", "subject_2", "subject_3"):
-        frame[f"uplift_{arm}"] = 0.05 if arm == "subject_1" else 0.0
+        frame[uplift_column(arm)] = 0.05 if arm == "subject_1" else 0.0
     scored = spark.createDataFrame(frame)
     policy = _policy(settings, holdout_share=0.1)
     first = apply_policy(scored, policy, RUN_DATE).toPandas()
@@ -75,7 +76,7 @@ def test_a_stable_share_of_the_selected_is_held_out(spark, settings):
 def test_a_scoring_set_with_other_features_than_the_models_is_refused_by_name():
     import pytest
 
-    from jobs.tlearner import FeatureMismatchError, PortableTLearner, check_features, serving_problem
+    from jobs.model.tlearner import FeatureMismatchError, PortableTLearner, check_features, serving_problem
 
     model = PortableTLearner("control", ["a"], ["age", "spend"], {"region": ["N", "S"]}, {})
     check_features(["customer_id", "spend", "region", "age"], model)  # order does not matter
@@ -89,6 +90,6 @@ def test_the_workers_started_ahead_of_scoring_report_a_failure(spark):
     """score starts the Python workers while it resolves the champion: the warm-up job completes,
     and a worker that cannot import what scoring needs is an error, not a silent skip."""
     frame = spark.createDataFrame(pd.DataFrame({"customer_id": ["a", "b", "c"]}))
-    assert start_python_workers(frame, ("lightgbm", "jobs.tlearner")).result() is None
+    assert start_python_workers(frame, ("lightgbm", "jobs.model.tlearner")).result() is None
     with pytest.raises(Exception, match="jobs.no_such_module"):
         start_python_workers(frame, ("jobs.no_such_module",)).result()

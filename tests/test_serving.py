@@ -2,10 +2,8 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,18 +11,14 @@ import pytest
 import requests
 
 from conftest import RUN_DATE
-from jobs.lake import partition_dir
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port, wait_for_http
+from jobs.data.lake import partition_dir
+from jobs.names import p_column, uplift_column, uplift_high_column
 
 
 @pytest.fixture(scope="module")
 def served(settings, nightly):
-    port = _free_port()
+    port = free_port()
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri}
     server = subprocess.Popen(
@@ -50,17 +44,7 @@ def served(settings, nightly):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{url}/ping", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if server.poll() is not None:
-                pytest.fail(f"mlflow models serve exited: {server.stdout.read()[-3000:]}")
-            time.sleep(0.5)
-        else:
-            pytest.fail("mlflow models serve did not answer /ping within 60 s")
+        wait_for_http(f"{url}/ping", server, "mlflow models serve", 60, server.stdout.read)
         yield url
     finally:
         server.terminate()
@@ -75,16 +59,16 @@ def test_two_customers_get_per_arm_uplift(served, settings):
     predictions = pd.DataFrame(response.json()["predictions"])
     assert len(predictions) == 2
     for arm in settings.experiment.arms:
-        expected = predictions[f"p_{arm}"] - predictions["p_control"]
-        assert (predictions[f"uplift_{arm}"] - expected).abs().max() < 1e-9
+        expected = predictions[p_column(arm)] - predictions["p_control"]
+        assert (predictions[uplift_column(arm)] - expected).abs().max() < 1e-9
     assert "best_arm" not in predictions, "which arm to send is the targeting policy's decision"
     # every further outcome's probabilities and uplifts, and the guardrail's upper bounds, served too
     for arm in settings.experiment.arms:
         for outcome in settings.targeting.outcomes:
-            assert {f"p_{arm}__{outcome}", f"uplift_{arm}__{outcome}"} <= set(predictions.columns)
+            assert {p_column(arm, outcome), uplift_column(arm, outcome)} <= set(predictions.columns)
         for outcome in settings.targeting.guardrails:
-            assert predictions[f"uplift_high_{arm}__{outcome}"].notna().all()
-    assert "p_control__unsubscribe" in predictions
+            assert predictions[uplift_high_column(arm, outcome)].notna().all()
+    assert p_column("control", "unsubscribe") in predictions
 
 
 def test_a_request_without_features_is_a_readable_4xx(served):

@@ -7,15 +7,16 @@ from pyspark.sql import functions as F
 
 from conftest import RUN_DATE
 from helpers import settings_in
-from jobs import registry, steps
-from jobs.lake import partition_dir, publish_partition
+from jobs import steps
+from jobs.data.lake import partition_dir, publish_partition
+from jobs.model import registry
+from jobs.model.tracking import use_tracking
 from jobs.settings import report_dir
-from jobs.tracking import use_tracking
 
 
 @pytest.mark.slow  # the train, gate and promote steps end to end (test_gate's tier)
 def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, generated, tmp_path):
-    from jobs.etl import run_etl
+    from jobs.data.etl import run_etl
 
     if not partition_dir(settings, "features/training", RUN_DATE).exists():
         run_etl(spark, settings, RUN_DATE)
@@ -40,8 +41,8 @@ def test_a_model_trained_on_shuffled_labels_is_not_promoted(spark, settings, gen
 
 
 def test_training_rows_can_be_capped_keeping_arm_shares(spark, settings, generated):
-    from jobs.etl import run_etl
-    from jobs.train import load_training_set
+    from jobs.data.etl import run_etl
+    from jobs.model.train import load_training_set
 
     if not partition_dir(settings, "features/training", RUN_DATE).exists():
         run_etl(spark, settings, RUN_DATE)
@@ -57,8 +58,8 @@ def test_training_rows_can_be_capped_keeping_arm_shares(spark, settings, generat
 
 
 def test_training_is_deterministic_for_a_seed(spark, settings, generated):
-    from jobs.etl import run_etl
-    from jobs.train import fit_t_learner, load_training_set
+    from jobs.data.etl import run_etl
+    from jobs.model.train import fit_t_learner, load_training_set
 
     if not partition_dir(settings, "features/training", RUN_DATE).exists():
         run_etl(spark, settings, RUN_DATE)
@@ -74,8 +75,8 @@ def test_the_same_training_rows_in_another_file_order_load_the_same(settings, tm
     import numpy as np
     import pandas as pd
 
-    from jobs.tlearner import label_column
-    from jobs.train import load_training_set
+    from jobs.model.train import load_training_set
+    from jobs.names import label_column
 
     rng = np.random.default_rng(3)
     n = 5000

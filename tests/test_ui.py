@@ -1,4 +1,5 @@
-"""The Campaigns page (jobs.ui) in a real Airflow API app: behind Airflow's login, showing what the night published."""
+"""The Campaigns page (jobs.ui.pages) in a real Airflow API app: behind Airflow's login, showing what the
+night published."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import pandas as pd
 import pytest
 
 from conftest import RUN_DATE
-from jobs import campaigns, policy
-from jobs.lake import partition_dir
+from jobs.data.lake import partition_dir
+from jobs.model import policy
 from jobs.settings import report_dir
+from jobs.ui import campaigns
 
 DAY = RUN_DATE.isoformat()
 PAGES = [
@@ -83,7 +85,7 @@ def _cells(html: str, row_attr: str, value: str) -> dict[str, float]:
 def test_the_plugin_is_in_airflows_navigation_from_the_package_entry_point(airflow):
     plugins = _get(airflow, "/api/v2/plugins").json()["plugins"]
     ours = next(p for p in plugins if p["name"] == "uplift_campaigns")
-    assert "EntryPoint" in ours["source"] and "jobs.airflow_plugin:CampaignsPlugin" in ours["source"]
+    assert "EntryPoint" in ours["source"] and "jobs.ui.plugin:CampaignsPlugin" in ours["source"]
     assert ours["fastapi_apps"][0]["url_prefix"] == "/campaigns"
     view = ours["external_views"][0]
     assert (view["name"], view["destination"], view["url_route"], view["href"]) == (
@@ -152,7 +154,7 @@ def test_the_run_page_shows_every_policys_guardrail_estimate_and_the_ones_above_
         assert ("above" in row) == bool(g["above"]), name
     # Whether tonight's interval for "everyone gets subject_3" clears the limit is a draw at the
     # suite's size (tests/test_guardrails.py); how the page marks one that does, on tonight's run:
-    from jobs import ui
+    from jobs.ui import pages as ui
 
     context = ui.run_context(settings, RUN_DATE)
     estimate = context["run"]["gate"]["policy_values"]["everyone gets subject_3"]["guardrails"]["unsubscribe"]
@@ -185,7 +187,7 @@ def test_the_budget_control_selects_what_the_policy_would_with_that_budget(airfl
 
 
 def test_segment_page_equals_the_what_if_and_lists_harmed_segments_first(airflow, settings, spark):
-    from jobs.audience import what_if
+    from jobs.targeting.audience import what_if
 
     options = campaigns.segment_options(settings, RUN_DATE)
     spec = settings.features
@@ -234,7 +236,7 @@ def test_why_page_shows_every_arms_uplift_drivers_from_the_deployed_model(airflo
 
 
 def test_download_is_exactly_the_cli_export(airflow, settings, tmp_path: Path):
-    from jobs.audience import export_csv
+    from jobs.targeting.audience import export_csv
 
     rows = export_csv(settings, RUN_DATE, "subject_2", tmp_path / "cli.csv")
     response = _get(airflow, f"/campaigns/runs/{DAY}/download/subject_2.csv")

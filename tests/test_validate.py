@@ -9,23 +9,19 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import RUN_DATE
 from helpers import copy_raw, settings_in
-from jobs.etl import RANDOMIZED
-from jobs.generate import deliver
-from jobs.lake import partition_dir, publish_partition
-from jobs.policy import EXPLORE, HOLDOUT, TARGET
-from jobs.validate import (
-    MAX_SMD,
-    ValidationFailed,
+from jobs.data.checks import MAX_SMD, ValidationFailed, sample_ratio_mismatch, separation, training_randomization
+from jobs.data.lake import partition_dir, publish_partition
+from jobs.data.validate import (
     _arm_counts_by_campaign,
     _moments_by_campaign,
-    _separation,
-    _training_randomization,
     covariate_balance,
     leakage_in_data,
-    sample_ratio_mismatch,
     validate_features,
     validate_raw,
 )
+from jobs.demo.generate import deliver
+from jobs.model.policy import EXPLORE, HOLDOUT, TARGET
+from jobs.names import RANDOMIZED
 
 TRAINING = "campaign_id string, arm string, assignment string, label int, x double"
 
@@ -72,10 +68,10 @@ def test_the_leakage_guards_auc_is_sklearns_folded_to_either_direction():
     tied = pd.Series(rng.integers(0, 7, 5000) + target * rng.integers(0, 2, 5000), dtype="float64")
     auc = roc_auc_score(target, tied)
     assert auc > 0.55
-    assert _separation(tied, target) == pytest.approx(auc, abs=1e-12)
-    assert _separation(-tied, target) == pytest.approx(auc, abs=1e-12)  # the other direction, folded
-    assert _separation(pd.Series(target * 2.0), target) == 1.0
-    assert _separation(tied, np.zeros(5000, dtype=int)) == 0.5  # one class: nothing to separate
+    assert separation(tied, target) == pytest.approx(auc, abs=1e-12)
+    assert separation(-tied, target) == pytest.approx(auc, abs=1e-12)  # the other direction, folded
+    assert separation(pd.Series(target * 2.0), target) == 1.0
+    assert separation(tied, np.zeros(5000, dtype=int)) == 0.5  # one class: nothing to separate
 
 
 def test_sample_ratio_mismatch_statistic():
@@ -124,7 +120,7 @@ def _training(spark, frame: pd.DataFrame):
 def _randomization_checks(settings, training):
     """The training set's sample-ratio and balance checks on its feature x."""
     moments = _moments_by_campaign(training, ["x"], "assignment")
-    return _training_randomization("features/training", moments, settings.experiment, ["x"])
+    return training_randomization("features/training", moments, settings.experiment, ["x"])
 
 
 def _sends(arms: list[str], x: np.ndarray, campaign: str = "daily", assignment: str = RANDOMIZED) -> pd.DataFrame:
@@ -200,26 +196,26 @@ def test_an_own_audiences_rows_are_left_out_of_the_randomization_checks(spark, s
 
 
 def test_each_campaign_is_tested_against_its_own_split(settings):
-    from jobs.validate import _randomization
+    from jobs.data.validate import randomization_check
 
     exp = settings.experiment.model_copy(update={"campaign_splits": {"half": {"control": 0.5, "subject_1": 0.5}}})
     even = {"control": 2500, "subject_1": 2500, "subject_2": 2500, "subject_3": 2500}
     half = {"control": 5000, "subject_1": 5000}
-    outcome, srm = _randomization("sends", {"daily": even, "half": half}, exp)
+    outcome, srm = randomization_check("sends", {"daily": even, "half": half}, exp)
     assert outcome.success and srm["campaigns"]["half"]["p_value"] > 0.5
     assert srm["p_value_min"] == exp.srm_p_value_min / 2, "Bonferroni over the campaigns"
     # The same counts against the default split (no campaign_splits entry): a mismatch, named.
-    outcome, _ = _randomization("sends", {"daily": even, "other": half}, exp)
+    outcome, _ = randomization_check("sends", {"daily": even, "other": half}, exp)
     assert not outcome.success and "campaign 'other'" in outcome.failures[0]
     # An arm the campaign's split leaves out must not have sends.
     leaked = {"control": 5000, "subject_1": 4990, "subject_2": 10}
-    outcome, _ = _randomization("sends", {"half": leaked}, exp)
+    outcome, _ = randomization_check("sends", {"half": leaked}, exp)
     assert not outcome.success and "'subject_2': 10" in outcome.failures[0]
 
 
 def test_broken_randomization_stops_training(spark, settings, tmp_path):
     # Uses the training set published by the pipeline tests' ETL run, or builds it.
-    from jobs.etl import run_etl
+    from jobs.data.etl import run_etl
 
     if not partition_dir(settings, "features/training", RUN_DATE).exists():
         run_etl(spark, settings, RUN_DATE)

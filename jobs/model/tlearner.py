@@ -1,0 +1,169 @@
+"""The T-learner's prediction arithmetic, without MLflow: design matrix, probabilities, uplifts.
+
+Uplift of arm a for customer x is ``p_a(x) - p_control(x)``, one LightGBM model per arm
+(control included) and outcome. The primary outcome's columns are `p_<arm>` and `uplift_<arm>`;
+a further outcome o's are `p_<arm>__o` and `uplift_<arm>__o` (`key`), and a guardrail
+outcome's also `uplift_high_<arm>__o`, the per-customer upper bound the policy checks.
+An arm whose ranking did not clear the gate's Qini diagnostic is a
+*constant* arm: its targeting uplift is its average effect for every customer (`constant`),
+while `p_<arm>` stays its outcome model's probability. The MLflow pyfunc (`jobs.model.pyfunc`) and
+Spark's scoring workers (`jobs.targeting.score`) both predict through this module, so a served
+prediction and a batch-scored one are the same numbers. It imports pandas and NumPy, and LightGBM when boosters load: a
+scoring worker starts without loading MLflow, and receives the boosters as LightGBM model
+strings; a Spark step that only names columns (`key`, `label_column`) does not load LightGBM
+and scikit-learn (a second of every process start).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from jobs.names import key, p_column, uplift_column, uplift_high_column
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+
+
+def design_matrix(frame: pd.DataFrame, numeric: list[str], categories: dict[str, list[str]]) -> pd.DataFrame:
+    """The features in training order and dtypes; unseen categories become missing."""
+    features = [*numeric, *categories]
+    missing = [c for c in features if c not in frame.columns]
+    if missing:
+        raise ValueError(f"model input lacks feature columns {missing}; expected all of {features}")
+    x = frame[numeric].astype("float64")
+    for name, levels in categories.items():
+        x[name] = pd.Categorical(frame[name].astype("string"), categories=levels)
+    return x
+
+
+def output_columns(control: str, arms: list[str], outcomes: list[str] = (), bounded: list[str] = ()) -> list[str]:
+    """p_ of every arm and outcome, uplift_ of every treatment and outcome, uplift_high_ of the bounded."""
+    every = [None, *outcomes]
+    return (
+        [p_column(a, o) for o in every for a in [control, *arms]]
+        + [uplift_column(a, o) for o in every for a in arms]
+        + [uplift_high_column(a, o) for o in bounded for a in arms]
+    )
+
+
+def bounded_outcomes(bounds: dict[str, dict], outcomes: list[str]) -> list[str]:
+    """The outcomes that have upper bounds (the guardrails), in declaration order."""
+    return [o for o in outcomes if any(k.endswith(f"__{o}") for k in bounds)]
+
+
+def with_uplifts(
+    probabilities: pd.DataFrame,
+    control: str,
+    arms: list[str],
+    constant: dict[str, float] | None = None,
+    outcomes: list[str] = (),
+    bounds: dict[str, dict] | None = None,
+) -> pd.DataFrame:
+    """From `p_<key>` of every arm and outcome: add the targeting uplifts of every treatment arm.
+
+    p_arm - p_control for a ranked (arm, outcome); its average effect for a constant one. bounds:
+    key -> {"edges", "highs"} of a guardrail outcome: a row's upper bound is the high of the bin
+    its p_arm - p_control falls in (a constant one has a single bin). Which arm a customer gets is
+    the targeting policy's decision (jobs.model.policy), not the model's.
+    """
+    out, bounds = probabilities, bounds or {}
+    for outcome in [None, *outcomes]:
+        for arm in arms:
+            k, c = key(arm, outcome), key(control, outcome)
+            raw = out[p_column(k)] - out[p_column(c)]
+            out[uplift_column(k)] = float(constant[k]) if constant and k in constant else raw
+            if k in bounds:
+                edges, highs = bounds[k]["edges"], np.asarray(bounds[k]["highs"], dtype=float)
+                out[uplift_high_column(k)] = highs[np.searchsorted(edges, raw.to_numpy(), side="right")]
+    return out[output_columns(control, arms, outcomes, bounded_outcomes(bounds, outcomes))]
+
+
+@dataclass(frozen=True)
+class PortableTLearner:
+    """A fitted T-learner as plain data (model strings): cheap to ship to Spark's Python workers."""
+
+    control: str
+    arms: list[str]
+    numeric: list[str]
+    categories: dict[str, list[str]]
+    boosters: dict[str, str]  # key(arm, outcome) (control included) -> LightGBM model string, best iteration
+    constant: dict[str, float] = field(default_factory=dict)  # constant key -> its average effect
+    outcomes: list[str] = field(default_factory=list)  # the outcomes besides the primary one
+    bounds: dict[str, dict] = field(default_factory=dict)  # guardrail key -> upper-bound bins
+
+    def load(self) -> dict[str, lgb.Booster]:
+        import lightgbm as lgb
+
+        return {arm: lgb.Booster(model_str=text) for arm, text in self.boosters.items()}
+
+    def predict(self, frame: pd.DataFrame, boosters: dict[str, lgb.Booster], num_threads: int = 1) -> pd.DataFrame:
+        """`output_columns` for every row of frame, with boosters from `load()`."""
+        x = design_matrix(frame, self.numeric, self.categories)
+        probabilities = pd.DataFrame(
+            {p_column(arm): booster.predict(x, num_threads=num_threads) for arm, booster in boosters.items()},
+            index=frame.index,
+        )
+        return with_uplifts(probabilities, self.control, self.arms, self.constant, self.outcomes, self.bounds)
+
+    def columns(self) -> list[str]:
+        return output_columns(self.control, self.arms, self.outcomes, bounded_outcomes(self.bounds, self.outcomes))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PortableTLearner:
+        return cls(**json.loads(text))
+
+
+class FeatureMismatchError(RuntimeError):
+    """The scoring set's features are not the ones the model was trained on."""
+
+
+def check_features(columns: list[str], model: PortableTLearner, keys: tuple[str, ...] = ("customer_id",)) -> None:
+    """Refuse a scoring set whose feature columns differ from the model's, naming the columns."""
+    trained = [*model.numeric, *model.categories]
+    given = [c for c in columns if c not in keys]
+    missing, unexpected = [c for c in trained if c not in given], [c for c in given if c not in trained]
+    if missing or unexpected:
+        raise FeatureMismatchError(
+            "the scoring set's features differ from the model's: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {missing}" if missing else "",
+                    f"not known to the model {unexpected}" if unexpected else "",
+                )
+                if part
+            )
+            + f". The model was trained on {trained}. A changed feature spec needs a model trained on it: "
+            "run the nightly through train and gate, or restore the spec the champion was trained with."
+        )
+
+
+def serving_problem(
+    columns: list[str], model: PortableTLearner, control: str, arms: list[str], outcomes=None
+) -> str | None:
+    """Why the model cannot score a set with these columns for this experiment (None when it can).
+
+    outcomes: the targeting's outcomes (name -> Outcome); a model must know the same ones, and
+    hold the upper bounds of each guardrail outcome.
+    """
+    if model.control != control or list(model.arms) != list(arms):
+        return f"the model knows arms {[model.control, *model.arms]}, the experiment is {[control, *arms]}"
+    if outcomes is not None:
+        if list(model.outcomes) != list(outcomes):
+            return f"the model knows outcomes {list(model.outcomes)} besides the primary one, conf has {list(outcomes)}"
+        unbounded = [o for o, spec in outcomes.items() if spec.guardrail and key(arms[0], o) not in model.bounds]
+        if unbounded:
+            return f"the model has no upper bounds for the guardrail outcomes {unbounded}"
+    try:
+        check_features(columns, model)
+    except FeatureMismatchError as err:
+        return str(err)
+    return None

@@ -1,0 +1,432 @@
+"""What the campaign page shows, read from the published lake and reports, without Spark.
+
+Every number comes from what the nightly published: the audience and its summary (Parquet),
+the step records, gate.json (policy values and the per-arm breakdown with intervals), the
+budget curve, the drift records and, for the uplift drivers and the Qini picture, the
+training run's MLflow artifacts. Tables are queried with DuckDB over the Parquet files
+(aggregates, filters and window functions run in DuckDB; only their results reach Python),
+so a page never loads a whole audience into memory.
+
+`segment` is the same computation as `jobs.targeting.audience.what_if` (the CLI, in Spark) over the
+same rows, and `budget` is jobs.model.policy's budget rule (rank order, the running count of
+recommended customers) with another `max_sends`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from functools import lru_cache
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.dataset as pads
+
+from jobs.data.lake import MissingInputError, dated_folders, partition_dates, partition_dir
+from jobs.model.policy import NONE
+from jobs.names import (
+    AUDIENCE,
+    AUDIENCE_SUMMARY,
+    BUDGET_CURVE,
+    DRIFT_PAGE,
+    DRIFT_REPORT,
+    FAILURE_NOTE,
+    GATE_REPORT,
+    RESULTS,
+    of_outcome,
+    policy_model_version,
+    uplift_column,
+)
+from jobs.settings import Settings, report_dir
+from jobs.targeting.audience import band_labels
+
+MAX_LEVELS_SHOWN = 50  # values of a categorical attribute offered on the segment page
+
+
+def _files(settings: Settings, table: str, run_date: date) -> str:
+    path = partition_dir(settings, table, run_date)
+    if not path.exists():
+        raise MissingInputError(f"no {table} for run_date={run_date} at {path}")
+    return str(path / "*.parquet")
+
+
+def _query(sql: str, params: list | None = None) -> pd.DataFrame:
+    with duckdb.connect() as con:
+        con.execute("SET threads TO 2")
+        return con.execute(sql, params or []).df()
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_dates(settings: Settings) -> list[date]:
+    """Run dates with a published audience, newest first."""
+    return sorted(partition_dates(settings, AUDIENCE_SUMMARY), reverse=True)
+
+
+def _summary(settings: Settings, run_date: date) -> pd.DataFrame:
+    return (
+        _query("SELECT * FROM read_parquet(?)", [_files(settings, "audience_summary", run_date)])
+        .sort_values("recommended_arm")
+        .reset_index(drop=True)
+    )
+
+
+def latest_monitoring(settings: Settings) -> dict | None:
+    """The latest night's monitoring assessment of the champion (monitoring.json), with its run date."""
+    reports = (
+        sorted(settings.paths.reports.glob("run_date=*/monitoring.json")) if settings.paths.reports.exists() else []
+    )
+    if not reports:
+        return None
+    return {**_json(reports[-1]), "run_date": reports[-1].parent.name.split("=", 1)[1]}
+
+
+def runs(settings: Settings) -> list[dict]:
+    """One line per night, newest first: a published night's gate decision, policy, drift, customers
+    scored, sends, spend, expected value and, once its sends matured, the realized incremental
+    responses (results); a night that did not publish, with its state and reason (failed: the failing
+    step's one line; running or late: started but not published; missing: no run between two runs)."""
+    from jobs.data.lake import read_table
+
+    realized = read_table(settings, RESULTS)
+    if not realized.empty:
+        realized = (
+            realized[realized["arm"] == "all"]
+            .groupby("audience_date")
+            .agg(
+                incremental=("incremental", "sum"),
+                low=("incremental_low", "sum"),
+                high=("incremental_high", "sum"),
+                net_value=("net_value", "sum"),
+            )
+        )
+    published = set(run_dates(settings))
+    reported = {day for day, _ in dated_folders(settings.paths.reports)}
+    every = published | reported
+    days = sorted({*every, *_gaps(every)}, reverse=True)
+    out = []
+    for run_date in days:
+        if run_date not in published:
+            out.append(_unpublished(settings, run_date, run_date in reported))
+            continue
+        steps = report_dir(settings, run_date) / "steps"
+        gate, score, drift = (_json(steps / f"{s}.json") for s in ("gate", "score", "drift"))
+        summary = _summary(settings, run_date)
+        got = realized.loc[run_date] if not realized.empty and run_date in realized.index else None
+        out.append(
+            {
+                "run_date": run_date.isoformat(),
+                "state": "published",
+                "decision": gate.get("decision"),
+                "policy": score.get("policy") or (summary["policy"].iloc[0] if len(summary) else None),
+                "drift": drift.get("outcome"),
+                "customers": score.get("rows")
+                or pads.dataset(str(partition_dir(settings, AUDIENCE, run_date))).count_rows(),
+                "selected": int(summary["customers"].sum()),
+                "sends": int(summary["sends"].sum()),
+                "spend": float(summary["spend"].sum()),
+                "expected_incremental_responses": float(summary["expected_incremental_responses"].sum()),
+                "expected_net_value": float(summary["expected_net_value"].sum()),
+                "realized": None
+                if got is None or pd.isna(got["incremental"])
+                else {k: float(got[k]) for k in ("incremental", "low", "high", "net_value")},
+                # An audience is measured once its sends' window matured: the night after the send, plus the window.
+                "realized_note": "not matured"
+                if run_date + timedelta(days=settings.experiment.attribution_window_days + 1) > max(days)
+                else "no sends measured",
+            }
+        )
+    return out
+
+
+def _gaps(days: set[date]) -> list[date]:
+    """The dates between the first and the last night that have no trace of a run."""
+    if not days:
+        return []
+    first, last = min(days), max(days)
+    return [first + timedelta(days=k) for k in range((last - first).days) if first + timedelta(days=k) not in days]
+
+
+def _unpublished(settings: Settings, run_date: date, reported: bool) -> dict:
+    folder = report_dir(settings, run_date)
+    failure = folder / FAILURE_NOTE
+    if failure.exists():
+        state, reason = "failed", failure.read_text().strip()
+    elif reported:
+        done = sorted(p.stem for p in (folder / "steps").glob("*.json")) if (folder / "steps").exists() else []
+        state, reason = "not published", f"steps done: {', '.join(done) or 'none'}; no audience yet (running or late)"
+    else:
+        state, reason = "missing", "no run for this date: trigger it (or a backfill) in Airflow"
+    return {"run_date": run_date.isoformat(), "state": state, "reason": reason}
+
+
+def run(settings: Settings, run_date: date, top: int = 10) -> dict:
+    """One run: per-arm table (with the gate's holdout intervals), budget curve, gate, drift, top customers."""
+    folder = report_dir(settings, run_date)
+    summary = _summary(settings, run_date)
+    gate = _json(folder / GATE_REPORT)
+    intervals = gate.get("deployed_arms", {})
+    arms = []
+    for row in summary.to_dict(orient="records"):
+        estimate = intervals.get(row["recommended_arm"], {})
+        arms.append({**row, "holdout_estimate": estimate or None})
+    curve_path = folder / f"{BUDGET_CURVE}.csv"
+    curve = pd.read_csv(curve_path).to_dict(orient="records") if curve_path.exists() else []
+    audience = _files(settings, "audience", run_date)
+    best = _query(
+        "SELECT rank, customer_id, recommended_arm, expected_uplift, expected_net_value, holdout "
+        "FROM read_parquet(?) WHERE rank <= ? ORDER BY rank",
+        [audience, top],
+    )
+    scored = _query("SELECT count(*) AS n, any_value(policy) AS policy FROM read_parquet(?)", [audience]).iloc[0]
+    drift = _json(folder / "steps" / DRIFT_REPORT)
+    return {
+        "run_date": run_date.isoformat(),
+        "customers": int(scored["n"]),
+        "policy": scored["policy"],
+        "arms": arms,
+        "totals": {
+            k: float(summary[k].sum())
+            for k in (
+                "customers",
+                "sends",
+                "holdout",
+                "explore",
+                "expected_incremental_responses",
+                "expected_net_value",
+                "spend",
+            )
+        },
+        # the further outcomes' expected increments per arm (the audience summary's columns)
+        "outcome_totals": {o: of_outcome("expected_incremental", o) for o in settings.targeting.outcomes},
+        "curve": curve,
+        "peak": max(curve, key=lambda p: p["net_value"]) if curve else None,
+        "max_sends": settings.targeting.max_sends,
+        "holdout_share": settings.targeting.holdout_share,
+        "gate": {
+            k: gate.get(k) for k in ("decision", "reasons", "deployed_policy", "policy_values", "run_id", "guardrails")
+        },
+        "drift": {
+            "outcome": drift.get("outcome"),
+            "drifted_share": drift.get("drifted_share"),
+            "reports": [p.name for p in (folder / DRIFT_PAGE, folder / "drift_predictions.html") if p.exists()],
+        },
+        "top": best.to_dict(orient="records"),
+    }
+
+
+def budget(settings: Settings, run_date: date, max_sends: int) -> dict:
+    """What the audience would select with another `max_sends` (holdout counted), per arm, without rerunning.
+
+    The policy's budget rule over the published ranking: recommended customers in rank order
+    while their running count is within the budget less the exploration share
+    (jobs.model.policy.within_budget; `max_spend`, if set, is not applied here). Sums are the model's
+    expectations over the selected, before the fresh holdout is drawn from them.
+    """
+    frame = _query(
+        f"""
+        SELECT recommended_arm, count(*) AS customers, sum(expected_uplift) AS expected_incremental_responses,
+               sum(expected_net_value) AS expected_net_value, sum(send_cost) AS spend
+        FROM (
+            SELECT recommended_arm, expected_uplift, expected_net_value, send_cost,
+                   sum(CASE WHEN recommended_arm <> '{NONE}' THEN 1 ELSE 0 END) OVER (ORDER BY rank) AS so_far
+            FROM read_parquet(?)
+        )
+        WHERE recommended_arm <> '{NONE}' AND so_far <= ?
+        GROUP BY recommended_arm ORDER BY recommended_arm
+        """,
+        [_files(settings, "audience", run_date), max_sends * (1 - settings.targeting.exploration_share)],
+    )
+    return {
+        "max_sends": max_sends,
+        "arms": frame.to_dict(orient="records"),
+        "customers": int(frame["customers"].sum()),
+        "expected_incremental_responses": float(frame["expected_incremental_responses"].sum()),
+        "expected_net_value": float(frame["expected_net_value"].sum()),
+        "spend": float(frame["spend"].sum()),
+    }
+
+
+def _band_sql(column: str, edges: list[float]) -> str:
+    """DuckDB's form of jobs.targeting.audience.band: the label of a numeric column's band."""
+    labels = band_labels(edges)
+    cases = " ".join(
+        f"WHEN \"{column}\" < {float(e)!r} THEN '{label}'" for e, label in zip(edges, labels, strict=False)
+    )
+    return f"CASE WHEN \"{column}\" IS NULL THEN NULL {cases} ELSE '{labels[-1]}' END"
+
+
+def segment_columns(settings: Settings) -> dict[str, str]:
+    """Segment column -> its SQL over the scoring features: categorical attributes and `<name>_band`s."""
+    spec = settings.features
+    columns = {name: f'"{name}"' for name, a in spec.attributes.items() if a.kind == "categorical"}
+    columns.update({f"{name}_band": _band_sql(name, edges) for name, edges in spec.segments().items()})
+    return columns
+
+
+def _base(settings: Settings, run_date: date) -> tuple[str, list]:
+    """The segment base (features joined with the audience, with the segment columns), and its parameters."""
+    extra = ", ".join(f'{sql} AS "{name}"' for name, sql in segment_columns(settings).items())
+    sql = (
+        f"SELECT a.*, {extra} FROM read_parquet(?) f JOIN read_parquet(?) a USING (customer_id)"
+        if extra
+        else "SELECT a.* FROM read_parquet(?) f JOIN read_parquet(?) a USING (customer_id)"
+    )
+    return sql, [_files(settings, "features/scoring", run_date), _files(settings, "audience", run_date)]
+
+
+def segment_options(settings: Settings, run_date: date) -> dict[str, list[str]]:
+    """The values a campaign manager can pick, per segment column (from the feature spec)."""
+    options = {}
+    path = _files(settings, "features/scoring", run_date)
+    for name, sql in segment_columns(settings).items():
+        if name.endswith("_band") and name[: -len("_band")] in settings.features.segments():
+            options[name] = band_labels(settings.features.segments()[name[: -len("_band")]])
+            continue
+        values = _query(
+            f"SELECT DISTINCT CAST({sql} AS VARCHAR) AS v FROM read_parquet(?) WHERE {sql} IS NOT NULL "
+            f"ORDER BY v LIMIT {MAX_LEVELS_SHOWN}",
+            [path],
+        )
+        options[name] = values["v"].tolist()
+    return options
+
+
+def where_clause(picks: dict[str, str]) -> str:
+    """The Spark SQL condition of a segment, for `uplift audience what-if --where` (the CLI's same numbers)."""
+    if not picks:
+        return "true"
+    return " AND ".join(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in picks.items())
+
+
+def _checked(settings: Settings, picks: dict[str, str], arm: str) -> None:
+    if arm not in settings.experiment.arms:
+        raise ValueError(f"unknown arm '{arm}': the arms are {settings.experiment.arms}")
+    unknown = [name for name in picks if name not in segment_columns(settings)]
+    if unknown:
+        raise ValueError(f"unknown segment columns {unknown}: the segments are {list(segment_columns(settings))}")
+
+
+def segment(settings: Settings, run_date: date, picks: dict[str, str], arm: str) -> dict:
+    """A segment's expected response rate with and without arm (what `uplift audience what-if` prints)."""
+    _checked(settings, picks, arm)
+    base, params = _base(settings, run_date)
+    conditions = " AND ".join(f'CAST("{name}" AS VARCHAR) = ?' for name in picks) or "true"
+    row = _query(
+        f"""
+        SELECT count(*) AS customers, avg(p_control) AS without_message, avg("p_{arm}") AS with_message,
+               avg(CASE WHEN recommended_arm = ? THEN 1.0 ELSE 0.0 END) AS recommended_share,
+               sum(CASE WHEN assigned_arm = ? THEN 1 ELSE 0 END) AS sends,
+               avg("uplift_{arm}") AS targeting_uplift
+        FROM ({base}) WHERE {conditions}
+        """,
+        [arm, arm, *params, *picks.values()],
+    ).iloc[0]
+    out = {"customers": int(row["customers"]), "where": where_clause(picks), "arm": arm, "picks": picks}
+    if not out["customers"]:
+        return out
+    out.update(recommended_share=float(row["recommended_share"]), sends=int(row["sends"]))
+    if pd.isna(row["without_message"]):
+        out["note"] = (
+            "this audience is a constant policy (no model has passed the gate): no per-customer response rates; "
+            f"the arm's average effect is {row['targeting_uplift']:.4f}"
+        )
+        return out
+    uplift = float(row["with_message"] - row["without_message"])
+    out.update(
+        response_rate_without=float(row["without_message"]),
+        response_rate_with=float(row["with_message"]),
+        expected_uplift=uplift,
+        expected_incremental_responses=uplift * out["customers"],
+    )
+    return out
+
+
+def segments_by_effect(settings: Settings, run_date: date, min_customers: int = 30) -> dict[str, list[dict]]:
+    """Per arm, every one-column segment (attribute = value) with the arm's expected uplift there; harmed first.
+
+    One pass over the segment base for every column and arm (GROUPING SETS).
+    """
+    columns, arms = list(segment_columns(settings)), settings.experiment.arms
+    if not columns:
+        return {arm: [] for arm in arms}
+    base, params = _base(settings, run_date)
+    measures = ", ".join(
+        f'avg("p_{arm}" - p_control) AS "uplift_{arm}", '
+        f"avg(CASE WHEN recommended_arm = '{arm}' THEN 1.0 ELSE 0.0 END) AS \"share_{arm}\""
+        for arm in arms
+    )
+    which = ", ".join(f'GROUPING("{c}") AS "g_{c}"' for c in columns)
+    frame = _query(
+        f"""
+        SELECT {", ".join(f'CAST("{c}" AS VARCHAR) AS "v_{c}"' for c in columns)}, {which},
+               count(*) AS customers, {measures}
+        FROM ({base})
+        GROUP BY GROUPING SETS ({", ".join(f'("{c}")' for c in columns)})
+        HAVING count(*) >= ?
+        """,
+        [*params, min_customers],
+    )
+    out = {}
+    for arm in arms:
+        rows = []
+        for r in frame.to_dict(orient="records"):
+            column = next(c for c in columns if r[f"g_{c}"] == 0)
+            if r[f"v_{column}"] is None or pd.isna(r[uplift_column(arm)]):
+                continue  # the missing values of a column; a constant audience has no per-customer rates
+            rows.append(
+                {
+                    "column": column,
+                    "value": r[f"v_{column}"],
+                    "customers": int(r["customers"]),
+                    "expected_uplift": float(r[uplift_column(arm)]),
+                    "recommended_share": float(r[f"share_{arm}"]),
+                    "expected_incremental_responses": float(r[uplift_column(arm)]) * int(r["customers"]),
+                    "harmed": bool(r[uplift_column(arm)] < 0),
+                }
+            )
+        out[arm] = sorted(rows, key=lambda r: (not r["harmed"], r["expected_uplift"] * (1 if r["harmed"] else -1)))
+    return out
+
+
+@lru_cache(maxsize=32)
+def _artifact(tracking_uri: str, run_id: str, path: str) -> bytes | None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        local = client.download_artifacts(run_id, path)
+    except Exception:  # the run or the artifact is not there: the page says so
+        return None
+    return Path(local).read_bytes()
+
+
+def training_run(settings: Settings, run_date: date) -> tuple[str | None, str]:
+    """The MLflow run whose model the audience used (its policy `model:<v>`), else tonight's challenger."""
+    policy = (_json(report_dir(settings, run_date) / "steps" / "score.json")).get("policy") or ""
+    if policy_model_version(policy) is not None:
+        import mlflow
+
+        uri = settings.mlflow.tracking_uri
+        version = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(
+            settings.mlflow.registered_model, policy_model_version(policy)
+        )
+        return version.run_id, f"the deployed model v{version.version}"
+    run_id = _json(report_dir(settings, run_date) / GATE_REPORT).get("run_id")
+    return run_id, "tonight's challenger (not deployed: the audience is a constant policy)"
+
+
+def artifact(settings: Settings, run_id: str | None, path: str) -> bytes | None:
+    return _artifact(settings.mlflow.tracking_uri, run_id, path) if run_id else None
+
+
+def drivers(settings: Settings, run_date: date) -> dict:
+    """The uplift drivers (jobs.model.drivers) of the model behind run_date's audience."""
+    from jobs.model.drivers import DRIVERS_DIR, SUMMARY
+
+    run_id, whose = training_run(settings, run_date)
+    raw = artifact(settings, run_id, f"{DRIVERS_DIR}/{SUMMARY}")
+    return {"run_id": run_id, "whose": whose, **(json.loads(raw) if raw else {"arms": {}})}
