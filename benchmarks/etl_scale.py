@@ -15,14 +15,13 @@ Writes benchmarks/results/etl-scale-<date>-<commit>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from datetime import date
 from pathlib import Path
 
 import pyarrow.dataset as pads
 
-from benchmarks import result_path
+from benchmarks import publish
 from benchmarks.nightly import RUN_DATE, SIZES, bench_home, generate_command, measured, step_command
 
 
@@ -87,9 +86,9 @@ def main() -> None:
         "environment": environment(),
         **run(args.scale, args.keep),
     }
-    out = result_path("etl-scale-")
-    out.write_text(json.dumps(report, indent=2))
     g, e = report["stages"]["generate"], report["stages"]["etl"]
+    scale = f"x{args.scale}"
+    out = publish("etl-scale-", report, {f"{scale} etl wall_s": e["wall_s"], f"{scale} etl jvm_mb": e["jvm_mb"]})
     print(f"| x{args.scale} | {report['sends']:,} sends, {report['customers']:,} customers |")
     print("| --- | --- |")
     print(f"| raw rows | {report['raw_rows']} ({report['raw_mb']} MB Parquet) |")

@@ -26,7 +26,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from benchmarks import result_path
+from benchmarks import publish
 from jobs.demo.simulate import (
     demo_customers,
     in_memory,
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
     }
-    path = result_path("exploration-")
-    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    headline = {f"share {r['share']} gain_ratio": r["gain_ratio"] for r in result["by_share"]}
+    path = publish("exploration-", result, headline)
     print(summary.to_string(), f"\n-> {path}")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from benchmarks import result_path
+from benchmarks import publish
 from benchmarks.policy_coverage import RUN_DATE, _home, true_value
 from jobs.data.etl import run_etl
 from jobs.demo.generate import generate
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         },
         "draws": rows,
     }
-    out = result_path(f"gate-draws-{data['customers']}x{data['sends_per_day']}-")
-    out.write_text(json.dumps(result, indent=2))
+    headline = {"beats_best_constant": result["beats_best_constant"], "seeds": result["seeds"]}
+    out = publish(f"gate-draws-{data['customers']}x{data['sends_per_day']}-", result, headline)
     print(json.dumps({k: v for k, v in result.items() if k != "draws"}), flush=True)
     print(f"written {out}")
 

@@ -19,7 +19,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from benchmarks import result_path
+from benchmarks import publish
 
 SIZES = [  # name, customers, sends per day, days
     ("M: 500k customers, 2.5M sends, 30 days", 500_000, 83_334, 30),
@@ -67,8 +67,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "sizes": rows,
     }
-    out = result_path("generate-")
-    out.write_text(json.dumps(report, indent=2))
+    out = publish("generate-", report, {f"{size} sends_per_s": r["sends_per_s"] for size, r in rows.items()})
     print("| size | sends | wall (s) | sends/s | peak RSS (MB) |")
     print("| --- | --- | --- | --- | --- |")
     for name, row in rows.items():

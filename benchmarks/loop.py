@@ -25,7 +25,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from benchmarks import result_path
+from benchmarks import publish
 from jobs.demo.simulate import simulate
 from jobs.settings import Settings, load_settings
 
@@ -92,8 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         "nights": nights,
     }
     last = args.first_seed + args.seeds - 1
-    path = result_path(f"loop-{'' if args.rule == 'interval' else 'point-'}seeds{args.first_seed}-{last}-")
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    headline = {k: result[k] for k in ("nights_counted", "coverage", "model_nights", "model_coverage")}
+    path = publish(
+        f"loop-{'' if args.rule == 'interval' else 'point-'}seeds{args.first_seed}-{last}-", result, headline
+    )
     print(json.dumps({k: v for k, v in result.items() if k != "nights"}), f"-> {path}")
 
 

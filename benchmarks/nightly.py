@@ -45,7 +45,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from benchmarks import commit, result_path
+from benchmarks import commit, publish, result_path
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_DATE = date(2026, 10, 30)
@@ -523,7 +523,7 @@ def main() -> None:
     args = parser.parse_args()
 
     today = date.today().isoformat()
-    out = result_path()
+    out = result_path("nightly-")
     report = json.loads(out.read_text()) if out.exists() else {"date": today, "commit": commit(), "sizes": {}}
     for size in args.size:
         report["sizes"][size] = run_size(size, args.keep, references=not args.skip_references)
@@ -533,6 +533,7 @@ def main() -> None:
         report["targets"] = targets(report["sizes"])
         out.write_text(json.dumps(report, indent=2))
         out.with_suffix(".md").write_text(markdown(report))
+    publish("nightly-", report, {t["target"]: t["value"] for t in report["targets"]}, markdown(report))
     print(out.with_suffix(".md").read_text())
     print(f"written {out} and {out.with_suffix('.md')}")
 

@@ -27,7 +27,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from benchmarks import result_path
+from benchmarks import publish
 from jobs.data.etl import run_etl
 from jobs.demo.generate import generate
 from jobs.model import gate, policy
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
             "mean_interval_width": float(np.mean([v["high"] - v["low"] for v in valued])) if valued else None,
         }
     result["runs"] = rows
-    out = result_path("policy-coverage-")
-    out.write_text(json.dumps(result, indent=2))
+    headline = {f"{k} coverage": result[k]["coverage"] for k in ("deployed", "challenger")}
+    out = publish("policy-coverage-", result, headline)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}), flush=True)
     print(f"written {out}")
 

@@ -3,7 +3,7 @@
 - `duckdb_etl`: the same point-in-time training and scoring sets as `jobs.data.etl.build_sets`,
   built by one DuckDB SQL session on a single node (2 threads) straight from the raw parquet.
   Its SQL is generated from the feature spec (`features:` in conf), as the Spark ETL is.
-  tests/test_references.py proves it equal to the Spark ETL, row for row and value for value.
+  tests/unit/test_references.py proves it equal to the Spark ETL, row for row and value for value.
 - `pandas_tlearner`: what a user would write instead of the pipeline: one in-memory pandas +
   LightGBM script from the raw parquet to the per-arm holdout Qini of a T-learner, on the
   spec's features.

@@ -16,7 +16,7 @@ responses come from the generator's truth. Then:
   sends no one) and the nights go on without training; the nights until monitoring rolls it back.
 
     python -m benchmarks.results_coverage --seeds 3 --nights 10
-    # writes benchmarks/results/results-coverage-<date>-<commit>.json
+    # writes benchmarks/results/results-coverage-seeds0-2-<date>-<commit>.json
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import result_path
+from benchmarks import publish
 from benchmarks.loop import FIRST_NIGHT, _home
 from jobs.data.lake import partition_dir, read_table
 from jobs.demo.simulate import SERVING_STEPS, negated_champion, play, simulate, true_incremental
@@ -173,8 +173,11 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "per_seed": seeds,
     }
-    path = result_path("results-coverage-")
-    path.write_text(json.dumps(result, indent=2, default=str))
+    last = args.first_seed + args.seeds - 1
+    headline = {"coverage": result["coverage"], "false_alarm_nights": result["false_alarm_nights"]}
+    path = publish(
+        f"results-coverage-seeds{args.first_seed}-{last}-", json.loads(json.dumps(result, default=str)), headline
+    )
     print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}), flush=True)
     print(path)
 

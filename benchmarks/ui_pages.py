@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks import result_path
+from benchmarks import publish as publish_result
 from jobs.names import p_column, uplift_column
 
 RUN_DATE = date(2026, 10, 30)
@@ -219,8 +219,7 @@ def main() -> None:
         **measured,
         "met": all(p["max_s"] < TARGET_S for n, p in measured["pages"].items() if not n.startswith("download")),
     }
-    out = result_path("ui-pages-")
-    out.write_text(json.dumps(result, indent=2))
+    out = publish_result("ui-pages-", result, {f"{name} max_s": p["max_s"] for name, p in measured["pages"].items()})
     print(f"Campaigns pages, {args.customers:,} customers ({args.repeat} warm requests each, after one cold):")
     print(f"{'page':<28}{'cold s':>9}{'median s':>10}{'max s':>8}{'bytes':>12}")
     for name, p in measured["pages"].items():

@@ -1,6 +1,6 @@
 """Nightly uplift targeting pipeline: the importable jobs behind the DAG and the CLI.
 
-Rooms, from the ground up (each may import only those below it; `tests/test_layers.py` holds
+Rooms, from the ground up (each may import only those below it; `tests/unit/test_layers.py` holds
 the contracts in pyproject.toml's `[tool.importlinter]`):
 - `settings`, `features`, `names`: the configuration and the names every room shares;
 - `runtime`: the Spark session, the Connect server, the class archive, the workers, the zip;

@@ -1,6 +1,6 @@
 """Headless Chromium (Debian's package) driven by Playwright: log in to Airflow, read and capture the Campaigns pages.
 
-Used by tests/test_browser.py, and as a script for the pictures of docs/campaigns-page.md against `make ui`:
+Used by tests/ui/test_browser.py, and as a script for the pictures of docs/campaigns-page.md against `make ui`:
 
     python tests/browser.py --url http://localhost:8080 --user admin \
         --password-file var/airflow/simple_auth_manager_passwords.json.generated \

@@ -113,25 +113,15 @@ def own_settings(monkeypatch, tmp_path):
 
 
 # The fast tier (`make test-fast`, `pytest -m "not slow"`): units and small-frame tests. Slow:
-# whole nightly runs (in process or by Airflow), live stacks, clusters and servers; and, marked
-# in their modules, the variants of a whole step over the generated data (test_bad_deliveries),
-# several steps end to end (test_etl, test_train), a spark-submit of its own (test_class_archive)
-# and Spark Connect servers of their own (test_connect).
-SLOW_MODULES = {
-    "test_airflow_live",
-    "test_cluster",
-    "test_mlflow_postgres",
-    "test_serving",
-    "test_notebook",
-    "test_gate",
-    "test_browser",
-    "test_loop",
-    "test_loop_learning",
-}
+# whole nightly runs (in process or by Airflow), marked here by the fixtures they use; and, marked
+# in their modules (`pytestmark`, or per test), live stacks, clusters and servers, the loop, the
+# variants of a whole step over the generated data (data/test_bad_deliveries), several steps end
+# to end (data/test_etl, model/test_train), a spark-submit of its own (runtime/test_class_archive)
+# and Spark Connect servers of their own (runtime/test_connect).
 SLOW_FIXTURES = {"nightly", "airflow_run", "airflow_home", "successful_run", "spark_connect"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__ in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

@@ -5,7 +5,7 @@ outcomes and guardrails existed (commit 93c6a3e, `python tests/single_outcome.py
 later changes that apply to that code too: policy.average_effects' interval (no pseudo-success
 per campaign), training reading its set in send_id order (jobs.model.train.load_training_set), and the
 training holdout, early stopping and every bootstrap drawn by customer (jobs.model.train.customer_split);
-tests/test_outcomes.py runs the same configuration with today's code and compares, so adding
+tests/unit/test_outcomes.py runs the same configuration with today's code and compares, so adding
 outcomes cannot change what a single-outcome user gets.
 """
 
