@@ -200,7 +200,7 @@ def audience_what_if(
     where: Annotated[
         str,
         typer.Option(
-            help="Spark SQL over the features, the audience and <attribute>_band columns, e.g. \"age_band = '25-34'\"."
+            help="SQL over the features, the audience and <attribute>_band columns, e.g. \"age_band = '25-34'\"."
         ),
     ],
     arm: Annotated[str, typer.Option(help="The message to try on the segment.")],
@@ -211,7 +211,6 @@ def audience_what_if(
 ) -> None:
     """Expected response rate of a segment with and without a message."""
     from jobs.data.lake import MissingInputError, partition_dates
-    from jobs.runtime.spark import step_session
     from jobs.targeting.audience import what_if
 
     settings = load_settings()
@@ -219,8 +218,7 @@ def audience_what_if(
     if run_date is None and not published:
         raise MissingInputError("no audience published yet: run the pipeline first")
     day = run_date.date() if run_date else published[-1]
-    with step_session(settings, "uplift-what-if") as spark:
-        result = what_if(spark, settings, day, where, arm)
+    result = what_if(settings, day, where, arm)
     typer.echo(json.dumps(result, indent=2))
 
 

@@ -1,5 +1,5 @@
-"""The audience table where campaign managers read it: terminal summary, CSV send list, what-if,
-and a PostgreSQL copy for campaign tools.
+"""The audience table where campaign managers read it: terminal summary, CSV send list, what-if
+(jobs.targeting.queries), and a PostgreSQL copy for campaign tools.
 
 Everything here streams the published Parquet partition in record batches (pyarrow); no
 table is loaded whole. The PostgreSQL copy replaces a run date's rows in one transaction, so
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from datetime import date
-from itertools import pairwise
 from pathlib import Path
 
 import pandas as pd
@@ -22,8 +21,9 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from jobs.data.lake import MissingInputError, kept_versions, next_version, partition_dir, version_dir
-from jobs.names import AUDIENCE, BUDGET_CURVE, SCORING_SET, is_constant_policy
+from jobs.names import AUDIENCE, BUDGET_CURVE, is_constant_policy
 from jobs.settings import Settings, report_dir
+from jobs.targeting.queries import segment_rates
 
 PG_TYPES = {
     pa.string(): "text",
@@ -136,64 +136,15 @@ def export_csv(settings: Settings, run_date: date, arm: str | None, output: Path
     return rows
 
 
-def band_labels(edges: list[float]) -> list[str]:
-    """Labels of the bands between edges: "<25", "25-34", ..., "60+" (integers shown without .0)."""
-    inner = [f"{lo:g}-{hi - 1:g}" if float(hi).is_integer() else f"{lo:g}-{hi:g}" for lo, hi in pairwise(edges)]
-    return [f"<{edges[0]:g}", *inner, f"{edges[-1]:g}+"]
-
-
-def band(column: str, edges: list[float]):
-    """A Spark column: the band label of a numeric column's value (null stays null)."""
-    from pyspark.sql import functions as F
-
-    labels = band_labels(edges)
-    value = F.col(column)
-    out = F.when(value.isNull(), F.lit(None))
-    for edge, label in zip(edges, labels, strict=False):
-        out = out.when(value < edge, F.lit(label))
-    return out.otherwise(F.lit(labels[-1]))
-
-
-def what_if(spark, settings: Settings, run_date: date, where: str, arm: str) -> dict:
-    """Expected response rate of a segment with and without `arm` (Spark SQL condition `where`).
+def what_if(settings: Settings, run_date: date, where: str, arm: str) -> dict:
+    """Expected response rate of a segment with and without `arm` (SQL condition `where`, DuckDB).
 
     The segment is defined on the scoring features, the audience columns and, for every numeric
     attribute with `bins` in the feature spec, a `<name>_band` column ("25-34" for bins 25 and
-    35, "<25" below the first edge, "60+" from the last).
+    35, "<25" below the first edge, "60+" from the last). The Campaigns page's segments run the
+    same query (jobs.targeting.queries.segment_rates).
     """
-    if arm not in settings.experiment.arms:
-        raise ValueError(f"unknown arm '{arm}': the arms are {settings.experiment.arms}")
-    audience = spark.read.parquet(str(partition_dir(settings, AUDIENCE, run_date)))
-    features = spark.read.parquet(str(partition_dir(settings, SCORING_SET, run_date)))
-    base = features.join(audience, "customer_id")
-    for name, edges in settings.features.segments().items():
-        base = base.withColumn(f"{name}_band", band(name, edges))
-    base.createOrReplaceTempView("segment_base")
-    row = spark.sql(
-        f"""
-        SELECT count(*) AS customers, avg(p_control) AS without_message, avg(p_{arm}) AS with_message
-        FROM segment_base WHERE {where}
-        """
-    ).first()
-    if not row["customers"]:
-        return {"customers": 0, "where": where, "arm": arm}
-    if row["without_message"] is None:  # a constant policy's audience: no model, no probabilities
-        return {
-            "customers": row["customers"],
-            "where": where,
-            "arm": arm,
-            "note": "this audience is a constant policy (no model has passed the gate): no per-customer response "
-            "rates; the arm's average effect is its uplift_<arm> column",
-        }
-    return {
-        "customers": row["customers"],
-        "where": where,
-        "arm": arm,
-        "response_rate_without": row["without_message"],
-        "response_rate_with": row["with_message"],
-        "expected_uplift": row["with_message"] - row["without_message"],
-        "expected_incremental_responses": (row["with_message"] - row["without_message"]) * row["customers"],
-    }
+    return {**segment_rates(settings, run_date, arm, where), "where": where}
 
 
 def to_postgres(settings: Settings, run_date: date) -> int | None:

@@ -7,9 +7,8 @@ training run's MLflow artifacts. Tables are queried with DuckDB over the Parquet
 (aggregates, filters and window functions run in DuckDB; only their results reach Python),
 so a page never loads a whole audience into memory.
 
-`segment` is the same computation as `jobs.targeting.audience.what_if` (the CLI, in Spark) over the
-same rows, and `budget` is jobs.model.policy's budget rule (rank order, the running count of
-recommended customers) with another `max_sends`.
+The segments and the budget what-if are jobs.targeting.queries, the queries `uplift audience
+what-if` runs too.
 """
 
 from __future__ import annotations
@@ -19,12 +18,10 @@ from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pyarrow.dataset as pads
 
-from jobs.data.lake import MissingInputError, dated_folders, partition_dates, partition_dir
-from jobs.model.policy import NONE
+from jobs.data.lake import dated_folders, partition_dates, partition_dir
 from jobs.names import (
     AUDIENCE,
     AUDIENCE_SUMMARY,
@@ -39,22 +36,18 @@ from jobs.names import (
     uplift_column,
 )
 from jobs.settings import Settings, report_dir
-from jobs.targeting.audience import band_labels
+from jobs.targeting.queries import (
+    band_labels,
+    check_segment,
+    files,
+    query,
+    segment_base,
+    segment_columns,
+    segment_rates,
+    where_clause,
+)
 
 MAX_LEVELS_SHOWN = 50  # values of a categorical attribute offered on the segment page
-
-
-def _files(settings: Settings, table: str, run_date: date) -> str:
-    path = partition_dir(settings, table, run_date)
-    if not path.exists():
-        raise MissingInputError(f"no {table} for run_date={run_date} at {path}")
-    return str(path / "*.parquet")
-
-
-def _query(sql: str, params: list | None = None) -> pd.DataFrame:
-    with duckdb.connect() as con:
-        con.execute("SET threads TO 2")
-        return con.execute(sql, params or []).df()
 
 
 def _json(path: Path) -> dict:
@@ -68,7 +61,7 @@ def run_dates(settings: Settings) -> list[date]:
 
 def _summary(settings: Settings, run_date: date) -> pd.DataFrame:
     return (
-        _query("SELECT * FROM read_parquet(?)", [_files(settings, "audience_summary", run_date)])
+        query("SELECT * FROM read_parquet(?)", [files(settings, "audience_summary", run_date)])
         .sort_values("recommended_arm")
         .reset_index(drop=True)
     )
@@ -175,13 +168,13 @@ def run(settings: Settings, run_date: date, top: int = 10) -> dict:
         arms.append({**row, "holdout_estimate": estimate or None})
     curve_path = folder / f"{BUDGET_CURVE}.csv"
     curve = pd.read_csv(curve_path).to_dict(orient="records") if curve_path.exists() else []
-    audience = _files(settings, "audience", run_date)
-    best = _query(
+    audience = files(settings, "audience", run_date)
+    best = query(
         "SELECT rank, customer_id, recommended_arm, expected_uplift, expected_net_value, holdout "
         "FROM read_parquet(?) WHERE rank <= ? ORDER BY rank",
         [audience, top],
     )
-    scored = _query("SELECT count(*) AS n, any_value(policy) AS policy FROM read_parquet(?)", [audience]).iloc[0]
+    scored = query("SELECT count(*) AS n, any_value(policy) AS policy FROM read_parquet(?)", [audience]).iloc[0]
     drift = _json(folder / "steps" / DRIFT_REPORT)
     return {
         "run_date": run_date.isoformat(),
@@ -218,75 +211,15 @@ def run(settings: Settings, run_date: date, top: int = 10) -> dict:
     }
 
 
-def budget(settings: Settings, run_date: date, max_sends: int) -> dict:
-    """What the audience would select with another `max_sends` (holdout counted), per arm, without rerunning.
-
-    The policy's budget rule over the published ranking: recommended customers in rank order
-    while their running count is within the budget less the exploration share
-    (jobs.model.policy.within_budget; `max_spend`, if set, is not applied here). Sums are the model's
-    expectations over the selected, before the fresh holdout is drawn from them.
-    """
-    frame = _query(
-        f"""
-        SELECT recommended_arm, count(*) AS customers, sum(expected_uplift) AS expected_incremental_responses,
-               sum(expected_net_value) AS expected_net_value, sum(send_cost) AS spend
-        FROM (
-            SELECT recommended_arm, expected_uplift, expected_net_value, send_cost,
-                   sum(CASE WHEN recommended_arm <> '{NONE}' THEN 1 ELSE 0 END) OVER (ORDER BY rank) AS so_far
-            FROM read_parquet(?)
-        )
-        WHERE recommended_arm <> '{NONE}' AND so_far <= ?
-        GROUP BY recommended_arm ORDER BY recommended_arm
-        """,
-        [_files(settings, "audience", run_date), max_sends * (1 - settings.targeting.exploration_share)],
-    )
-    return {
-        "max_sends": max_sends,
-        "arms": frame.to_dict(orient="records"),
-        "customers": int(frame["customers"].sum()),
-        "expected_incremental_responses": float(frame["expected_incremental_responses"].sum()),
-        "expected_net_value": float(frame["expected_net_value"].sum()),
-        "spend": float(frame["spend"].sum()),
-    }
-
-
-def _band_sql(column: str, edges: list[float]) -> str:
-    """DuckDB's form of jobs.targeting.audience.band: the label of a numeric column's band."""
-    labels = band_labels(edges)
-    cases = " ".join(
-        f"WHEN \"{column}\" < {float(e)!r} THEN '{label}'" for e, label in zip(edges, labels, strict=False)
-    )
-    return f"CASE WHEN \"{column}\" IS NULL THEN NULL {cases} ELSE '{labels[-1]}' END"
-
-
-def segment_columns(settings: Settings) -> dict[str, str]:
-    """Segment column -> its SQL over the scoring features: categorical attributes and `<name>_band`s."""
-    spec = settings.features
-    columns = {name: f'"{name}"' for name, a in spec.attributes.items() if a.kind == "categorical"}
-    columns.update({f"{name}_band": _band_sql(name, edges) for name, edges in spec.segments().items()})
-    return columns
-
-
-def _base(settings: Settings, run_date: date) -> tuple[str, list]:
-    """The segment base (features joined with the audience, with the segment columns), and its parameters."""
-    extra = ", ".join(f'{sql} AS "{name}"' for name, sql in segment_columns(settings).items())
-    sql = (
-        f"SELECT a.*, {extra} FROM read_parquet(?) f JOIN read_parquet(?) a USING (customer_id)"
-        if extra
-        else "SELECT a.* FROM read_parquet(?) f JOIN read_parquet(?) a USING (customer_id)"
-    )
-    return sql, [_files(settings, "features/scoring", run_date), _files(settings, "audience", run_date)]
-
-
 def segment_options(settings: Settings, run_date: date) -> dict[str, list[str]]:
     """The values a campaign manager can pick, per segment column (from the feature spec)."""
     options = {}
-    path = _files(settings, "features/scoring", run_date)
+    path = files(settings, "features/scoring", run_date)
     for name, sql in segment_columns(settings).items():
         if name.endswith("_band") and name[: -len("_band")] in settings.features.segments():
             options[name] = band_labels(settings.features.segments()[name[: -len("_band")]])
             continue
-        values = _query(
+        values = query(
             f"SELECT DISTINCT CAST({sql} AS VARCHAR) AS v FROM read_parquet(?) WHERE {sql} IS NOT NULL "
             f"ORDER BY v LIMIT {MAX_LEVELS_SHOWN}",
             [path],
@@ -295,54 +228,13 @@ def segment_options(settings: Settings, run_date: date) -> dict[str, list[str]]:
     return options
 
 
-def where_clause(picks: dict[str, str]) -> str:
-    """The Spark SQL condition of a segment, for `uplift audience what-if --where` (the CLI's same numbers)."""
-    if not picks:
-        return "true"
-    return " AND ".join(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in picks.items())
-
-
-def _checked(settings: Settings, picks: dict[str, str], arm: str) -> None:
-    if arm not in settings.experiment.arms:
-        raise ValueError(f"unknown arm '{arm}': the arms are {settings.experiment.arms}")
-    unknown = [name for name in picks if name not in segment_columns(settings)]
-    if unknown:
-        raise ValueError(f"unknown segment columns {unknown}: the segments are {list(segment_columns(settings))}")
-
-
 def segment(settings: Settings, run_date: date, picks: dict[str, str], arm: str) -> dict:
-    """A segment's expected response rate with and without arm (what `uplift audience what-if` prints)."""
-    _checked(settings, picks, arm)
-    base, params = _base(settings, run_date)
+    """A segment's expected response rate with and without arm (what `uplift audience what-if` prints
+    for `where_clause(picks)`), and the share of it recommended the arm and sent it."""
+    check_segment(settings, picks, arm)
     conditions = " AND ".join(f'CAST("{name}" AS VARCHAR) = ?' for name in picks) or "true"
-    row = _query(
-        f"""
-        SELECT count(*) AS customers, avg(p_control) AS without_message, avg("p_{arm}") AS with_message,
-               avg(CASE WHEN recommended_arm = ? THEN 1.0 ELSE 0.0 END) AS recommended_share,
-               sum(CASE WHEN assigned_arm = ? THEN 1 ELSE 0 END) AS sends,
-               avg("uplift_{arm}") AS targeting_uplift
-        FROM ({base}) WHERE {conditions}
-        """,
-        [arm, arm, *params, *picks.values()],
-    ).iloc[0]
-    out = {"customers": int(row["customers"]), "where": where_clause(picks), "arm": arm, "picks": picks}
-    if not out["customers"]:
-        return out
-    out.update(recommended_share=float(row["recommended_share"]), sends=int(row["sends"]))
-    if pd.isna(row["without_message"]):
-        out["note"] = (
-            "this audience is a constant policy (no model has passed the gate): no per-customer response rates; "
-            f"the arm's average effect is {row['targeting_uplift']:.4f}"
-        )
-        return out
-    uplift = float(row["with_message"] - row["without_message"])
-    out.update(
-        response_rate_without=float(row["without_message"]),
-        response_rate_with=float(row["with_message"]),
-        expected_uplift=uplift,
-        expected_incremental_responses=uplift * out["customers"],
-    )
-    return out
+    out = segment_rates(settings, run_date, arm, conditions, list(picks.values()))
+    return {**out, "where": where_clause(picks), "picks": picks}
 
 
 def segments_by_effect(settings: Settings, run_date: date, min_customers: int = 30) -> dict[str, list[dict]]:
@@ -353,14 +245,14 @@ def segments_by_effect(settings: Settings, run_date: date, min_customers: int = 
     columns, arms = list(segment_columns(settings)), settings.experiment.arms
     if not columns:
         return {arm: [] for arm in arms}
-    base, params = _base(settings, run_date)
+    base, params = segment_base(settings, run_date)
     measures = ", ".join(
         f'avg("p_{arm}" - p_control) AS "uplift_{arm}", '
         f"avg(CASE WHEN recommended_arm = '{arm}' THEN 1.0 ELSE 0.0 END) AS \"share_{arm}\""
         for arm in arms
     )
     which = ", ".join(f'GROUPING("{c}") AS "g_{c}"' for c in columns)
-    frame = _query(
+    frame = query(
         f"""
         SELECT {", ".join(f'CAST("{c}" AS VARCHAR) AS "v_{c}"' for c in columns)}, {which},
                count(*) AS customers, {measures}

@@ -30,6 +30,7 @@ from starlette.background import BackgroundTask
 from jobs.data.lake import MissingInputError
 from jobs.names import DRIFT_PAGE
 from jobs.settings import load_settings, report_dir
+from jobs.targeting import queries
 from jobs.ui import campaigns
 
 RESOURCE = "Campaigns"  # the custom view's resource name for the auth manager
@@ -124,7 +125,7 @@ def run_context(settings, day: date, budget: int | None = None) -> dict:
     run = campaigns.run(settings, day)
     scored = run["customers"]
     chosen = budget if budget is not None else run["max_sends"] or int(run["totals"]["customers"])
-    what_budget = campaigns.budget(settings, day, max(0, min(chosen, scored)))
+    what_budget = queries.budget(settings, day, max(0, min(chosen, scored)))
     curve_at = _curve_at(run["curve"], what_budget["customers"] * (1 - run["holdout_share"]))
     return {
         "run": run,

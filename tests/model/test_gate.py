@@ -94,7 +94,7 @@ def test_noise_is_never_promoted_and_the_night_publishes_a_marked_constant_polic
     assert "Policy: constant:none  (no model has passed the gate: a constant policy)" in text
     from jobs.targeting.audience import what_if
 
-    assert "constant policy" in what_if(spark, settings, RUN, "true", "mens_email")["note"]
+    assert "constant policy" in what_if(settings, RUN, "true", "mens_email")["note"]
 
 
 def test_a_first_night_on_a_tiny_sample_publishes_a_constant_audience_and_a_passing_model_takes_over(

@@ -49,9 +49,9 @@ def test_export_writes_the_send_list_with_its_assignment_record(settings, publis
         aud.export_csv(settings, RUN_DATE, "subject_7", tmp_path / "x.csv")
 
 
-def test_what_if_shows_who_a_message_helps_and_harms(spark, settings, nightly):
-    young = aud.what_if(spark, settings, RUN_DATE, "age_band = '<25'", "subject_1")
-    seniors = aud.what_if(spark, settings, RUN_DATE, "age_band = '60+'", "subject_1")
+def test_what_if_shows_who_a_message_helps_and_harms(settings, nightly):
+    young = aud.what_if(settings, RUN_DATE, "age_band = '<25'", "subject_1")
+    seniors = aud.what_if(settings, RUN_DATE, "age_band = '60+'", "subject_1")
     assert young["customers"] > 0 and seniors["customers"] > 0
     assert young["response_rate_with"] > young["response_rate_without"]
     assert seniors["expected_uplift"] < 0, "subject_1 harms customers 60 and over"

@@ -16,7 +16,7 @@ import pytest
 from browser import capture, fields, launch, login, number, table
 from conftest import RUN_DATE
 from helpers import serve_api
-from jobs.ui import campaigns
+from jobs.targeting import queries
 
 pytestmark = pytest.mark.slow  # Chromium against a live Airflow API server
 
@@ -55,7 +55,7 @@ def test_a_campaign_manager_reads_the_cli_numbers_on_the_pages(api_server, tmp_p
 
     cli = _show_table()
     picks = {"customer_type": "regular", "age_band": "25-34"}
-    where = campaigns.where_clause(picks)
+    where = queries.where_clause(picks)
     what_if = json.loads(
         subprocess.run(
             [UPLIFT, "audience", "what-if", "--run-date", DAY, "--arm", "subject_2", "--where", where],

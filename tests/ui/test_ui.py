@@ -20,6 +20,7 @@ from conftest import RUN_DATE
 from jobs.data.lake import partition_dir
 from jobs.model import policy
 from jobs.settings import report_dir
+from jobs.targeting import queries
 from jobs.ui import campaigns
 
 DAY = RUN_DATE.isoformat()
@@ -181,12 +182,12 @@ def test_the_budget_control_selects_what_the_policy_would_with_that_budget(airfl
         room = int(budget * (1 - settings.targeting.exploration_share))  # the explore share's part of the budget
         assert _cells(budget_table, "data-arm", "total")["customers"] == min(room, recommended.sum())
     # no budget: exactly the night's selection
-    everyone = campaigns.budget(settings, RUN_DATE, int(len(audience) / (1 - settings.targeting.exploration_share)) + 1)
+    everyone = queries.budget(settings, RUN_DATE, int(len(audience) / (1 - settings.targeting.exploration_share)) + 1)
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE)).set_index("recommended_arm")
     assert {a["recommended_arm"]: a["customers"] for a in everyone["arms"]} == summary["customers"].to_dict()
 
 
-def test_segment_page_equals_the_what_if_and_lists_harmed_segments_first(airflow, settings, spark):
+def test_segment_page_equals_the_what_if_and_lists_harmed_segments_first(airflow, settings):
     from jobs.targeting.audience import what_if
 
     options = campaigns.segment_options(settings, RUN_DATE)
@@ -196,7 +197,7 @@ def test_segment_page_equals_the_what_if_and_lists_harmed_segments_first(airflow
     }
     picks = {"gender": options["gender"][0], "age_band": options["age_band"][2]}
     page = _get(airflow, f"/campaigns/runs/{DAY}/segments", params={**picks, "arm": "subject_1"}).text
-    expected = what_if(spark, settings, RUN_DATE, campaigns.where_clause(picks), "subject_1")
+    expected = what_if(settings, RUN_DATE, queries.where_clause(picks), "subject_1")
     assert expected["customers"] > 0
     result = page.split('id="segment-result"')[1].split("</div>")[0]
     shown = {
@@ -209,7 +210,7 @@ def test_segment_page_equals_the_what_if_and_lists_harmed_segments_first(airflow
     assert shown["expected_incremental_responses"] == pytest.approx(
         expected["expected_incremental_responses"], abs=0.005
     )
-    assert unescape(campaigns.where_clause(picks)) in unescape(page)  # the CLI command that gives the same numbers
+    assert unescape(queries.where_clause(picks)) in unescape(page)  # the CLI command that gives the same numbers
     by_effect = campaigns.segments_by_effect(settings, RUN_DATE)
     for rows in by_effect.values():
         harmed = [r["harmed"] for r in rows]
