@@ -174,8 +174,38 @@ def _timeline(
     outcomes = {None: (exp.qualifying_response_types, exp.attribution_window_days)} | {
         name: (o.response_types, o.window_days) for name, o in settings.targeting.outcomes.items()
     }
-    none = F.lit(None).cast("string")
     flags = [f"_is_{i}" for i in range(len(outcomes))]  # a response of outcome i's types
+    rows = _events(sends, responses, scoring_anchors, flags, [types for types, _ in outcomes.values()])
+    rows = rows.where(F.col("customer_id").isNotNull() & F.col("at").isNotNull())
+    by_time = Window.partitionBy("customer_id").orderBy(F.unix_micros("at"))
+    is_send = F.col("_kind") == 1
+    aggs = _window_aggregates(h, by_time, flags, outcomes, run_date)
+    last_matured = run_date - timedelta(days=exp.attribution_window_days)
+    anchor = (F.col("_kind") == 0) | (is_send & (F.to_date("at") <= F.lit(last_matured)))
+    return (
+        rows.select(
+            (F.col("_kind") == 0).alias("scoring"),
+            "anchor_id",
+            "customer_id",
+            F.col("at").alias("as_of"),
+            "campaign_id",
+            "arm",
+            *aggs,
+            anchor.alias("_anchor"),
+        )
+        .where("_anchor")
+        .drop("_anchor")
+    )
+
+
+DAY_MICROS = 86_400_000_000
+
+
+def _events(sends, responses, scoring_anchors, flags: list[str], response_types: list[list[str]]) -> DataFrame:
+    """The scoring anchors (`_kind` 0), the sends (1) and the responses (2) as one frame of
+    customer_id, `at` and the send's keys; on a response, flags[i] says whether its type is one
+    of response_types[i]."""
+    none = F.lit(None).cast("string")
     no_flags = [F.lit(False).alias(f) for f in flags]
     rows = scoring_anchors.select(
         "customer_id",
@@ -205,18 +235,18 @@ def _timeline(
             none.alias("anchor_id"),
             none.alias("campaign_id"),
             none.alias("arm"),
-            *[
-                F.col("response_type").isin(types).alias(f)
-                for f, (types, _) in zip(flags, outcomes.values(), strict=True)
-            ],
+            *[F.col("response_type").isin(types).alias(f) for f, types in zip(flags, response_types, strict=True)],
         )
     )
-    rows = rows.where(F.col("customer_id").isNotNull() & F.col("at").isNotNull())
-    by_time = Window.partitionBy("customer_id").orderBy(F.unix_micros("at"))
-    day = 86_400_000_000  # microseconds
+    return rows
+
+
+def _window_aggregates(h, by_time: Window, flags: list[str], outcomes: dict, run_date: date) -> list:
+    """The history aggregates (windows ending just before each row) and the labels (windows
+    starting just after it, null where the outcome's window has not matured by run_date)."""
 
     def before(days: int) -> Window:
-        return by_time.rangeBetween(-days * day, -1)
+        return by_time.rangeBetween(-days * DAY_MICROS, -1)
 
     is_send, qualifying = F.col("_kind") == 1, F.col(flags[0])
     send_windows = sorted({*h.n_sends, *h.response_rate})
@@ -232,25 +262,10 @@ def _timeline(
         last = F.max(F.when(qualifying, F.col("at"))).over(before(h.days_since_last_response))
         aggs.append(last.alias("_last_response"))
     for flag, (outcome, (_, window_days)) in zip(flags, outcomes.items(), strict=True):
-        hit = F.max(F.col(flag).cast("int")).over(by_time.rangeBetween(1, window_days * day))
+        hit = F.max(F.col(flag).cast("int")).over(by_time.rangeBetween(1, window_days * DAY_MICROS))
         known = F.to_date("at") <= F.lit(run_date - timedelta(days=window_days))
         aggs.append(F.when(known, F.coalesce(hit, F.lit(0))).alias(label_column(outcome)))
-    last_matured = run_date - timedelta(days=exp.attribution_window_days)
-    anchor = (F.col("_kind") == 0) | (is_send & (F.to_date("at") <= F.lit(last_matured)))
-    return (
-        rows.select(
-            (F.col("_kind") == 0).alias("scoring"),
-            "anchor_id",
-            "customer_id",
-            F.col("at").alias("as_of"),
-            "campaign_id",
-            "arm",
-            *aggs,
-            anchor.alias("_anchor"),
-        )
-        .where("_anchor")
-        .drop("_anchor")
-    )
+    return aggs
 
 
 def point_in_time_features(

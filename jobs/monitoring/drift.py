@@ -225,25 +225,7 @@ def drift(settings: Settings, run_date: date) -> dict:
         c["snapshot"].save_html(str(folder / (DRIFT_PAGE if c["name"] == "population" else f"drift_{c['name']}.html")))
         payload[c["name"]] = c.pop("snapshot").dict()
     levels = [c["outcome"] for c in comparisons]
-    predictions = None
-    previous = previous_audience(settings, run_date)
-    # A constant policy's uplifts are one value per arm: comparing them with a model's (or with
-    # each other) measures the switch of policy, not drift.
-    policies = [audience_policy(settings, day) for day in (previous, run_date)] if previous else []
-    if previous is not None and any(is_constant_policy(p) for p in policies):
-        predictions = {"previous_run_date": previous.isoformat(), "skipped": f"policies {policies}: not comparable"}
-        previous = None
-    if previous is not None:
-        p_snapshot, p_share, p_columns = prediction_drift(settings, run_date, previous)
-        p_snapshot.save_html(str(folder / "drift_predictions.html"))
-        payload["predictions"] = p_snapshot.dict()
-        levels.append(level(p_share, settings))
-        predictions = {
-            "previous_run_date": previous.isoformat(),
-            "drifted_share": p_share,
-            "outcome": levels[-1],
-            "column_drift_scores": p_columns,
-        }
+    previous, predictions = _prediction_check(settings, run_date, folder, payload, levels)
     share = max(c["drifted_share"] for c in comparisons)
     drifted = sorted({col for c in comparisons if c["outcome"] != "ok" for col in c["drifted_columns"]})
     outcome = max(levels, key=LEVELS.index)
@@ -265,18 +247,7 @@ def drift(settings: Settings, run_date: date) -> dict:
     }
     (folder / DRIFT_REPORT).write_text(json.dumps({"summary": summary, "evidently": payload}, indent=2, default=str))
     if outcome == "fail" and cfg.on_fail == "fail_run":
-        raise DriftFailed(
-            f"drift outcome 'fail' for run_date={run_date}: "
-            + "; ".join(
-                f"{c['name']} drifted share {c['drifted_share']:.2f}, columns "
-                + ", ".join(f"{col} {c['column_drift_scores'][col]['score']:.3f}" for col in c["drifted_columns"])
-                for c in comparisons
-                if c["outcome"] == "fail"
-            )
-            + (f"; predictions vs {previous} {predictions['drifted_share']:.2f}" if previous else "")
-            + f" (fail at share {cfg.drifted_share_fail} or a column at {cfg.column_fail_score}); reports: "
-            f"{folder / 'drift.html'}, {folder / 'drift.json'}"
-        )
+        raise DriftFailed(_failure(settings, run_date, comparisons, previous, predictions, folder))
     return {
         "outcome": outcome,
         "drifted_share": share,
@@ -286,3 +257,43 @@ def drift(settings: Settings, run_date: date) -> dict:
         "current_rows": summary["current_rows"],
         "html": str(folder / DRIFT_PAGE),
     }
+
+
+def _prediction_check(settings: Settings, run_date: date, folder, payload: dict, levels: list[str]):
+    """(previous run date compared, its summary): tonight's predicted uplifts against the previous
+    audience's, its report written and its level appended to levels; (None, None or why skipped)."""
+    previous = previous_audience(settings, run_date)
+    if previous is None:
+        return None, None
+    # A constant policy's uplifts are one value per arm: comparing them with a model's (or with
+    # each other) measures the switch of policy, not drift.
+    policies = [audience_policy(settings, day) for day in (previous, run_date)]
+    if any(is_constant_policy(p) for p in policies):
+        return None, {"previous_run_date": previous.isoformat(), "skipped": f"policies {policies}: not comparable"}
+    p_snapshot, p_share, p_columns = prediction_drift(settings, run_date, previous)
+    p_snapshot.save_html(str(folder / "drift_predictions.html"))
+    payload["predictions"] = p_snapshot.dict()
+    levels.append(level(p_share, settings))
+    return previous, {
+        "previous_run_date": previous.isoformat(),
+        "drifted_share": p_share,
+        "outcome": levels[-1],
+        "column_drift_scores": p_columns,
+    }
+
+
+def _failure(settings: Settings, run_date: date, comparisons, previous, predictions, folder) -> str:
+    """The message of a failed drift check: each failed comparison's share and columns."""
+    cfg = settings.drift
+    return (
+        f"drift outcome 'fail' for run_date={run_date}: "
+        + "; ".join(
+            f"{c['name']} drifted share {c['drifted_share']:.2f}, columns "
+            + ", ".join(f"{col} {c['column_drift_scores'][col]['score']:.3f}" for col in c["drifted_columns"])
+            for c in comparisons
+            if c["outcome"] == "fail"
+        )
+        + (f"; predictions vs {previous} {predictions['drifted_share']:.2f}" if previous else "")
+        + f" (fail at share {cfg.drifted_share_fail} or a column at {cfg.column_fail_score}); reports: "
+        f"{folder / DRIFT_PAGE}, {folder / DRIFT_REPORT}"
+    )

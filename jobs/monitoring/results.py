@@ -118,75 +118,11 @@ def mean_difference(s1: float, q1: float, n1: float, s0: float, q0: float, n0: f
 def _rows(spark: SparkSession, settings: Settings, run_date: date, campaigns: dict[str, Path]) -> DataFrame:
     """Every listed row of the measured audiences with its matured labels (null: not sent, or not
     matured), net response z, the arm the policy would give it and the overlap flag."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    exp, targeting = settings.experiment, settings.targeting
-    outcomes = list(targeting.outcomes)
-    labels = [label_column(o) for o in [None, *outcomes]]
-    dates = F.create_map(*[F.lit(x) for c, folder in campaigns.items() for x in (c, audience_date(folder).isoformat())])
-    listed = (
-        spark.read.option("mergeSchema", "true")
-        .parquet(*[str(folder) for folder in campaigns.values()])
-        .where(F.col("assigned_arm").isNotNull())
-    )
-    if "route_probability" not in listed.columns:
-        listed = listed.withColumn("route_probability", F.lit(None).cast("double"))
-    best = F.col(uplift_column(exp.arms[0]))
-    top = F.lit(exp.arms[0])
-    for arm in exp.arms[1:]:
-        top = F.when(F.col(uplift_column(arm)) > best, F.lit(arm)).otherwise(top)
-        best = F.greatest(best, F.col(uplift_column(arm)))
-    recommended = F.col("recommended_arm") != policy.NONE
-    listed = listed.select(
-        "campaign_id",
-        "customer_id",
-        F.to_date(dates[F.col("campaign_id")]).alias("audience_date"),
-        "assignment",
-        "assigned_arm",
-        "recommended_arm",
-        "propensity",
-        "route_probability",
-        "decile",
-        F.when(F.col("selected") & recommended, F.col("recommended_arm"))
-        .otherwise(F.lit(exp.control))
-        .alias("follows"),
-        F.when(recommended, F.col("recommended_arm")).otherwise(top).alias("decile_arm"),
-        F.when(recommended, F.col("expected_uplift")).otherwise(best).alias("predicted"),
-        "expected_uplift",
-        *[F.col(expected_uplift_column(o)) for o in outcomes],
-        "expected_net_value",
-        "send_cost",
-        "policy",
-        "model_version",
-    )
-    # Overlap: the customer was on an earlier audience's list less than a label window before.
-    earlier_since = min(audience_date(f) for f in campaigns.values()) - timedelta(days=settings.window_days)
-    every = own_campaigns(settings, run_date, since=earlier_since)
-    history = (
-        spark.read.option("mergeSchema", "true")
-        .parquet(*[str(folder) for folder in every.values()])
-        .where(F.col("assigned_arm").isNotNull())
-        .select(
-            "customer_id",
-            F.to_date(
-                F.create_map(
-                    *[F.lit(x) for c, folder in every.items() for x in (c, audience_date(folder).isoformat())]
-                )[F.col("campaign_id")]
-            ).alias("listed_on"),
-        )
-        .distinct()
-    )
-    previous = F.lag("listed_on").over(Window.partitionBy("customer_id").orderBy("listed_on"))
-    history = history.withColumn("previous_listing", previous)
-    listed = listed.join(
-        history.select("customer_id", F.col("listed_on").alias("audience_date"), "previous_listing"),
-        ["customer_id", "audience_date"],
-        "left",
-    ).withColumn(
-        "overlapped",
-        F.coalesce(F.datediff("audience_date", "previous_listing") < settings.window_days, F.lit(False)),
-    )
+    targeting = settings.targeting
+    labels = [label_column(o) for o in [None, *targeting.outcomes]]
+    listed = _with_overlap(spark, settings, run_date, _listed(spark, settings, campaigns), campaigns)
     training_path = partition_dir(settings, TRAINING_SET, run_date)
     if not training_path.exists():
         raise MissingInputError(f"no training set at {training_path}: run `uplift etl --run-date {run_date}` first")
@@ -201,6 +137,82 @@ def _rows(spark: SparkSession, settings: Settings, run_date: date, campaigns: di
     z = sum((F.col(label_column(o)).cast("double") * float(v) for o, v in values.items()), F.lit(0.0))
     costs = F.create_map(*[F.lit(x) for a, c in targeting.cost_per_send.items() for x in (a, float(c))])
     return rows.withColumn("z", z).withColumn("cost", F.coalesce(costs[F.col("assigned_arm")], F.lit(0.0)))
+
+
+def _audience_date(campaigns: dict[str, Path]):
+    """A Spark column: the date of the audience that listed a row, by its campaign_id."""
+    from pyspark.sql import functions as F
+
+    pairs = [F.lit(x) for c, folder in campaigns.items() for x in (c, audience_date(folder).isoformat())]
+    return F.to_date(F.create_map(*pairs)[F.col("campaign_id")])
+
+
+def _read_listed(spark: SparkSession, campaigns: dict[str, Path]) -> DataFrame:
+    """The rows of the audiences of campaigns that were listed (an arm or control assigned)."""
+    from pyspark.sql import functions as F
+
+    folders = [str(folder) for folder in campaigns.values()]
+    return spark.read.option("mergeSchema", "true").parquet(*folders).where(F.col("assigned_arm").isNotNull())
+
+
+def _listed(spark: SparkSession, settings: Settings, campaigns: dict[str, Path]) -> DataFrame:
+    """The measured audiences' listed rows: their assignment record, the arm the audience's policy
+    follows for them, the arm and uplift their decile is read by, and the expectations."""
+    from pyspark.sql import functions as F
+
+    exp = settings.experiment
+    listed = _read_listed(spark, campaigns)
+    if "route_probability" not in listed.columns:
+        listed = listed.withColumn("route_probability", F.lit(None).cast("double"))
+    best = F.col(uplift_column(exp.arms[0]))
+    top = F.lit(exp.arms[0])
+    for arm in exp.arms[1:]:
+        top = F.when(F.col(uplift_column(arm)) > best, F.lit(arm)).otherwise(top)
+        best = F.greatest(best, F.col(uplift_column(arm)))
+    recommended = F.col("recommended_arm") != policy.NONE
+    return listed.select(
+        "campaign_id",
+        "customer_id",
+        _audience_date(campaigns).alias("audience_date"),
+        "assignment",
+        "assigned_arm",
+        "recommended_arm",
+        "propensity",
+        "route_probability",
+        "decile",
+        F.when(F.col("selected") & recommended, F.col("recommended_arm"))
+        .otherwise(F.lit(exp.control))
+        .alias("follows"),
+        F.when(recommended, F.col("recommended_arm")).otherwise(top).alias("decile_arm"),
+        F.when(recommended, F.col("expected_uplift")).otherwise(best).alias("predicted"),
+        "expected_uplift",
+        *[F.col(expected_uplift_column(o)) for o in settings.targeting.outcomes],
+        "expected_net_value",
+        "send_cost",
+        "policy",
+        "model_version",
+    )
+
+
+def _with_overlap(spark: SparkSession, settings: Settings, run_date: date, listed: DataFrame, campaigns) -> DataFrame:
+    """listed with `overlapped`: the customer was on an earlier audience's list less than a label
+    window before this one."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    earlier_since = min(audience_date(f) for f in campaigns.values()) - timedelta(days=settings.window_days)
+    every = own_campaigns(settings, run_date, since=earlier_since)
+    history = _read_listed(spark, every).select("customer_id", _audience_date(every).alias("listed_on")).distinct()
+    previous = F.lag("listed_on").over(Window.partitionBy("customer_id").orderBy("listed_on"))
+    history = history.withColumn("previous_listing", previous)
+    return listed.join(
+        history.select("customer_id", F.col("listed_on").alias("audience_date"), "previous_listing"),
+        ["customer_id", "audience_date"],
+        "left",
+    ).withColumn(
+        "overlapped",
+        F.coalesce(F.datediff("audience_date", "previous_listing") < settings.window_days, F.lit(False)),
+    )
 
 
 def _sums(rows: DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

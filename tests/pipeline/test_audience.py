@@ -7,8 +7,8 @@ import psycopg
 import pytest
 
 from conftest import RUN_DATE
-from jobs import audience as aud
 from jobs.data.lake import partition_dir
+from jobs.targeting import audience as aud
 
 ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
