@@ -58,6 +58,7 @@ def _train(settings: Settings, run_date: date) -> dict:
 
 def _gate(settings: Settings, run_date: date) -> dict:
     from jobs.model import gate
+    from jobs.model.gate_record import record
     from jobs.model.tracking import latest_training_run
 
     drift_checks = []
@@ -66,7 +67,7 @@ def _gate(settings: Settings, run_date: date) -> dict:
 
         drift_checks = feature_drift(settings, run_date)
     decision = gate.decide(settings, run_date, latest_training_run(settings, run_date), drift_checks)
-    gate.record(settings, decision, report_dir(settings, run_date) / GATE_REPORT)
+    record(decision, report_dir(settings, run_date) / GATE_REPORT)
     values = {
         name: {k: round(v[k], 4) for k in ("value", "low", "high")} for name, v in decision["policy_values"].items()
     }

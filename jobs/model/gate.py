@@ -21,22 +21,19 @@ above a limit is refused: the challenger is rejected, a constant policy is not a
 
 Per-arm Qini (scikit-uplift normalisation) with its bootstrap interval is a diagnostic: it
 decided at training time whether an arm's ranking is used or the arm is constant (jobs.model.train).
-The decision, its reasons and every value are recorded on the training run (tags, gate.json,
-metrics) and in the run date's report folder, with the budget curve of the policy the night
-will deploy.
+The decision carries its reasons, every value and the budget curve of the policy the night will
+deploy; jobs.model.gate_record keeps it on the training run and in the run date's report folder.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import date
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
-from matplotlib.figure import Figure
 
 from jobs.data.lake import MissingInputError, partition_dir
 from jobs.model import evaluation, policy
@@ -46,12 +43,8 @@ from jobs.model.tlearner import serving_problem
 from jobs.model.tracking import HOLDOUT_ARTIFACT
 from jobs.names import (
     ARM_MODE_PARAM,
-    BUDGET_CURVE,
     CHALLENGER,
     CHAMPION_POLICY,
-    GATE_DECISION_TAG,
-    GATE_POLICY_TAG,
-    GATE_REASONS_TAG,
     MODEL_VERSION_TAG,
     NO_ONE,
     RUN_DATE_TAG,
@@ -63,11 +56,9 @@ from jobs.names import (
     key,
     model_policy,
     monitoring_tag,
-    policy_metric,
     uplift_column,
     uplift_high_column,
     versus,
-    versus_whom,
 )
 from jobs.settings import Settings
 
@@ -372,44 +363,3 @@ def _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date,
         rounds=settings.gate.bootstrap_rounds,
         seed=settings.training.seed,
     )
-
-
-def _curve_plot(curve: pd.DataFrame, path: Path) -> None:
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    ax.plot(curve["sends"], curve["net_value"], marker="o", label="expected net value")
-    ax.fill_between(curve["sends"], curve["net_value_low"], curve["net_value_high"], alpha=0.25, label="95% interval")
-    ax.axhline(0, color="grey", linestyle=":")
-    ax.set(title="Budget curve of the deployed policy (holdout, AIPW)", xlabel="sends", ylabel="net value")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def record(settings: Settings, decision: dict, report_path: Path) -> None:
-    """Keep the decision on the training run (tags, metrics, gate.json, budget curve) and in the report folder."""
-    folder = report_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(decision, indent=2))
-    curve = pd.DataFrame(decision["budget_curve"])
-    curve.to_csv(folder / f"{BUDGET_CURVE}.csv", index=False)
-    _curve_plot(curve, folder / f"{BUDGET_CURVE}.png")
-    client, run_id = mlflow.MlflowClient(), decision["run_id"]
-    client.set_tag(run_id, GATE_DECISION_TAG, decision["decision"])
-    client.set_tag(run_id, GATE_REASONS_TAG, "; ".join(decision["reasons"])[:5000])
-    client.set_tag(run_id, GATE_POLICY_TAG, decision["deployed_policy"])
-    metrics = {}
-    for name, v in decision["policy_values"].items():
-        for field in ("value", "low", "high", "ipw"):
-            metrics[f"policy_value.{policy_metric(name)}" + ("" if field == "value" else f".{field}")] = v[field]
-        for outcome, e in v.get("guardrails", {}).items():
-            for field in ("increase_per_send", "low", "high"):
-                suffix = "" if field == "increase_per_send" else f".{field}"
-                metrics[f"guardrail.{outcome}.{policy_metric(name)}{suffix}"] = e[field]
-    for name, v in decision["differences"].items():
-        metrics[f"policy_diff.{policy_metric(versus_whom(name))}"] = v["value"]
-        metrics[f"policy_diff.{policy_metric(versus_whom(name))}.low"] = v["low"]
-    for name, value in metrics.items():
-        client.log_metric(run_id, name, value)
-    for path in (report_path, folder / f"{BUDGET_CURVE}.csv", folder / f"{BUDGET_CURVE}.png"):
-        client.log_artifact(run_id, str(path))
