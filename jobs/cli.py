@@ -12,7 +12,7 @@ import typer
 
 from jobs import steps
 from jobs.names import AUDIENCE, STEPS
-from jobs.settings import load_settings
+from jobs.settings import UserError, load_settings
 
 app = typer.Typer(
     help="Nightly uplift targeting pipeline.",
@@ -246,10 +246,34 @@ def model_rollback() -> None:
     typer.echo(json.dumps(rollback(load_settings()), indent=2))
 
 
+DEBUG = {"traceback": False}
+
+
 @app.callback()
-def _logging(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error too.")] = False,
+) -> None:
+    DEBUG["traceback"] = debug
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     for noisy in ("great_expectations", "py4j", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    """`uplift`: an error of the user's making (jobs.settings.UserError: a wrong setting, a missing or
+    refused input) prints its message, which says what, where and what to do, and exits with 2;
+    `uplift --debug ...` shows the traceback too. Anything else is a bug and keeps its traceback."""
+    try:
+        app(prog_name="uplift")
+    except UserError as err:
+        if DEBUG["traceback"]:
+            raise
+        typer.echo(f"uplift: {err}", err=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -37,6 +37,15 @@ REPLACED_WHOLE = frozenset(
 OUTCOME_NAME = r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$"  # no "__": it separates arm and outcome in column names
 
 
+class UserError(Exception):
+    """An error of the user's making (a setting, an input, a refused delivery): its message says
+    what is wrong, where, and what to do, and `uplift` prints it without a traceback."""
+
+
+class SettingsError(UserError, ValueError):
+    """The settings do not validate: the message names each wrong key and the files read."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -341,9 +350,14 @@ def _merge(base: dict, overlay: dict) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    data = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise SettingsError(f"settings file {path} does not exist: check UPLIFT_CONF ({os.pathsep}-separated files)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SettingsError(f"settings file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise SettingsError(f"{path}: expected a mapping at the top level")
     return data
 
 
@@ -374,7 +388,7 @@ def load_settings(conf_dir: Path | None = None) -> Settings:
         settings = Settings.model_validate(raw)
     except ValidationError as err:
         files = ", ".join(str(p) for p in config_files(conf_dir))
-        raise ValueError(f"invalid pipeline settings (from {files}):\n{err}") from None
+        raise SettingsError(f"invalid pipeline settings in {files}: {_problems(err)}") from None
     root = Path(os.environ.get("UPLIFT_HOME", PROJECT_ROOT))
     paths = Paths(**{k: _absolute(v, root) for k, v in settings.paths.model_dump().items()})
     mlflow = settings.mlflow.model_copy(
@@ -385,6 +399,17 @@ def load_settings(conf_dir: Path | None = None) -> Settings:
     )
     spark = settings.spark.model_copy(update={"py_files": _path_or_uri(settings.spark.py_files, root)})
     return settings.model_copy(update={"paths": paths, "mlflow": mlflow, "spark": spark})
+
+
+def _problems(err: ValidationError) -> str:
+    """Each wrong key of a validation error on one line: `key.path: what is wrong (got value)`."""
+    problems = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "settings"
+        got = e.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+        problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}{shown}")
+    return "; ".join(problems)
 
 
 def _path_or_uri(value: str | None, root: Path) -> str | None:

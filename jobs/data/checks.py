@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.names import RANDOMIZED
-from jobs.settings import Experiment, Settings
+from jobs.settings import Experiment, Settings, UserError
 
 MAX_SMD = 0.1
 # The training rows whose arm was drawn at one split for everyone: a randomized campaign's sends.
@@ -27,7 +27,7 @@ RANDOMIZED_ASSIGNMENTS = (RANDOMIZED,)
 MIN_LEVEL_ROWS = 20  # rarer categorical levels are pooled before scoring a level by its label rate
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(UserError, RuntimeError):
     """An input failed its checks; nothing downstream may run."""
 
 

@@ -25,13 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from jobs.names import AUDIENCE
-from jobs.settings import Settings
+from jobs.settings import Settings, UserError
 
 if TYPE_CHECKING:  # Spark is imported where it runs: readers of the lake (audience, UI, gate) never load it
     from pyspark.sql import DataFrame, SparkSession
 
 
-class MissingInputError(RuntimeError):
+class MissingInputError(UserError, RuntimeError):
     """A required raw delivery or upstream partition is not there."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.names import key, p_column, uplift_column, uplift_high_column
+from jobs.settings import UserError
 
 if TYPE_CHECKING:
     import lightgbm as lgb
@@ -121,7 +122,7 @@ class PortableTLearner:
         return cls(**json.loads(text))
 
 
-class FeatureMismatchError(RuntimeError):
+class FeatureMismatchError(UserError, RuntimeError):
     """The scoring set's features are not the ones the model was trained on."""
 
 

@@ -46,7 +46,7 @@ from jobs.names import (
     is_constant_policy,
     uplift_column,
 )
-from jobs.settings import Settings, report_dir
+from jobs.settings import Settings, UserError, report_dir
 
 
 def drifted_share(report: dict) -> tuple[float, dict[str, dict]]:
@@ -71,7 +71,7 @@ def drifted_share(report: dict) -> tuple[float, dict[str, dict]]:
 LEVELS = ("ok", "warn", "fail")
 
 
-class DriftFailed(RuntimeError):
+class DriftFailed(UserError, RuntimeError):
     """Drift reached drift.drifted_share_fail and drift.on_fail is fail_run."""
 
 

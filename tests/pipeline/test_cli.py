@@ -1,6 +1,10 @@
 """The `uplift` command: every step is there, and the read-only commands answer from real outputs."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -41,3 +45,38 @@ def test_a_bad_run_date_is_refused():
     result = runner.invoke(app, ["etl", "--run-date", "30/10/2026"])
     assert result.exit_code != 0
     assert "run-date" in result.output
+
+
+UPLIFT = str(Path(sys.executable).with_name("uplift"))
+
+
+def _uplift(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """The installed `uplift` command, as a user types it."""
+    return subprocess.run([UPLIFT, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+
+
+def _typo(tmp_path: Path) -> str:
+    overlay = tmp_path / "typo.yml"
+    overlay.write_text("features:\n  attributes:\n    age: {kind: numerc}\n")
+    return str(overlay)
+
+
+def test_a_wrong_setting_is_one_line_naming_the_key_the_value_and_the_file(home, tmp_path):
+    done = _uplift("model", "status", UPLIFT_CONF=_typo(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "features.attributes.age.kind" in line and "'numerc'" in line and "typo.yml" in line
+
+
+def test_debug_shows_the_traceback_of_a_user_error(home, tmp_path):
+    done = _uplift("--debug", "model", "status", UPLIFT_CONF=_typo(tmp_path))
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "SettingsError" in done.stderr
+
+
+def test_a_missing_input_is_its_message_and_exit_2(home):
+    done = _uplift("audience", "show", "--run-date", "1999-01-01")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("uplift: no audience for run_date=1999-01-01")
