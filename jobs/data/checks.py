@@ -239,3 +239,32 @@ def leakage_scores(sample: pd.DataFrame, settings: Settings) -> tuple[list[str],
                 "delivery that carries it (an attribute snapshot must not know the send or its outcome)."
             )
     return problems, scores
+
+
+def own_shares(
+    listed: dict[str, dict[str, int]], matched: dict[str, dict[str, int]], level: float, tolerance: float
+) -> tuple[list[str], dict]:
+    """Per own campaign, the routes that came back (matched) against those its audience listed: a
+    sample-ratio test at `level` and the volume floor (1 - tolerance). Returns (failures, summary)."""
+    failures: list[str] = []
+    summary: dict = {"p_value_min": level, "campaigns": {}}
+    for campaign in sorted(matched):
+        expected = listed.get(campaign, {})
+        total, came_back = sum(expected.values()), sum(matched[campaign].values())
+        if not total:  # an audience that listed no one: nothing may come back (an unknown customer else)
+            summary["campaigns"][campaign] = {"listed": expected, "delivered": came_back}
+            continue
+        srm = sample_ratio_mismatch(matched[campaign], {route: n / total for route, n in expected.items()})
+        summary["campaigns"][campaign] = {**srm, "listed": expected, "delivered": came_back}
+        if srm["p_value"] < level:
+            failures.append(
+                f"own campaign '{campaign}': its routes came back as {matched[campaign]} of the {expected} its "
+                f"audience listed (chi2={srm['chi2']:.1f}, p={srm['p_value']:.2g} < {level:.2g}): the e-mail tool "
+                "sent a different share of the target, holdout or explore rows than listed"
+            )
+        if came_back < (1 - tolerance) * total:
+            failures.append(
+                f"own campaign '{campaign}': {came_back:,} of the {total:,} listed sends came back, fewer than "
+                f"{1 - tolerance:.0%} (validation.volume_tolerance {tolerance}): a partial delivery"
+            )
+    return failures, summary

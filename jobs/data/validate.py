@@ -38,9 +38,9 @@ from jobs.data.checks import (
     balance_tests,
     counts_by_campaign,
     leakage_scores,
+    own_shares,
     randomization_check,
     randomized_groups,
-    sample_ratio_mismatch,
     training_randomization,
 )
 from jobs.data.etl import SCORING_KEYS, training_keys
@@ -313,27 +313,8 @@ def _own_campaigns_check(
             "of the audience that listed them, with their assigned arm: fix the export's mapping in the e-mail "
             "tool, or deliver a campaign the pipeline did not list under another campaign_id"
         )
-    level = exp.srm_p_value_min / len(ids)
-    summary = {"p_value_min": level, "campaigns": {}}
-    for campaign in ids:
-        expected = listed.get(campaign, {})
-        total, came_back = sum(expected.values()), sum(matched[campaign].values())
-        if not total:  # an audience that listed no one: nothing may come back (an unknown customer else)
-            summary["campaigns"][campaign] = {"listed": expected, "delivered": came_back}
-            continue
-        srm = sample_ratio_mismatch(matched[campaign], {route: n / total for route, n in expected.items()})
-        summary["campaigns"][campaign] = {**srm, "listed": expected, "delivered": came_back}
-        if srm["p_value"] < level:
-            outcome.failures.append(
-                f"own campaign '{campaign}': its routes came back as {matched[campaign]} of the {expected} its "
-                f"audience listed (chi2={srm['chi2']:.1f}, p={srm['p_value']:.2g} < {level:.2g}): the e-mail tool "
-                "sent a different share of the target, holdout or explore rows than listed"
-            )
-        if came_back < (1 - tolerance) * total:
-            outcome.failures.append(
-                f"own campaign '{campaign}': {came_back:,} of the {total:,} listed sends came back, fewer than "
-                f"{1 - tolerance:.0%} (validation.volume_tolerance {tolerance}): a partial delivery"
-            )
+    failures, summary = own_shares(listed, matched, exp.srm_p_value_min / len(ids), tolerance)
+    outcome.failures += failures
     outcome.success = not outcome.failures
     return outcome, summary
 

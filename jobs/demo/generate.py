@@ -193,53 +193,79 @@ def generate(
     harm_rng = np.random.default_rng([seed, 1])  # its own stream: the other draws do not move
     signup = pd.to_datetime(users["signup_date"]).to_numpy()
     window = settings.experiment.attribution_window_days
-    n_sends = n_responses = 0
-    pending: dict[date, list[pd.DataFrame]] = {}  # responses by the day they happen
-
-    def flush(before: date) -> None:
-        """Deliver every response day earlier than `before`: no later send can add to it."""
-        nonlocal n_responses
-        for day_out in sorted(d for d in pending if d < before):
-            frame = pd.concat(pending.pop(day_out)).sort_values("responded_at", kind="stable")
-            frame.insert(0, "response_id", [f"R{n_responses + k:09d}" for k in range(len(frame))])
-            n_responses += len(frame)
-            deliver(settings, "responses", frame, day_out)
+    responses = _ResponseDays(settings, keep_after=None if tail else last_day)
+    n_sends = 0
 
     for i in range(days):
         day = first_day + timedelta(days=i)
-        day_ts = np.datetime64(day)
-        snapshot = users[signup <= day_ts]
+        snapshot = users[signup <= np.datetime64(day)]
         if shift_on is not None and day >= shift_on:
             snapshot = planted_shift(snapshot, seed)
         deliver(settings, "users", snapshot, day)
-        eligible = np.flatnonzero((signup < day_ts) & (users["age"].to_numpy() >= 18))
-        who = rng.choice(eligible, size=min(sends_per_day, eligible.size), replace=False)
-        arm_idx = rng.choice(arms.size, size=who.size, p=split)
-        sent_at = pd.Timestamp(day) + pd.to_timedelta(rng.integers(8 * 3600, 20 * 3600, who.size), unit="s")
-        sends = pd.DataFrame(
-            {
-                "send_id": [f"S{n_sends + k:09d}" for k in range(who.size)],
-                "campaign_id": f"cmp_{day:%Y%m%d}",
-                "customer_id": users["customer_id"].to_numpy()[who],
-                "sent_at": sent_at,
-                "arm": arms[arm_idx],
-            }
-        )
+        sends, who, arm_idx = _draw_sends(rng, users, signup, day, arms, split, sends_per_day, n_sends)
         deliver(settings, "sends", sends, day)
         n_sends += who.size
-
         for frame in draw_responses(
             sends, arm_prob[who, arm_idx], harm_prob[who, arm_idx], arm_idx > 0, rng, harm_rng, window
         ):
-            for day_out, part in frame.groupby(frame["responded_at"].dt.date):
-                if tail or day_out <= last_day:
-                    pending.setdefault(day_out, []).append(part)
-        flush(before=day + timedelta(days=1))  # sends of later days respond later
+            responses.add(frame)
+        responses.flush(before=day + timedelta(days=1))  # sends of later days respond later
         log.info(
-            "generated %s: %d/%d days, %s sends, %s responses", day, i + 1, days, f"{n_sends:,}", f"{n_responses:,}"
+            "generated %s: %d/%d days, %s sends, %s responses", day, i + 1, days, f"{n_sends:,}", f"{responses.n:,}"
         )
-    flush(before=max(pending, default=last_day) + timedelta(days=1))
-    return GeneratedData(customers, n_sends, n_responses, first_day, last_day)
+    responses.flush(before=None)
+    return GeneratedData(customers, n_sends, responses.n, first_day, last_day)
+
+
+def _draw_sends(
+    rng: np.random.Generator,
+    users: pd.DataFrame,
+    signup: np.ndarray,
+    day: date,
+    arms: np.ndarray,
+    split: np.ndarray,
+    sends_per_day: int,
+    first_send: int,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One day's randomized campaign: its sends, the customers' row indices and the arms' indices."""
+    day_ts = np.datetime64(day)
+    eligible = np.flatnonzero((signup < day_ts) & (users["age"].to_numpy() >= 18))
+    who = rng.choice(eligible, size=min(sends_per_day, eligible.size), replace=False)
+    arm_idx = rng.choice(arms.size, size=who.size, p=split)
+    sent_at = pd.Timestamp(day) + pd.to_timedelta(rng.integers(8 * 3600, 20 * 3600, who.size), unit="s")
+    sends = pd.DataFrame(
+        {
+            "send_id": [f"S{first_send + k:09d}" for k in range(who.size)],
+            "campaign_id": f"cmp_{day:%Y%m%d}",
+            "customer_id": users["customer_id"].to_numpy()[who],
+            "sent_at": sent_at,
+            "arm": arms[arm_idx],
+        }
+    )
+    return sends, who, arm_idx
+
+
+class _ResponseDays:
+    """Responses held by the day they happen, delivered once no later send can add to that day."""
+
+    def __init__(self, settings: Settings, keep_after: date | None) -> None:
+        self.settings = settings
+        self.keep_after = keep_after  # drop responses after this day; None keeps them all
+        self.pending: dict[date, list[pd.DataFrame]] = {}
+        self.n = 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        for day_out, part in frame.groupby(frame["responded_at"].dt.date):
+            if self.keep_after is None or day_out <= self.keep_after:
+                self.pending.setdefault(day_out, []).append(part)
+
+    def flush(self, before: date | None) -> None:
+        """Deliver every response day earlier than `before` (every one held, when None)."""
+        for day_out in sorted(d for d in self.pending if before is None or d < before):
+            frame = pd.concat(self.pending.pop(day_out)).sort_values("responded_at", kind="stable")
+            frame.insert(0, "response_id", [f"R{self.n + k:09d}" for k in range(len(frame))])
+            self.n += len(frame)
+            deliver(self.settings, "responses", frame, day_out)
 
 
 SHIFTED_DOMAIN = "newmail.example"

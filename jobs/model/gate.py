@@ -141,16 +141,7 @@ def decide(settings: Settings, run_date: date, run, drift_checks: list[dict] = (
         chosen[CHAMPION_POLICY] = champion_chosen
     assignments = {name: assignment(frame, exp.control) for name, frame in chosen.items()}
     assignments[NO_ONE] = np.full(len(holdout), exp.control, dtype=object)
-    values = evaluation.value_table(
-        assignments,
-        holdout,
-        exp,
-        settings.targeting,
-        pairs={versus(name): (CHALLENGER, name) for name in assignments if name != CHALLENGER},
-        rounds=cfg.bootstrap_rounds,
-        seed=settings.training.seed,
-    )
-    table, differences = values["policies"], values["differences"]
+    table, differences = _values(settings, holdout, assignments)
     best, refused = alternatives(table, exp.arms)
     passed, reasons = _verdict(settings, run_date, table, differences, best, refused)
     if champion is not None:
@@ -165,22 +156,13 @@ def decide(settings: Settings, run_date: date, run, drift_checks: list[dict] = (
     curve = _deployed_curve(deployed, constant_arm, chosen, holdout, settings, run_date, rows, customers)
     deployed_name = deployed or (everyone(constant_arm) if constant_arm != policy.NONE else NO_ONE)
     by_arm = evaluation.arm_values(
-        assignments[deployed_name],
-        holdout,
-        exp,
-        settings.targeting,
-        audience_rows=rows,
-        rounds=cfg.bootstrap_rounds,
-        seed=settings.training.seed,
+        assignments[deployed_name], holdout, exp, settings.targeting, audience_rows=rows, **_bootstrap(settings)
     )
     version = run.data.tags[MODEL_VERSION_TAG] if deployed == CHALLENGER else champion and champion.version
     return {
         "run_date": run_date.isoformat(),
         "run_id": run.info.run_id,
-        "guardrails": {
-            name: {k: v for k, v in g.model_dump().items() if k != "bound_bins"}
-            for name, g in settings.targeting.guardrails.items()
-        },
+        "guardrails": _guardrail_limits(settings),
         "model_version": run.data.tags[MODEL_VERSION_TAG],
         "decision": "promote" if passed else "reject",
         "reasons": reasons,
@@ -196,6 +178,31 @@ def decide(settings: Settings, run_date: date, run, drift_checks: list[dict] = (
         "deployed_arms": by_arm,
         "value_definition": "net value per customer vs sending nothing: value_per_response x incremental "
         "responses - cost; AIPW with the T-learner's outcome models, paired bootstrap 95% intervals",
+    }
+
+
+def _bootstrap(settings: Settings) -> dict:
+    return {"rounds": settings.gate.bootstrap_rounds, "seed": settings.training.seed}
+
+
+def _values(settings: Settings, holdout: pd.DataFrame, assignments: dict) -> tuple[dict, dict]:
+    """Every policy's value on the holdout, and the challenger's paired difference against each other one."""
+    values = evaluation.value_table(
+        assignments,
+        holdout,
+        settings.experiment,
+        settings.targeting,
+        pairs={versus(name): (CHALLENGER, name) for name in assignments if name != CHALLENGER},
+        **_bootstrap(settings),
+    )
+    return values["policies"], values["differences"]
+
+
+def _guardrail_limits(settings: Settings) -> dict:
+    """The guardrails as the decision record shows them (their settings, without the bound's bins)."""
+    return {
+        name: {k: v for k, v in g.model_dump().items() if k != "bound_bins"}
+        for name, g in settings.targeting.guardrails.items()
     }
 
 

@@ -327,38 +327,9 @@ def train(settings: Settings, run_date: date) -> dict:
     use_tracking(settings)
     with mlflow.start_run(run_name=f"train {run_date}") as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tags({RUN_DATE_TAG: run_date.isoformat(), "stage": "train"})
-        mlflow.log_params({f"lgbm.{k}": v for k, v in cfg.lightgbm.items()})
-        mlflow.log_params(
-            {
-                "train_rows": len(train_rows),
-                "holdout_rows": len(holdout),
-                "arms": ",".join(settings.experiment.arms),
-                "control": settings.experiment.control,
-                "seed": cfg.seed,
-                "qini_definition": "scikit-uplift qini_auc_score",
-                "features": ",".join(model.features),
-            }
-        )
-        mlflow.log_dict(settings.features.model_dump(mode="json"), FEATURE_SPEC_ARTIFACT)
-        for arm, m in results.items():
-            mlflow.log_metrics({arm_metric(k, arm): v for k, v in m.items() if k != "deciles" and np.isfinite(v)})
-        for name, classifier in model.models.items():
-            mlflow.log_metric(arm_metric("best_iteration", name), classifier.best_iteration_ or 0)
-        folder = Path(tmp)
-        _plots(scored, results, settings, folder)
-        (folder / "metrics.json").write_text(json.dumps(results, indent=2))
-        mlflow.log_params(
-            {arm_metric(ARM_MODE_PARAM, k): "constant" if k in model.constant else "ranked" for k in results}
-        )
-        if model.bounds:
-            (folder / "guardrail_bounds.json").write_text(json.dumps(model.bounds, indent=2))
-        mlflow.log_metrics({arm_metric("constant_uplift", arm): value for arm, value in model.constant.items()})
-        feature_importance(model).to_csv(folder / "feature_importance.csv")
-        explained = explain_uplift(model, holdout, settings)
-        drivers.write(explained, folder)
-        (folder / "holdout").mkdir()
-        predictions.to_parquet(folder / HOLDOUT_ARTIFACT, index=False)
-        mlflow.log_artifacts(str(folder))
+        _log_params(settings, model, results, len(train_rows), len(holdout))
+        _log_metrics(model, results)
+        explained = _log_files(Path(tmp), settings, model, scored, results, holdout, predictions)
         version = log_model(model, holdout[model.features].head(5), settings)
         mlflow.MlflowClient().set_model_version_tag(
             settings.mlflow.registered_model, version, RUN_DATE_TAG, run_date.isoformat()
@@ -373,3 +344,47 @@ def train(settings: Settings, run_date: date) -> dict:
         "constant_arms": model.constant,
         "top_drivers": {arm: a["drivers"][0]["feature"] for arm, a in explained["arms"].items()},
     }
+
+
+def _log_params(settings: Settings, model, results: dict, train_rows: int, holdout_rows: int) -> None:
+    cfg = settings.training
+    mlflow.log_params({f"lgbm.{k}": v for k, v in cfg.lightgbm.items()})
+    mlflow.log_params(
+        {
+            "train_rows": train_rows,
+            "holdout_rows": holdout_rows,
+            "arms": ",".join(settings.experiment.arms),
+            "control": settings.experiment.control,
+            "seed": cfg.seed,
+            "qini_definition": "scikit-uplift qini_auc_score",
+            "features": ",".join(model.features),
+        }
+    )
+    mlflow.log_params({arm_metric(ARM_MODE_PARAM, k): "constant" if k in model.constant else "ranked" for k in results})
+    mlflow.log_dict(settings.features.model_dump(mode="json"), FEATURE_SPEC_ARTIFACT)
+
+
+def _log_metrics(model, results: dict) -> None:
+    for arm, m in results.items():
+        mlflow.log_metrics({arm_metric(k, arm): v for k, v in m.items() if k != "deciles" and np.isfinite(v)})
+    for name, classifier in model.models.items():
+        mlflow.log_metric(arm_metric("best_iteration", name), classifier.best_iteration_ or 0)
+    mlflow.log_metrics({arm_metric("constant_uplift", arm): value for arm, value in model.constant.items()})
+
+
+def _log_files(
+    folder: Path, settings: Settings, model, scored, results: dict, holdout: pd.DataFrame, predictions: pd.DataFrame
+) -> dict:
+    """The run's files: plots, metrics, guardrail bounds, feature importance, the uplift drivers and the
+    holdout's predictions (what the gate reads). Returns the drivers."""
+    _plots(scored, results, settings, folder)
+    (folder / "metrics.json").write_text(json.dumps(results, indent=2))
+    if model.bounds:
+        (folder / "guardrail_bounds.json").write_text(json.dumps(model.bounds, indent=2))
+    feature_importance(model).to_csv(folder / "feature_importance.csv")
+    explained = explain_uplift(model, holdout, settings)
+    drivers.write(explained, folder)
+    (folder / "holdout").mkdir()
+    predictions.to_parquet(folder / HOLDOUT_ARTIFACT, index=False)
+    mlflow.log_artifacts(str(folder))
+    return explained

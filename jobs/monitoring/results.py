@@ -219,49 +219,64 @@ def _sums(rows: DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFra
     """The three aggregates (arm groups, explore policy sums, calibration sums), small enough to collect."""
     from pyspark.sql import functions as F
 
-    outcomes = list(settings.targeting.outcomes)
-    control = settings.experiment.control
     counted = rows.where(~F.col("overlapped"))
+    return (
+        _arm_sums(rows, list(settings.targeting.outcomes)).toPandas(),
+        _policy_sums(counted).toPandas(),
+        _calibration_sums(counted, settings.experiment.control).toPandas(),
+    )
+
+
+def _arm_sums(rows: DataFrame, outcomes: list[str]) -> DataFrame:
+    """Per campaign, route and arm: rows listed and overlapped, and the counted rows' sums of every outcome."""
+    from pyspark.sql import functions as F
+
+    counted = ~F.col("overlapped")
     matured = F.col("label").isNotNull()
 
-    def total(column, where=None) -> F.Column:
-        return F.sum(F.when(matured if where is None else matured & where, column).otherwise(F.lit(0.0)))
+    def total(column) -> F.Column:
+        return F.sum(F.when(matured & counted, column).otherwise(F.lit(0.0)))
 
-    route = F.col("assignment")
-    segment = F.when(route == policy.EXPLORE, F.col("assigned_arm")).otherwise(F.col("recommended_arm"))
-    arms = rows.groupBy("campaign_id", "audience_date", "assignment", segment.alias("segment")).agg(
+    def count(condition) -> F.Column:
+        return F.sum((condition & counted).cast("long"))
+
+    segment = F.when(F.col("assignment") == policy.EXPLORE, F.col("assigned_arm")).otherwise(F.col("recommended_arm"))
+    return rows.groupBy("campaign_id", "audience_date", "assignment", segment.alias("segment")).agg(
         F.count("*").alias("listed"),
         F.sum(F.col("overlapped").cast("long")).alias("overlapped"),
-        F.sum((matured & ~F.col("overlapped")).cast("long")).alias("n"),
-        total(F.col("label"), ~F.col("overlapped")).alias("y"),
+        count(matured).alias("n"),
+        total(F.col("label")).alias("y"),
         *[
             expr
             for o in outcomes
             for expr in (
-                F.sum((F.col(label_column(o)).isNotNull() & ~F.col("overlapped")).cast("long")).alias(f"n__{o}"),
-                total(F.coalesce(F.col(label_column(o)), F.lit(0)), ~F.col("overlapped")).alias(f"y__{o}"),
+                count(F.col(label_column(o)).isNotNull()).alias(of_outcome("n", o)),
+                total(F.coalesce(F.col(label_column(o)), F.lit(0))).alias(of_outcome("y", o)),
             )
         ],
-        F.sum((F.col("z").isNotNull() & ~F.col("overlapped")).cast("long")).alias("n_z"),
-        total(F.coalesce(F.col("z"), F.lit(0.0)), ~F.col("overlapped")).alias("z"),
-        total(F.coalesce(F.col("z") * F.col("z"), F.lit(0.0)), ~F.col("overlapped")).alias("z2"),
-        total(F.col("expected_uplift"), ~F.col("overlapped")).alias("expected"),
-        *[
-            total(F.col(expected_uplift_column(o)), ~F.col("overlapped")).alias(of_outcome("expected", o))
-            for o in outcomes
-        ],
-        total(F.col("expected_net_value"), ~F.col("overlapped")).alias("expected_net_value"),
-        total(F.col("cost"), ~F.col("overlapped")).alias("cost"),
+        count(F.col("z").isNotNull()).alias("n_z"),
+        total(F.coalesce(F.col("z"), F.lit(0.0))).alias("z"),
+        total(F.coalesce(F.col("z") * F.col("z"), F.lit(0.0))).alias("z2"),
+        total(F.col("expected_uplift")).alias("expected"),
+        *[total(F.col(expected_uplift_column(o))).alias(of_outcome("expected", o)) for o in outcomes],
+        total(F.col("expected_net_value")).alias("expected_net_value"),
+        total(F.col("cost")).alias("cost"),
         F.first("policy").alias("policy"),
         F.first("model_version").alias("model_version"),
     )
+
+
+def _policy_sums(counted: DataFrame) -> DataFrame:
+    """Per campaign and explored arm, split by whether the policy would have chosen it: weighted value sums."""
+    from pyspark.sql import functions as F
+
     w = 1.0 / F.col("route_probability")
     v = F.col("z") - F.col("cost")
-    policies = (
-        counted.where((route == policy.EXPLORE) & F.col("z").isNotNull() & (F.col("route_probability") > 0))
-        .groupBy(
-            "campaign_id", "audience_date", "assigned_arm", (F.col("assigned_arm") == F.col("follows")).alias("follows")
-        )
+    explored = (F.col("assignment") == policy.EXPLORE) & F.col("z").isNotNull() & (F.col("route_probability") > 0)
+    follows = (F.col("assigned_arm") == F.col("follows")).alias("follows")
+    return (
+        counted.where(explored)
+        .groupBy("campaign_id", "audience_date", "assigned_arm", follows)
         .agg(
             F.count("*").alias("n"),
             F.sum(w).alias("w"),
@@ -271,12 +286,18 @@ def _sums(rows: DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFra
             F.sum(w * w * v * v).alias("wwvv"),
         )
     )
+
+
+def _calibration_sums(counted: DataFrame, control: str) -> DataFrame:
+    """Per campaign, predicted-uplift decile and group (the decile's arm or control): weighted label sums."""
+    from pyspark.sql import functions as F
+
     iw = 1.0 / F.col("propensity")
     group = F.when(F.col("assigned_arm") == F.col("decile_arm"), F.lit("treated")).when(
         F.col("assigned_arm") == control, F.lit("control")
     )
-    calibration = (
-        counted.where(matured & (F.col("propensity") > 0))
+    return (
+        counted.where(F.col("label").isNotNull() & (F.col("propensity") > 0))
         .withColumn("group", group)
         .where(F.col("group").isNotNull())
         .groupBy("campaign_id", "audience_date", "decile", "group")
@@ -289,7 +310,6 @@ def _sums(rows: DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFra
             F.sum(iw * F.col("predicted")).alias("wp"),
         )
     )
-    return arms.toPandas(), policies.toPandas(), calibration.toPandas()
 
 
 # ---------------------------------------------------------------- sums to figures
@@ -313,12 +333,12 @@ def arm_results(groups: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         row["rate_sent"] = sent["y"] / sent["n"] if sent["n"] else math.nan
         row["rate_holdout"] = held["y"] / held["n"] if held["n"] else math.nan
         for o in [None, *outcomes]:
-            suffix = "" if o is None else f"__{o}"
-            n1, n0 = (sent["n"], held["n"]) if o is None else (sent[f"n__{o}"], held[f"n__{o}"])
-            d, low, high = rate_difference(sent[f"y{suffix}"], n1, held[f"y{suffix}"], n0)
-            row[f"incremental{suffix}"] = n1 * d
-            row[f"incremental{suffix}_low"], row[f"incremental{suffix}_high"] = n1 * low, n1 * high
-            row[f"expected_incremental{suffix}"] = sent[f"expected{suffix}"]
+            n1, n0 = sent[of_outcome("n", o)], held[of_outcome("n", o)]
+            d, low, high = rate_difference(sent[of_outcome("y", o)], n1, held[of_outcome("y", o)], n0)
+            incremental = of_outcome("incremental", o)
+            row[incremental] = n1 * d
+            row[f"{incremental}_low"], row[f"{incremental}_high"] = n1 * low, n1 * high
+            row[of_outcome("expected_incremental", o)] = sent[of_outcome("expected", o)]
         d, low, high = mean_difference(sent["z"], sent["z2"], sent["n_z"], held["z"], held["z2"], held["n_z"])
         cost = targeting.cost_per_send[arm] * sent["n_z"]
         row["net_value"], row["net_value_low"], row["net_value_high"] = (sent["n_z"] * x - cost for x in (d, low, high))

@@ -310,7 +310,35 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     # under a campaign id of its own, so the sends of each come back to the right record.
     version = next_version(settings, AUDIENCE, run_date)
     campaign_id = settings.export.campaign_of(run_date) + (f"_v{version}" if version > 1 else "")
-    audience = audience.select(
+    audience = _published_columns(audience, settings, campaign_id, label, model_name, model_version)
+    path = publish_partition(audience, settings, AUDIENCE, run_date, keep=True)
+    published = spark.read.parquet(str(path))
+    _publish_summary(published, settings, run_date, label, model_version)
+    guardrails = _guardrail_totals(published, settings)
+    counts, assignments = _counts(published)
+    spark.catalog.clearCache()  # the scored audience the guardrail price search persisted
+    return {
+        "audience": str(path),
+        "summary": str(partition_dir(settings, AUDIENCE_SUMMARY, run_date)),
+        "rows": sum(counts.values()),
+        "recommended": counts,
+        "campaign_id": campaign_id,
+        "version": version,
+        "exploration_probability": explore,
+        "assignments": dict(sorted(assignments.items())),
+        "policy": label,
+        "model_version": model_version,
+        **({"guardrails": guardrails} if guardrails else {}),
+        **({"constant_policy_reasons": reasons} if reasons else {}),
+    }
+
+
+def _published_columns(
+    audience: DataFrame, settings: Settings, campaign_id: str, label: str, model_name, model_version
+) -> DataFrame:
+    """The audience table's columns, in their published order, with the night's policy and model."""
+    exp = settings.experiment
+    return audience.select(
         "customer_id",
         "recommended_arm",
         "selected",
@@ -332,26 +360,6 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
         F.lit(model_version).cast("string").alias("model_version"),
         F.lit(datetime.now(UTC)).cast("timestamp").alias("scored_at"),
     )
-    path = publish_partition(audience, settings, AUDIENCE, run_date, keep=True)
-    published = spark.read.parquet(str(path))
-    _publish_summary(published, settings, run_date, label, model_version)
-    guardrails = _guardrail_totals(published, settings)
-    counts, assignments = _counts(published)
-    spark.catalog.clearCache()  # the scored audience the guardrail price search persisted
-    return {
-        "audience": str(path),
-        "summary": str(partition_dir(settings, AUDIENCE_SUMMARY, run_date)),
-        "rows": sum(counts.values()),
-        "recommended": counts,
-        "campaign_id": campaign_id,
-        "version": version,
-        "exploration_probability": explore,
-        "assignments": dict(sorted(assignments.items())),
-        "policy": label,
-        "model_version": model_version,
-        **({"guardrails": guardrails} if guardrails else {}),
-        **({"constant_policy_reasons": reasons} if reasons else {}),
-    }
 
 
 def _serving_model(settings: Settings, run_date: date, columns: list[str]):
