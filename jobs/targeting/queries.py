@@ -2,10 +2,11 @@
 
 `uplift audience what-if`, the Campaigns page's segments and its budget what-if call these: the
 segment columns (categorical attributes and `<name>_band`s of the binned numeric ones) over the
-scoring features joined with the audience, a segment's response rates with and without an arm,
-and what the audience would select under another `max_sends` by the policy's own budget rule
-(jobs.model.policy.within_budget, as a DuckDB expression). Aggregates, filters and window functions
-run in DuckDB; only their results reach Python.
+scoring features joined with the audience, a segment's response rates with and without an arm and
+the increase of each guardrail outcome, and what the audience would select under another
+`max_sends` or `max_spend` by the policy's own budget rule (jobs.model.policy.within_budget, as a
+DuckDB expression). Aggregates, filters and window functions run in DuckDB; only their results
+reach Python.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 from jobs.data.lake import MissingInputError, partition_dir
 from jobs.model.policy import NONE, within_budget
 from jobs.names import AUDIENCE, SCORING_SET, p_column, uplift_column
-from jobs.settings import Settings
+from jobs.settings import Guardrail, Settings
 
 
 def band_labels(edges: list[float]) -> list[str]:
@@ -39,6 +40,33 @@ def query(sql: str, params: list | None = None) -> pd.DataFrame:
     with duckdb.connect() as con:
         con.execute("SET threads TO 2")
         return con.execute(sql, params or []).df()
+
+
+def columns_of(settings: Settings, table: str, run_date: date) -> set[str]:
+    """The columns of a published table (an audience scored before an outcome was configured lacks its columns)."""
+    return set(query("SELECT * FROM read_parquet(?) LIMIT 0", [files(settings, table, run_date)]).columns)
+
+
+def above_limits(guardrail: Guardrail, increase: float) -> list[str]:
+    """The limits of a guardrail that an expected increase per customer sent lies above (as the gate names them)."""
+    limits = {"max_increase_per_send": guardrail.max_increase_per_send, "max_uplift": guardrail.max_uplift}
+    return [name for name, limit in limits.items() if limit is not None and increase > limit]
+
+
+def guardrail_increases(settings: Settings, arm: str, run_date: date) -> dict[str, str]:
+    """Guardrail outcome -> the audience column of arm's expected uplift on it (the outcomes the audience has)."""
+    present = columns_of(settings, AUDIENCE, run_date)
+    wanted = {o: uplift_column(arm, o) for o in settings.targeting.guardrails}
+    return {o: column for o, column in wanted.items() if column in present}
+
+
+def guardrail_figures(settings: Settings, increases: dict[str, float]) -> dict[str, dict]:
+    """outcome -> its expected increase per customer sent and the limits it lies above."""
+    return {
+        o: {"increase_per_send": float(v), "above": above_limits(settings.targeting.guardrails[o], float(v))}
+        for o, v in increases.items()
+        if not pd.isna(v)
+    }
 
 
 def band_sql(column: str, edges: list[float]) -> str:
@@ -86,16 +114,20 @@ def check_segment(settings: Settings, picks: dict[str, str], arm: str) -> None:
 
 def segment_rates(settings: Settings, run_date: date, arm: str, condition: str = "true", params=()) -> dict:
     """A segment's customers and expected response rates with and without arm, from the model's
-    per-arm probabilities; condition: SQL over segment_base's columns (with `?` for params)."""
+    per-arm probabilities, and each guardrail outcome's expected increase per customer sent arm
+    (`guardrails`: outcome -> increase_per_send, above: the limits it lies above); condition: SQL
+    over segment_base's columns (with `?` for params)."""
     if arm not in settings.experiment.arms:
         raise ValueError(f"unknown arm '{arm}': the arms are {settings.experiment.arms}")
     base, base_params = segment_base(settings, run_date)
+    guarded = guardrail_increases(settings, arm, run_date)
+    increases = "".join(f', avg("{column}") AS "guardrail_{o}"' for o, column in guarded.items())
     row = query(
         f"""
         SELECT count(*) AS customers, avg(p_control) AS without_message, avg("{p_column(arm)}") AS with_message,
                avg(CASE WHEN recommended_arm = ? THEN 1.0 ELSE 0.0 END) AS recommended_share,
                sum(CASE WHEN assigned_arm = ? THEN 1 ELSE 0 END) AS sends,
-               avg("{uplift_column(arm)}") AS targeting_uplift
+               avg("{uplift_column(arm)}") AS targeting_uplift{increases}
         FROM ({base}) WHERE {condition}
         """,
         [arm, arm, *base_params, *params],
@@ -103,7 +135,11 @@ def segment_rates(settings: Settings, run_date: date, arm: str, condition: str =
     out = {"customers": int(row["customers"]), "arm": arm}
     if not out["customers"]:
         return out
-    out.update(recommended_share=float(row["recommended_share"]), sends=int(row["sends"]))
+    out.update(
+        recommended_share=float(row["recommended_share"]),
+        sends=int(row["sends"]),
+        guardrails=guardrail_figures(settings, {o: row[f"guardrail_{o}"] for o in guarded}),
+    )
     if pd.isna(row["without_message"]):
         out["note"] = (
             "this audience is a constant policy (no model has passed the gate): no per-customer response rates; "
@@ -120,27 +156,34 @@ def segment_rates(settings: Settings, run_date: date, arm: str, condition: str =
     return out
 
 
-def budget(settings: Settings, run_date: date, max_sends: int) -> dict:
-    """What the audience would select with another `max_sends` (holdout counted), per arm, without rerunning.
+RANKED = f"""
+    SELECT recommended_arm, expected_uplift, expected_net_value, send_cost,
+           recommended_arm <> '{NONE}' AS recommended,
+           sum(CASE WHEN recommended_arm <> '{NONE}' THEN 1 ELSE 0 END) OVER (ORDER BY rank) AS so_far,
+           sum(CASE WHEN recommended_arm <> '{NONE}' THEN send_cost ELSE 0 END) OVER (ORDER BY rank) AS spent
+    FROM read_parquet(?)
+"""  # the published ranking with the recommended customers' running count and spend (policy.within_budget's inputs)
+
+
+def budget(settings: Settings, run_date: date, max_sends: int | None = None, max_spend: float | None = None) -> dict:
+    """What the audience would select with another budget, in sends (`max_sends`, holdout counted) or
+    money (`max_spend`), per arm, without rerunning.
 
     The policy's budget rule (jobs.model.policy.within_budget, the one that scoring applies) over the
-    published ranking: recommended customers in rank order while their running count is within the
-    budget less the exploration share; `max_spend`, if set, is not applied here. Sums are the
-    model's expectations over the selected, before the fresh holdout is drawn from them.
+    published ranking: recommended customers in rank order while their running count (or spend) is
+    within the budget less the exploration share; no budget: every recommended customer. Sums are
+    the model's expectations over the selected, before the fresh holdout is drawn from them.
     """
-    rule = settings.targeting.model_copy(update={"max_sends": max_sends, "max_spend": None})
-    selected = within_budget(duckdb.ColumnExpression("recommended"), duckdb.ColumnExpression("so_far"), None, rule)
+    rule = settings.targeting.model_copy(update={"max_sends": max_sends, "max_spend": max_spend})
+    selected = within_budget(
+        duckdb.ColumnExpression("recommended"),
+        duckdb.ColumnExpression("so_far"),
+        duckdb.ColumnExpression("spent"),
+        rule,
+    )
     with duckdb.connect() as con:
         con.execute("SET threads TO 2")
-        ranked = con.sql(
-            f"""
-            SELECT recommended_arm, expected_uplift, expected_net_value, send_cost,
-                   recommended_arm <> '{NONE}' AS recommended,
-                   sum(CASE WHEN recommended_arm <> '{NONE}' THEN 1 ELSE 0 END) OVER (ORDER BY rank) AS so_far
-            FROM read_parquet(?)
-            """,
-            params=[files(settings, AUDIENCE, run_date)],
-        )
+        ranked = con.sql(RANKED, params=[files(settings, AUDIENCE, run_date)])
         frame = (
             ranked.filter(selected)
             .aggregate(
@@ -153,9 +196,27 @@ def budget(settings: Settings, run_date: date, max_sends: int) -> dict:
         )
     return {
         "max_sends": max_sends,
+        "max_spend": max_spend,
         "arms": frame.to_dict(orient="records"),
         "customers": int(frame["customers"].sum()),
         "expected_incremental_responses": float(frame["expected_incremental_responses"].sum()),
         "expected_net_value": float(frame["expected_net_value"].sum()),
         "spend": float(frame["spend"].sum()),
     }
+
+
+def ranking_spend(settings: Settings, run_date: date, sends: list[int]) -> list[float]:
+    """What sending the first n recommended customers of the published ranking costs, for each n of sends
+    (all of them when n is past their number)."""
+    wanted = sorted({max(0, int(n)) for n in sends})
+    frame = query(
+        f"""
+        WITH ranked AS ({RANKED})
+        SELECT so_far AS n, spent FROM ranked
+        WHERE recommended AND (list_contains(?, so_far) OR so_far = (SELECT max(so_far) FROM ranked))
+        """,
+        [files(settings, AUDIENCE, run_date), wanted],
+    )
+    spent = dict(zip(frame["n"].astype(int), frame["spent"].astype(float), strict=True))
+    last = max(spent, default=0)
+    return [0.0 if n <= 0 else spent.get(min(int(n), last), 0.0) for n in sends]
