@@ -8,12 +8,14 @@ training run's MLflow artifacts. Tables are queried with DuckDB over the Parquet
 so a page never loads a whole audience into memory.
 
 The segments and the budget what-if are jobs.targeting.queries, the queries `uplift audience
-what-if` runs too.
+what-if` runs too. The gate's decision is also told in a campaign manager's words (`gate_summary`),
+and a night is set beside the previous published one (`previous_night`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -26,21 +28,29 @@ from jobs.names import (
     AUDIENCE,
     AUDIENCE_SUMMARY,
     BUDGET_CURVE,
+    CHALLENGER,
+    CHAMPION_POLICY,
     DRIFT_PAGE,
     DRIFT_REPORT,
     FAILURE_NOTE,
     GATE_REPORT,
     RESULTS,
+    everyone,
+    is_constant_policy,
     of_outcome,
     policy_model_version,
     uplift_column,
+    versus,
 )
 from jobs.settings import Settings, report_dir
 from jobs.targeting.queries import (
     band_labels,
     check_segment,
     files,
+    guardrail_figures,
+    guardrail_increases,
     query,
+    ranking_spend,
     segment_base,
     segment_columns,
     segment_rates,
@@ -135,6 +145,19 @@ def runs(settings: Settings) -> list[dict]:
     return out
 
 
+def budget_curve(settings: Settings, run_date: date) -> list[dict]:
+    """The gate's budget curve of the night's policy (the file `uplift audience show` reads for its peak),
+    each point with what its sends cost from tonight's ranking (`spend`) and the budget in sends that
+    selects them (`budget`)."""
+    path = report_dir(settings, run_date) / f"{BUDGET_CURVE}.csv"
+    curve = pd.read_csv(path).to_dict(orient="records") if path.exists() else []
+    # the budget (max_sends: the fresh holdout and the exploration share counted) that sends a point's sends
+    share = (1 - settings.targeting.holdout_share) * (1 - settings.targeting.exploration_share)
+    for point, spend in zip(curve, ranking_spend(settings, run_date, [int(p["sends"]) for p in curve]), strict=True):
+        point.update(spend=spend, budget=math.ceil(point["sends"] / share))
+    return curve
+
+
 def _gaps(days: set[date]) -> list[date]:
     """The dates between the first and the last night that have no trace of a run."""
     if not days:
@@ -165,9 +188,8 @@ def run(settings: Settings, run_date: date, top: int = 10) -> dict:
     arms = []
     for row in summary.to_dict(orient="records"):
         estimate = intervals.get(row["recommended_arm"], {})
-        arms.append({**row, "holdout_estimate": estimate or None})
-    curve_path = folder / f"{BUDGET_CURVE}.csv"
-    curve = pd.read_csv(curve_path).to_dict(orient="records") if curve_path.exists() else []
+        arms.append({**row, "holdout_estimate": estimate or None, "guardrails": _arm_guardrails(settings, row)})
+    curve = budget_curve(settings, run_date)
     audience = files(settings, "audience", run_date)
     best = query(
         "SELECT rank, customer_id, recommended_arm, expected_uplift, expected_net_value, holdout "
@@ -198,16 +220,96 @@ def run(settings: Settings, run_date: date, top: int = 10) -> dict:
         "curve": curve,
         "peak": max(curve, key=lambda p: p["net_value"]) if curve else None,
         "max_sends": settings.targeting.max_sends,
+        "max_spend": settings.targeting.max_spend,
         "holdout_share": settings.targeting.holdout_share,
         "gate": {
             k: gate.get(k) for k in ("decision", "reasons", "deployed_policy", "policy_values", "run_id", "guardrails")
         },
+        "summary": gate_summary(settings, gate),
+        "previous": previous_night(settings, run_date),
         "drift": {
             "outcome": drift.get("outcome"),
             "drifted_share": drift.get("drifted_share"),
             "reports": [p.name for p in (folder / DRIFT_PAGE, folder / "drift_predictions.html") if p.exists()],
         },
         "top": best.to_dict(orient="records"),
+    }
+
+
+def _arm_guardrails(settings: Settings, row: dict) -> dict[str, dict]:
+    """A summary row's guardrail outcomes: the increase expected over its sends, per send, and the limits above."""
+    totals = {o: row.get(of_outcome("expected_incremental", o)) for o in settings.targeting.guardrails}
+    present = {o: v for o, v in totals.items() if v is not None and not pd.isna(v)}
+    per_send = guardrail_figures(settings, {o: v / row["sends"] if row["sends"] else 0.0 for o, v in present.items()})
+    return {o: {"increase": float(present[o]), **figures} for o, figures in per_send.items()}
+
+
+def gate_summary(settings: Settings, gate: dict) -> dict | None:
+    """The gate's decision as a campaign manager reads it (None when gate.json lacks the figures).
+
+    What is sent tonight (`sent`: the model version, or the arm everyone gets, or none), what the
+    challenger's targeting is worth per customer and how much more than the best policy without a
+    model (`alternative`: the arm everyone gets, None for sending no one), and, when the challenger
+    is not sent, why (`why`: a guardrail it breaks, not clearly beating the alternative under the
+    gate's rule, worse than the champion; `other` when the reason is elsewhere: drift, a backfill).
+    """
+    values, differences = gate.get("policy_values") or {}, gate.get("differences") or {}
+    best = gate.get("best_constant")
+    if CHALLENGER not in values or versus(best) not in differences:
+        return None
+    deployed = gate.get("deployed_policy") or ""
+    constant = deployed.split(":", 1)[1] if is_constant_policy(deployed) else None
+    summary = {
+        "decision": gate.get("decision"),
+        "sent": {"version": policy_model_version(deployed), "arm": constant},
+        "challenger": values[CHALLENGER],
+        "alternative": next((a for a in settings.experiment.arms if everyone(a) == best), None),
+        "versus_alternative": differences[versus(best)],
+        "rule": gate.get("rule"),
+        "why": [],
+    }
+    if summary["decision"] == "promote":
+        return summary
+    limits = gate.get("guardrails") or {}
+    for outcome, g in (values[CHALLENGER].get("guardrails") or {}).items():
+        if g.get("above"):
+            limit = g["above"][0]
+            summary["why"].append(
+                {"kind": "guardrail", "outcome": outcome, **g, "limit": limit, "at": limits.get(outcome, {}).get(limit)}
+            )
+    d = summary["versus_alternative"]
+    if not (d["low"] > 0 if summary["rule"] == "interval" else d["value"] > 0):
+        summary["why"].append({"kind": "not better"})
+    champion = differences.get(versus(CHAMPION_POLICY))
+    if champion and champion["value"] < -settings.gate.champion_tolerance:
+        summary["why"].append({"kind": "champion", **champion, "version": (gate.get("champion") or {}).get("version")})
+    if not summary["why"]:
+        summary["why"].append({"kind": "other"})
+    return summary
+
+
+def previous_night(settings: Settings, run_date: date) -> dict | None:
+    """The latest published night before run_date, arm by arm beside run_date: sends, expected value, policy."""
+    earlier = [d for d in run_dates(settings) if d < run_date]
+    if not earlier:
+        return None
+    day = max(earlier)
+    tonight, before = _summary(settings, run_date), _summary(settings, day)
+    fields = ["sends", "spend", "expected_incremental_responses", "expected_net_value"]
+    arms = sorted(set(tonight["recommended_arm"]) | set(before["recommended_arm"]))
+
+    def by_arm(frame: pd.DataFrame) -> dict:
+        rows = frame.set_index("recommended_arm")[fields]
+        return {a: rows.loc[a].to_dict() if a in rows.index else dict.fromkeys(fields, 0) for a in arms}
+
+    def policy(frame: pd.DataFrame) -> str | None:
+        return frame["policy"].iloc[0] if len(frame) else None
+
+    return {
+        "run_date": day.isoformat(),
+        "policy": {"tonight": policy(tonight), "before": policy(before)},
+        "arms": {a: {"tonight": by_arm(tonight)[a], "before": by_arm(before)[a]} for a in arms},
+        "total": {"tonight": tonight[fields].sum().to_dict(), "before": before[fields].sum().to_dict()},
     }
 
 
@@ -246,9 +348,11 @@ def segments_by_effect(settings: Settings, run_date: date, min_customers: int = 
     if not columns:
         return {arm: [] for arm in arms}
     base, params = segment_base(settings, run_date)
+    guarded = {arm: guardrail_increases(settings, arm, run_date) for arm in arms}
     measures = ", ".join(
         f'avg("p_{arm}" - p_control) AS "uplift_{arm}", '
         f"avg(CASE WHEN recommended_arm = '{arm}' THEN 1.0 ELSE 0.0 END) AS \"share_{arm}\""
+        + "".join(f', avg("{column}") AS "{column}"' for column in guarded[arm].values())
         for arm in arms
     )
     which = ", ".join(f'GROUPING("{c}") AS "g_{c}"' for c in columns)
@@ -278,6 +382,7 @@ def segments_by_effect(settings: Settings, run_date: date, min_customers: int = 
                     "recommended_share": float(r[f"share_{arm}"]),
                     "expected_incremental_responses": float(r[uplift_column(arm)]) * int(r["customers"]),
                     "harmed": bool(r[uplift_column(arm)] < 0),
+                    "guardrails": guardrail_figures(settings, {o: r[c] for o, c in guarded[arm].items()}),
                 }
             )
         out[arm] = sorted(rows, key=lambda r: (not r["harmed"], r["expected_uplift"] * (1 if r["harmed"] else -1)))

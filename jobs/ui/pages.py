@@ -31,7 +31,8 @@ from jobs.data.lake import MissingInputError
 from jobs.names import DRIFT_PAGE
 from jobs.settings import load_settings, report_dir
 from jobs.targeting import queries
-from jobs.ui import campaigns
+from jobs.ui import campaigns, formats
+from jobs.ui.chart import curve_chart
 
 RESOURCE = "Campaigns"  # the custom view's resource name for the auth manager
 REPORT_FILES = {  # report files a page links to, by name (nothing else under reports is served)
@@ -44,10 +45,9 @@ RUN_ARTIFACTS = {"qini_and_deciles.png": "qini_and_deciles.png", "uplift_drivers
 templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
 )
-templates.filters["money"] = lambda v: "-" if v is None else f"{v:,.2f}"
-templates.filters["count"] = lambda v: "-" if v is None else f"{int(round(v)):,}"
-templates.filters["rate"] = lambda v: "-" if v is None else f"{v:.4f}"
-templates.filters["pct"] = lambda v: "-" if v is None else f"{v:.1%}"
+templates.filters.update(formats.FILTERS)
+UNITS = ("sends", "money")  # a budget in customers selected (max_sends) or in money (max_spend)
+LIMITS = {"max_increase_per_send", "max_uplift"}  # a guardrail's limits, as the gate's record names them
 
 
 def campaign_viewer(user: GetUserDep) -> str:
@@ -116,23 +116,61 @@ def results_chart(user: Viewer, chart: str) -> Response:
 
 
 @app.get("/runs/{run_date}", response_class=HTMLResponse)
-def run_page(request: Request, user: Viewer, run_date: str, budget: int | None = None) -> HTMLResponse:
-    return _page(request, "run.html", user, **run_context(load_settings(), _day(run_date), budget))
+def run_page(
+    request: Request, user: Viewer, run_date: str, budget: float | None = None, unit: str | None = None
+) -> HTMLResponse:
+    return _page(request, "run.html", user, **run_context(load_settings(), _day(run_date), budget, unit))
 
 
-def run_context(settings, day: date, budget: int | None = None) -> dict:
-    """What the run page shows for day: the night (campaigns.run) and the budget's what-if."""
+@app.get("/runs/{run_date}/budget", response_class=HTMLResponse)
+def budget_answer(
+    request: Request, user: Viewer, run_date: str, budget: float | None = None, unit: str | None = None
+) -> HTMLResponse:
+    """The budget control's answer alone (the run page's script puts it in place, no reload)."""
+    settings, day = load_settings(), _day(run_date)
+    curve = campaigns.budget_curve(settings, day)
+    context = budget_context(settings, day, curve, budget, unit)
+    return _page(request, "budget.html", user, chart=curve_chart(curve), **context)
+
+
+def run_context(settings, day: date, budget: float | None = None, unit: str | None = None) -> dict:
+    """What the run page shows for day: the night (campaigns.run), its curve's chart and the budget's what-if."""
     run = campaigns.run(settings, day)
-    scored = run["customers"]
-    chosen = budget if budget is not None else run["max_sends"] or int(run["totals"]["customers"])
-    what_budget = queries.budget(settings, day, max(0, min(chosen, scored)))
-    curve_at = _curve_at(run["curve"], what_budget["customers"] * (1 - run["holdout_share"]))
+    room = 1 - settings.targeting.exploration_share  # the ranking's share of a budget (policy.within_budget)
+    everything = queries.ranking_spend(settings, day, [run["customers"]])[0]
     return {
         "run": run,
         "arms": settings.experiment.arms,
-        "budget": what_budget,
-        "curve_at": curve_at,
-        "scored": scored,
+        "chart": curve_chart(run["curve"]),
+        "scored": run["customers"],
+        "most_spend": round(everything / room + 0.005, 2),  # the money budget that selects every recommended
+        **budget_context(settings, day, run["curve"], budget, unit),
+    }
+
+
+def budget_context(settings, day: date, curve: list[dict], budget: float | None, unit: str | None) -> dict:
+    """The policy's selection under a budget in sends or money (settings' own budget when none is given),
+    with the curve's holdout estimate at its sends."""
+    targeting = settings.targeting
+    unit = unit or ("money" if targeting.max_spend is not None and targeting.max_sends is None else "sends")
+    if unit not in UNITS:
+        raise ValueError(f"unknown budget unit {unit!r}: {' or '.join(UNITS)}")
+    if budget is None:
+        budget = targeting.max_spend if unit == "money" else targeting.max_sends
+    if budget is None:
+        chosen = queries.budget(settings, day)
+    elif unit == "money":
+        chosen = queries.budget(settings, day, max_spend=max(0.0, float(budget)))
+    else:
+        chosen = queries.budget(settings, day, max_sends=max(0, int(budget)))
+    room = 1 - targeting.exploration_share
+    return {
+        "budget": chosen,
+        "unit": unit,
+        # the budgets in either unit that select the same customers: the control keeps them when its unit changes
+        "same_as": {"sends": int(-(-chosen["customers"] // room)), "money": round(chosen["spend"] / room + 0.005, 2)},
+        "curve_at": _curve_at(curve, chosen["customers"] * (1 - targeting.holdout_share)),
+        "holdout_share": targeting.holdout_share,
     }
 
 
@@ -168,6 +206,7 @@ def segments_page(request: Request, user: Viewer, run_date: str, arm: str | None
         picks=picks,
         result=result,
         by_effect=by_effect,
+        guardrails={o: g.model_dump(include=LIMITS) for o, g in settings.targeting.guardrails.items()},
     )
 
 
