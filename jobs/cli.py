@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from jobs import steps
-from jobs.names import AUDIENCE, STEPS
+from jobs.names import AUDIENCE, EXPORT_STEP, STEPS
 from jobs.settings import UserError, load_settings
 
 app = typer.Typer(
@@ -85,10 +85,45 @@ def _remote_settings():
 
 
 @app.command()
+def deliveries(run_date: RunDate) -> None:
+    """Whether the run date's daily deliveries have landed (what the DAG's first task waits for)."""
+    from jobs.data.lake import MissingInputError, missing_deliveries
+
+    missing = missing_deliveries(load_settings(), run_date.date())
+    if missing:
+        raise MissingInputError(f"deliveries for run_date={run_date.date()} not landed: {', '.join(missing)}")
+    print(json.dumps({"run_date": run_date.date().isoformat(), "missing": []}))
+
+
+@app.command("spark-history")
+def spark_history(port: Annotated[int, typer.Option(help="The history server's port.")] = 18080) -> None:
+    """Serve Spark's event log (spark.event_log_dir) with Spark's history server, until interrupted."""
+    import os
+    import subprocess
+
+    from pyspark.find_spark_home import _find_spark_home
+
+    folder = load_settings().spark.event_log_dir
+    if not folder:
+        raise UserError("spark.event_log_dir is null: no event log is written; set it to a folder")
+    log_dir = folder if "://" in folder else Path(folder).as_uri()
+    options = f"-Dspark.history.fs.logDirectory={log_dir} -Dspark.history.ui.port={port}"
+    env = {**os.environ, "SPARK_HISTORY_OPTS": options, "SPARK_NO_DAEMONIZE": "1"}
+    spark_class = Path(_find_spark_home()) / "bin" / "spark-class"
+    typer.echo(f"Spark history server on http://localhost:{port} over {log_dir}", err=True)
+    subprocess.run([str(spark_class), "org.apache.spark.deploy.history.HistoryServer"], env=env, check=False)
+
+
+@app.command()
 def nightly(run_date: RunDate) -> None:
-    """Run every step in order for one run date, without Airflow (same code as the DAG tasks)."""
+    """Run every step in order for one run date, without Airflow (same code as the DAG tasks).
+
+    With targeting.approval required, the send list is not exported: `uplift export` does it once approved."""
     settings = load_settings()
     for step in STEPS:
+        if step == EXPORT_STEP and settings.targeting.approval == "required":
+            typer.echo(f"the export awaits approval: `uplift export --run-date {run_date.date()}`", err=True)
+            continue
         steps.run(step, run_date.date(), settings)
 
 

@@ -16,7 +16,20 @@ SEPARATOR = "__"
 RANDOMIZED = "randomized"
 
 # The night's steps in their order; the ones that open a Spark session.
-STEPS = ("validate-raw", "etl", "validate-features", "train", "gate", "promote", "score", "results", "drift", "report")
+STEPS = (
+    "validate-raw",
+    "etl",
+    "validate-features",
+    "train",
+    "gate",
+    "promote",
+    "score",
+    "export",
+    "results",
+    "drift",
+    "report",
+)
+EXPORT_STEP = "export"  # publishes the send list for the e-mail tool; with approval, only once approved
 SPARK_STEPS = ("validate-raw", "etl", "validate-features", "score", "results")
 
 BUDGET_CURVE = "budget_curve"  # <reports>/run_date=<ds>/budget_curve.{csv,png}, written by the gate
@@ -76,6 +89,8 @@ TRAINING_SET = "features/training"
 SCORING_SET = "features/scoring"
 AUDIENCE = "audience"
 AUDIENCE_SUMMARY = "audience_summary"
+EXPORTS = "exports"  # <lake>/exports/run_date=<d>/send_list.csv: the send lists handed to the e-mail tool
+SEND_LIST = "send_list.csv"
 RESULTS = "results"
 RESULTS_POLICIES = "results_policies"
 RESULTS_CALIBRATION = "results_calibration"

@@ -193,6 +193,11 @@ class Targeting(_Strict):
     # listed again, so that no two of a customer's label windows overlap and each audience stays a
     # clean experiment. null: the longest label window (Settings.window_days); 0: no rest.
     contact_window_days: int | None = Field(default=None, ge=0)
+    # required: the nightly DAG stops before the night's send list is exported until a campaign
+    # manager approves it in Airflow; a rejection, or no answer within approval_timeout_hours, keeps
+    # the previous export. none: the send list is exported as soon as the audience is scored.
+    approval: Literal["none", "required"] = "none"
+    approval_timeout_hours: float = Field(default=12, gt=0)
 
     @model_validator(mode="after")
     def _outcome_names(self) -> Targeting:
@@ -260,6 +265,7 @@ class Spark(_Strict):
     java_options: str = ""
     py_files: str | None = None
     remote: str | None = None
+    event_log_dir: str | None = None
 
 
 class Schedule(_Strict):
@@ -269,6 +275,14 @@ class Schedule(_Strict):
     task_timeout_minutes: float = Field(gt=0)
     retries: int = Field(ge=0)
     retry_delay_minutes: float = Field(gt=0)
+    # The DAG's first task waits for the run date's daily deliveries this long after the run
+    # starts, then fails the night naming the missing ones.
+    delivery_wait_minutes: float = Field(default=240, ge=0)
+    delivery_poke_seconds: float = Field(default=300, gt=0)
+    # Who is e-mailed when a night fails (a missed delivery deadline included), through the Airflow
+    # SMTP connection smtp_conn_id. Empty: no e-mail.
+    notify_email: list[str] = []
+    smtp_conn_id: str = "smtp_default"
 
 
 class Settings(_Strict):
@@ -379,11 +393,23 @@ def report_dir(settings: Settings, run_date: date) -> Path:
     return settings.paths.reports / f"run_date={run_date.isoformat()}"
 
 
+# Addresses an environment variable sets over the YAML (the Airflow DAG sets them from its connections).
+ADDRESS_ENV = {
+    "UPLIFT_SPARK_REMOTE": ("spark", "remote"),
+    "UPLIFT_MLFLOW_TRACKING_URI": ("mlflow", "tracking_uri"),
+}
+
+
 def load_settings(conf_dir: Path | None = None) -> Settings:
-    """Merge and validate the settings; relative paths become absolute under UPLIFT_HOME."""
+    """Merge and validate the settings; relative paths become absolute under UPLIFT_HOME.
+
+    The variables of ADDRESS_ENV, when set, replace the addresses the files give."""
     raw: dict = {}
     for path in config_files(conf_dir):
         raw = _merge(raw, _read_yaml(path))
+    for variable, (section, key) in ADDRESS_ENV.items():
+        if value := os.environ.get(variable):
+            raw.setdefault(section, {})[key] = value
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as err:
@@ -397,7 +423,12 @@ def load_settings(conf_dir: Path | None = None) -> Settings:
             "artifact_root": _path_or_uri(settings.mlflow.artifact_root, root),
         }
     )
-    spark = settings.spark.model_copy(update={"py_files": _path_or_uri(settings.spark.py_files, root)})
+    spark = settings.spark.model_copy(
+        update={
+            "py_files": _path_or_uri(settings.spark.py_files, root),
+            "event_log_dir": _path_or_uri(settings.spark.event_log_dir, root),
+        }
+    )
     return settings.model_copy(update={"paths": paths, "mlflow": mlflow, "spark": spark})
 
 

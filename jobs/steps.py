@@ -94,12 +94,16 @@ def _promote(settings: Settings, run_date: date) -> dict:
 
 def _score(settings: Settings, run_date: date) -> dict:
     from jobs.runtime.spark import step_session
-    from jobs.targeting.audience import to_postgres
     from jobs.targeting.score import score
 
     with step_session(settings, "uplift-score", shared=True) as spark:
-        result = score(spark, settings, run_date)
-    return {**result, "postgres_rows": to_postgres(settings, run_date)}
+        return score(spark, settings, run_date)
+
+
+def _export(settings: Settings, run_date: date) -> dict:
+    from jobs.targeting.audience import publish_export
+
+    return publish_export(settings, run_date)
 
 
 def _results(settings: Settings, run_date: date) -> dict:
@@ -142,6 +146,7 @@ _IMPLEMENTATIONS = {
     "gate": _gate,
     "promote": _promote,
     "score": _score,
+    "export": _export,
     "results": _results,
     "drift": _drift,
     "report": _report,

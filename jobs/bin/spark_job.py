@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from jobs.cli import app  # noqa: E402
+from jobs.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -52,6 +52,23 @@ def raw_partitions(settings: Settings, source: str, run_date: date) -> list[Path
     return [folder for day, folder in dated_folders(raw_dir(settings, source), "dt") if day <= run_date]
 
 
+def delivery_dir(settings: Settings, source: str, day: date) -> Path:
+    return raw_dir(settings, source) / f"dt={day.isoformat()}"
+
+
+def missing_deliveries(settings: Settings, run_date: date) -> list[str]:
+    """The run date's deliveries that a night needs and that have not landed: for every source with
+    `delivery: daily`, its dt= folder holding at least one data file (a file whose name starts with
+    neither `.` nor `_`, as Spark reads them: a `_SUCCESS` marker alone is no delivery)."""
+    missing = []
+    for source, cfg in settings.sources.items():
+        folder = delivery_dir(settings, source, run_date)
+        files = folder.iterdir() if folder.is_dir() else ()
+        if cfg.delivery == "daily" and not any(f.is_file() and f.name[0] not in "._" for f in files):
+            missing.append(str(folder))
+    return missing
+
+
 def read_raw(
     spark: SparkSession,
     settings: Settings,

@@ -15,7 +15,7 @@ from datetime import date
 
 from jobs.data.lake import partition_dir
 from jobs.model.registry import status
-from jobs.names import AUDIENCE, DRIFT_REPORT, GATE_REPORT, STEPS, arm_metric
+from jobs.names import AUDIENCE, DRIFT_REPORT, EXPORT_STEP, GATE_REPORT, STEPS, arm_metric
 from jobs.settings import Settings, report_dir
 from jobs.targeting.audience import show
 
@@ -69,7 +69,7 @@ def run_report(settings: Settings, run_date: date) -> dict:
     drift = records.get("drift", {})
     return {
         "run_date": run_date.isoformat(),
-        "missing_steps": [s for s in STEPS if s not in records and s != "report"],
+        "missing_steps": [s for s in STEPS if s not in records and s not in ("report", EXPORT_STEP)],
         "stages": stages,
         "total_step_seconds": round(sum(s["seconds"] for s in stages), 1),
         "audience_rows": audience_rows,

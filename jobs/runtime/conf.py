@@ -45,6 +45,18 @@ def driver_java_options(settings: Settings) -> str:
     return (settings.spark.java_options + extra).strip()
 
 
+def event_log_conf(settings: Settings) -> dict[str, str]:
+    """Spark's event log in `spark.event_log_dir` (created when a local path), for the history
+    server to show each application's jobs, stages and SQL plans; none when that is null."""
+    folder = settings.spark.event_log_dir
+    if not folder:
+        return {}
+    if "://" not in folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        folder = Path(folder).as_uri()
+    return {"spark.eventLog.enabled": "true", "spark.eventLog.dir": folder}
+
+
 def submit_conf(settings: Settings) -> dict[str, str]:
     """What every driver this project launches is submitted with: the DAG's spark-submit tasks and
     the Spark Connect server (this environment's Python for the workers, the JVM options)."""
@@ -55,4 +67,5 @@ def submit_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.enabled": "false",
         "spark.driver.extraJavaOptions": driver_java_options(settings),
         "spark.executor.extraJavaOptions": settings.spark.java_options,
+        **event_log_conf(settings),
     }

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from jobs.runtime.conf import CONNECT_ENV, SESSION_CONF, driver_java_options
+from jobs.runtime.conf import CONNECT_ENV, SESSION_CONF, driver_java_options, event_log_conf
 from jobs.settings import Settings
 
 if TYPE_CHECKING:  # importing this module does not load Spark
@@ -42,6 +42,7 @@ def get_spark(settings: Settings, app_name: str = "uplift") -> SparkSession:
         .config("spark.sql.shuffle.partitions", settings.spark.shuffle_partitions)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
+        .config(map=event_log_conf(settings))
     )
     launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if not launched_by_spark_submit:

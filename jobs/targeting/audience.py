@@ -11,6 +11,7 @@ the repository.
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import date
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from jobs.data.lake import MissingInputError, kept_versions, next_version, partition_dir, version_dir
-from jobs.names import AUDIENCE, BUDGET_CURVE, is_constant_policy
+from jobs.names import AUDIENCE, AUDIENCE_SUMMARY, BUDGET_CURVE, EXPORTS, SEND_LIST, is_constant_policy
 from jobs.settings import Settings, report_dir
 from jobs.targeting.queries import segment_rates
 
@@ -134,6 +135,49 @@ def export_csv(settings: Settings, run_date: date, arm: str | None, output: Path
             writer.write_batch(batch)
             rows += batch.num_rows
     return rows
+
+
+def publish_export(settings: Settings, run_date: date) -> dict:
+    """Hand run_date's send list to the e-mail tool: `<lake>/exports/run_date=<d>/send_list.csv`
+    (every row with an assigned arm, as `export_csv` writes it, swapped in whole) and the PostgreSQL
+    copy (`export.postgres_dsn_env`). A night that is not exported leaves the earlier ones as they are."""
+    folder = partition_dir(settings, EXPORTS, run_date)
+    staging = folder.with_name(f".{folder.name}.staging")
+    rows = export_csv(settings, run_date, None, staging / SEND_LIST)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return {"send_list": str(folder / SEND_LIST), "rows": rows, "postgres_rows": to_postgres(settings, run_date)}
+
+
+def approval_summary(settings: Settings, run_date: date) -> str:
+    """What a campaign manager approves: the night's send list in a few lines (Markdown)."""
+    summary = pd.read_parquet(partition_dir(settings, AUDIENCE_SUMMARY, run_date))
+    dataset = _dataset(settings, run_date)
+    head = dataset.head(1, columns=["policy", "model_version", "campaign_id"]).to_pylist()[0]
+    routes: dict[str, int] = {}
+    for batch in dataset.scanner(columns=["assignment"]).to_batches():
+        for count in pc.value_counts(batch.column("assignment")).to_pylist():
+            routes[count["values"]] = routes.get(count["values"], 0) + count["counts"]
+    listed = sum(n for route, n in routes.items() if route != "none")
+    lines = [
+        f"**{run_date}**: campaign `{head['campaign_id']}`, policy `{head['policy']}`"
+        + (f" (model version {head['model_version']})" if head["model_version"] else ""),
+        "",
+        f"{listed:,} customers on the send list: "
+        + ", ".join(f"{routes.get(r, 0):,} {r}" for r in ("target", "holdout", "explore")),
+        "",
+        "| message | sends | expected incremental responses | expected net value | spend |",
+        "| --- | --- | --- | --- | --- |",
+        *[
+            f"| {row.recommended_arm} | {row.sends:,} | {row.expected_incremental_responses:,.1f} | "
+            f"{row.expected_net_value:,.2f} | {row.spend:,.2f} |"
+            for row in summary.sort_values("recommended_arm").itertuples()
+        ],
+        "",
+        "Approve to export the send list to the e-mail tool; reject to keep the previous export.",
+    ]
+    return "\n".join(lines)
 
 
 def what_if(settings: Settings, run_date: date, where: str, arm: str) -> dict:

@@ -2,8 +2,11 @@
 
 No mocks and no `airflow dags test`: `airflow api-server`, `airflow scheduler` and `airflow
 dag-processor` run with the LocalExecutor on a temporary AIRFLOW_HOME, in one project home
-shared by the whole module. First on SQLite, where 2026-10-30 is triggered through the REST API
-with a simple-auth-manager login; then on a fresh PostgreSQL metadata database, where a
+shared by the whole module, its Spark Connect address given by an Airflow connection. First on
+SQLite, where 2026-10-30 is triggered through the REST API with a simple-auth-manager login, with
+no logical date and the run_date param, its sends landing while the night waits for them; then a
+night whose sends are refused (tried once) and a night whose deliveries never land (failed at the
+deadline, e-mailed to a local SMTP server). Then on a fresh PostgreSQL metadata database, where a
 scheduler-driven `airflow backfill create` runs two earlier nights, one after the other, and one
 run's `score` is cleared through the REST API and rerun by the scheduler.
 """
@@ -28,10 +31,12 @@ import pandas as pd
 import psycopg
 import pytest
 import requests
+import yaml
+from aiosmtpd.controller import Controller
 from test_dag import champion_version
 
 from conftest import RUN_DATE, TEST_CONF, write_overlay
-from helpers import free_port, on_server
+from helpers import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -41,6 +46,25 @@ BACKFILL_DATES = [RUN_DATE - timedelta(days=d) for d in (2, 1)]  # 2026-10-28 an
 NIGHTLY_TIME = "T03:00:00+00:00"
 ADMIN = "admin"
 PG = "host=127.0.0.1 port=5432 user=postgres"
+REFUSED_DATE = RUN_DATE + timedelta(days=1)  # deliveries copied from RUN_DATE, a few sends on an unknown arm
+MISSING_DATE = RUN_DATE + timedelta(days=6)  # nothing delivered
+NOTIFY = "campaigns@example.com"
+# What the module's nights run with beyond the suite's settings: transient failures retried once,
+# deliveries awaited for a minute (checked every 20 s), failures e-mailed, every
+# export approved or rejected by a campaign manager; the Spark Connect address in the YAML is a
+# port nothing listens on, so the steps reach the suite's server only through the connection.
+LIVE_CONF = {
+    "schedule": {
+        **TEST_CONF["schedule"],
+        "retries": 1,
+        "retry_delay_minutes": 0.1,
+        "delivery_wait_minutes": 1.0,
+        "delivery_poke_seconds": 20,  # above the few seconds a finished poke may take to be reported
+        "notify_email": [NOTIFY],
+    },
+    "spark": {**TEST_CONF["spark"], "remote": "sc://localhost:9"},
+    "targeting": {"approval": "required"},
+}
 
 # A whole DAG run takes 1.5-3 min on the 2-core machine, longer when other tests run alongside.
 pytestmark = pytest.mark.timeout(5400)
@@ -158,8 +182,17 @@ class Stack:
     def run_state(self, run_id: str) -> str:
         return self.ok("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
 
-    def wait_for_success(self, run_ids: list[str], timeout: float) -> None:
+    def answer_approvals(self, run_ids: list[str], answers: dict[str, str]) -> None:
+        """Answer each run's pending `approve` as a campaign manager would in the UI (default: Approve)."""
+        for run_id in run_ids:
+            if self.task(run_id, "approve")["state"] == "awaiting_input":
+                choice = answers.get(run_id, "Approve")
+                path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+                self.ok("PATCH", path, json={"chosen_options": [choice]})
+
+    def wait_for_success(self, run_ids: list[str], timeout: float, answers: dict[str, str] | None = None) -> None:
         def finished() -> bool:
+            self.answer_approvals(run_ids, answers or {})
             states = {run_id: self.run_state(run_id) for run_id in run_ids}
             failed = [run_id for run_id, state in states.items() if state == "failed"]
             assert not failed, self.failure_report(failed[0])
@@ -181,15 +214,53 @@ class Stack:
         return f"run {run_id} failed: {states}\n" + "\n".join(logs) + "\n" + self.logs()
 
 
+class Mailbox:
+    """The messages an SMTP server on localhost received (aiosmtpd)."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        from email import message_from_bytes, policy
+
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        body = message.get_body(("html", "plain"))
+        self.messages.append(
+            {"to": envelope.rcpt_tos, "subject": message["subject"], "body": body.get_content() if body else ""}
+        )
+        return "250 OK"
+
+
 @pytest.fixture(scope="module")
-def project(settings, generated, spark_connect, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def project(settings, generated, spark_connect, mailbox, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A project home (lake, MLflow, reports) with the generated raw data, shared by both stacks;
-    its Spark steps on the suite's Connect server."""
+    its Spark steps on the suite's Connect server, whose address an Airflow connection gives."""
     root = tmp_path_factory.mktemp("airflow_live")
     shutil.copytree(settings.paths.lake / "raw", root / "var" / "lake" / "raw")
+    remote = yaml.safe_load(spark_connect.read_text())["spark"]["remote"]
+    overlay = write_overlay(root, {**TEST_CONF, **LIVE_CONF})
+    smtp = {"from_email": "uplift@example.com", "disable_tls": True, "disable_ssl": True, "retry_limit": 1}
     env = {
         **os.environ,
-        **on_server({"UPLIFT_HOME": str(root), "UPLIFT_CONF": str(write_overlay(root, TEST_CONF))}, spark_connect),
+        "UPLIFT_HOME": str(root),
+        "UPLIFT_CONF": str(overlay),
+        "AIRFLOW_CONN_UPLIFT_SPARK_CONNECT": json.dumps(
+            {"conn_type": "spark_connect", "host": "localhost", "port": int(remote.rsplit(":", 1)[1])}
+        ),
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
+            {"conn_type": "smtp", "host": "127.0.0.1", "port": mailbox[1], "extra": smtp}
+        ),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
@@ -243,12 +314,16 @@ def airflow_stack(project, name: str, sql_alchemy_conn: str | None = None) -> It
 
 
 @pytest.fixture(scope="module")
-def first_night(project):
-    """2026-10-30 triggered through the REST API of a stack on SQLite; what the API answered."""
+def first_night(project, mailbox):
+    """2026-10-30 triggered through the REST API of a stack on SQLite, with no logical date and the
+    run_date param, its sends landing only once the night waits for them; then a night whose sends
+    are refused and one whose deliveries never land. What the API and the mailbox answered."""
     root, _ = project
+    sends = root / "var" / "lake" / "raw" / "sends" / f"dt={RUN_DATE}"
+    held_back = root / "held_back_sends"
     with airflow_stack(project, "sqlite") as stack:
         trigger = f"/api/v2/dags/{DAG_ID}/dagRuns"
-        body = {"logical_date": f"{RUN_DATE}{NIGHTLY_TIME}"}
+        body = {"logical_date": None, "conf": {"run_date": RUN_DATE.isoformat()}}
         refused = {
             "no token": stack.get(f"/api/v2/dags/{DAG_ID}", token=None).status_code,
             "trigger without token": stack.request("POST", trigger, token=None, json=body).status_code,
@@ -257,9 +332,48 @@ def first_night(project):
             "unknown user": stack.login("mallory", stack.password()).status_code,
         }
         stack.unpause()
+        sends.rename(held_back)
         run = stack.ok("POST", trigger, json=body)
-        stack.wait_for_success([run["dag_run_id"]], 1800)
-        return {"root": root, "refused": refused, "run": run, "runs": stack.runs()}
+        run_id = run["dag_run_id"]
+        stack.wait(lambda: stack.task(run_id, "deliveries")["state"] == "up_for_reschedule", 120, "the wait")
+        held_back.rename(sends)
+        stack.wait_for_success([run_id], 1800)
+        approval = stack.ok("GET", f"{trigger}/{run_id}/taskInstances/approve/-1/hitlDetails")
+        runs = stack.runs()
+        events = stack.ok("GET", "/api/v2/assets/events", params={"source_dag_id": DAG_ID})["asset_events"]
+
+        land_refused_night(root)
+        failed = {}
+        for day in (REFUSED_DATE, MISSING_DATE):
+            night = stack.ok("POST", trigger, json={"logical_date": None, "conf": {"run_date": day.isoformat()}})
+            stack.wait(lambda rid=night["dag_run_id"]: stack.run_state(rid) == "failed", 900, f"{day} failing")
+            tis = stack.ok("GET", f"{trigger}/{night['dag_run_id']}/taskInstances")["task_instances"]
+            failed[day] = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in tis}
+        stack.wait(lambda: len(mailbox[0].messages) >= 2, 120, "the failure e-mails")
+        return {
+            "root": root,
+            "refused": refused,
+            "run": run,
+            "runs": runs,
+            "events": events,
+            "approval": approval,
+            "failed": failed,
+            "mail": list(mailbox[0].messages),
+        }
+
+
+def land_refused_night(root: Path) -> None:
+    """REFUSED_DATE's deliveries: RUN_DATE's, with new ids and four sends on an arm the experiment lacks."""
+    for source in ("users", "sends", "responses"):
+        frame = pd.read_parquet(root / "var" / "lake" / "raw" / source / f"dt={RUN_DATE}")
+        for column in ("send_id", "response_id"):
+            if column in frame:
+                frame[column] = "late_" + frame[column].astype(str)
+        if source == "sends":
+            frame.loc[frame.index[:4], "arm"] = "subject_9"
+        folder = root / "var" / "lake" / "raw" / source / f"dt={REFUSED_DATE}"
+        folder.mkdir(parents=True)
+        frame.to_parquet(folder / "part-0.parquet", index=False)
 
 
 def test_api_refuses_requests_without_a_valid_login(first_night):
@@ -271,12 +385,43 @@ def test_api_refuses_requests_without_a_valid_login(first_night):
 
 def test_run_triggered_through_the_api_publishes_audience_and_champion(first_night):
     root, run = first_night["root"], first_night["run"]
-    assert run["logical_date"].startswith(f"{RUN_DATE}T03:00:00") and run["run_type"] == "manual"
+    assert run["logical_date"] is None and run["run_type"] == "manual"  # the night is the run_date param
     audience = pd.read_parquet(partition(root, "audience", RUN_DATE))
     assert set(audience["customer_id"]) == eligible_customers(root, RUN_DATE)
     champion = champion_version(root)
     assert champion.tags["run_date"] == RUN_DATE.isoformat()
     assert (audience["model_version"] == str(champion.version)).all()
+
+
+def test_the_audience_event_says_what_was_published(first_night):
+    root = first_night["root"]
+    (event,) = first_night["events"]
+    audience = pd.read_parquet(partition(root, "audience", RUN_DATE))
+    extra = event["extra"]
+    assert extra["run_date"] == RUN_DATE.isoformat() and extra["rows"] == len(audience)
+    assert extra["policy"] == audience["policy"].iloc[0] and extra["model_version"] == audience["model_version"].iloc[0]
+    assert extra["sends"] == int(audience["assigned_arm"].notna().sum())
+
+
+def test_a_refused_delivery_fails_the_night_without_a_retry(first_night):
+    tasks = first_night["failed"][REFUSED_DATE]
+    assert tasks["deliveries"][0] == "success"
+    assert tasks["validate_raw"] == ("failed", 1), tasks  # schedule.retries is 1: a refusal is not retried
+    assert tasks["etl"][0] == "upstream_failed"
+    reason = (first_night["root"] / "var" / "reports" / f"run_date={REFUSED_DATE}" / "failure.txt").read_text()
+    assert reason.startswith(f"validate-raw failed for run_date={REFUSED_DATE}") and "subject_9" in reason
+
+
+def test_a_delivery_that_never_lands_fails_the_night_naming_it_and_mails_the_team(first_night):
+    tasks = first_night["failed"][MISSING_DATE]
+    assert tasks["deliveries"] == ("failed", 1) and tasks["validate_raw"][0] == "upstream_failed", tasks
+    reason = (first_night["root"] / "var" / "reports" / f"run_date={MISSING_DATE}" / "failure.txt").read_text()
+    assert "not landed by the deadline" in reason and f"raw/sends/dt={MISSING_DATE}" in reason
+    mails = {m["subject"]: m for m in first_night["mail"]}
+    missing = mails[f"uplift_nightly {MISSING_DATE}: deliveries failed"]
+    assert missing["to"] == [NOTIFY] and f"raw/sends/dt={MISSING_DATE}" in missing["body"]
+    refused = mails[f"uplift_nightly {REFUSED_DATE}: validate-raw failed"]
+    assert "subject_9" in refused["body"]
 
 
 # --- 2. PostgreSQL metadata: a scheduler-driven backfill of earlier nights ---------------------
@@ -308,20 +453,32 @@ def backfill(project, postgres_stack):
     root, _ = project
     stack = postgres_stack
     newer = partition(root, "audience", RUN_DATE)
-    before = {"audience": fingerprint(newer), "champion": champion_version(root)}
+    before = {
+        "audience": fingerprint(newer),
+        "champion": champion_version(root),
+        "export": fingerprint(partition(root, "exports", RUN_DATE)),
+    }
     window = ["--from-date", f"{BACKFILL_DATES[0]}{NIGHTLY_TIME}", "--to-date", f"{BACKFILL_DATES[-1]}{NIGHTLY_TIME}"]
     command = [AIRFLOW, "backfill", "create", "--dag-id", DAG_ID, "--max-active-runs", "1", *window]
     created = subprocess.run(command, env=stack.env, capture_output=True, text=True, timeout=300)
     assert created.returncode == 0, created.stdout[-3000:] + created.stderr[-3000:]
     runs = {date.fromisoformat(r["logical_date"][:10]): r["dag_run_id"] for r in stack.runs()}
     assert sorted(runs) == BACKFILL_DATES, stack.runs()
-    stack.wait_for_success(list(runs.values()), 3600)
+    # The campaign manager rejects the first night's send list and approves the second's.
+    stack.wait_for_success(list(runs.values()), 3600, answers={runs[BACKFILL_DATES[0]]: "Reject"})
 
     def backfills() -> list[dict]:
         return stack.ok("GET", "/api/v2/backfills", params={"dag_id": DAG_ID})["backfills"]
 
     stack.wait(lambda: all(b["completed_at"] for b in backfills()), 180, "the backfill marked completed")
-    return {"root": root, "runs": runs, "before": before, "backfills": backfills()}
+    tasks = {
+        day: {
+            ti["task_id"]: ti["state"]
+            for ti in stack.ok("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        }
+        for day, run_id in runs.items()
+    }
+    return {"root": root, "runs": runs, "before": before, "backfills": backfills(), "tasks": tasks}
 
 
 def test_backfill_runs_each_earlier_night_on_its_own_data(backfill):
@@ -344,6 +501,24 @@ def test_backfill_keeps_the_newer_champion_and_its_audience(backfill):
     champion = champion_version(root)
     assert (champion.version, champion.tags["run_date"]) == (before["champion"].version, RUN_DATE.isoformat())
     assert fingerprint(partition(root, "audience", RUN_DATE)) == before["audience"]
+
+
+def test_an_approved_send_list_is_exported(first_night):
+    root, approval = first_night["root"], first_night["approval"]
+    assert approval["chosen_options"] == ["Approve"] and approval["responded_by_user"]["name"] == ADMIN
+    audience = pd.read_parquet(partition(root, "audience", RUN_DATE))
+    assert audience["campaign_id"].iloc[0] in approval["body"] and "customers on the send list" in approval["body"]
+    send_list = pd.read_csv(partition(root, "exports", RUN_DATE) / "send_list.csv")
+    assert set(send_list["customer_id"]) == set(audience.loc[audience["assigned_arm"].notna(), "customer_id"])
+
+
+def test_a_rejected_send_list_keeps_the_previous_export_and_the_rest_of_the_night(backfill):
+    root, rejected, approved = backfill["root"], *(backfill["tasks"][day] for day in BACKFILL_DATES)
+    assert rejected["approve"] == "success" and rejected["export"] == "skipped", rejected
+    assert all(rejected[t] == "success" for t in ("score", "results", "drift", "report")), rejected
+    assert not partition(root, "exports", BACKFILL_DATES[0]).exists()
+    assert fingerprint(partition(root, "exports", RUN_DATE)) == backfill["before"]["export"]
+    assert approved["export"] == "success" and partition(root, "exports", BACKFILL_DATES[1]).exists()
 
 
 # --- 3. A rerun by clearing a task -------------------------------------------------------------
@@ -371,7 +546,7 @@ def test_clearing_score_reruns_it_with_the_same_audience(backfill, postgres_stac
     )
     assert {"score", "drift"} <= {ti["task_id"] for ti in cleared["task_instances"]}, cleared
     stack.wait(lambda: stack.task(run_id, "score")["try_number"] > tries, 300, "score requeued")
-    stack.wait_for_success([run_id], 900)
+    stack.wait_for_success([run_id], 900)  # the republished send list approved again
 
     score = stack.task(run_id, "score")
     assert (score["state"], score["try_number"]) == ("success", tries + 1)

@@ -96,6 +96,26 @@ def test_a_table_from_before_the_outcomes_gains_their_columns(settings, publishe
     assert harmed == pytest.approx(published["uplift_high_subject_3__unsubscribe"].max())
 
 
+def test_the_nightly_export_publishes_the_send_list_and_the_postgres_copy(settings, published, postgres_dsn):
+    exported = aud.publish_export(settings, RUN_DATE)
+    send_list = pd.read_csv(exported["send_list"])
+    listed = published[published["assigned_arm"].notna()]
+    assert exported["rows"] == len(listed) == len(send_list) and exported["postgres_rows"] == len(published)
+    assert set(send_list["customer_id"]) == set(listed["customer_id"])
+    assert aud.publish_export(settings, RUN_DATE)["rows"] == len(send_list), "a rerun replaces the send list"
+    assert [p.name for p in partition_dir(settings, "exports", RUN_DATE).iterdir()] == ["send_list.csv"]
+
+
+def test_the_approval_shows_the_night_in_a_campaign_managers_words(settings, published):
+    text = aud.approval_summary(settings, RUN_DATE)
+    routes = published["assignment"].value_counts()
+    assert settings.export.campaign_of(RUN_DATE) in text and published["policy"].iloc[0] in text
+    assert f"{routes['target']:,} target" in text and f"{routes['holdout']:,} holdout" in text
+    assert f"{(published['assigned_arm'].notna()).sum():,} customers on the send list" in text
+    for arm in published.loc[published["selected"], "recommended_arm"].unique():
+        assert f"| {arm} |" in text
+
+
 def test_no_export_without_a_connection_string(settings, published, monkeypatch):
     monkeypatch.delenv(settings.export.postgres_dsn_env, raising=False)
     assert aud.to_postgres(settings, RUN_DATE) is None

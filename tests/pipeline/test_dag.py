@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import date
 from itertools import pairwise
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from helpers import airflow_env, on_server
 
 PROJECT = Path(__file__).resolve().parents[2]
 ORDER = [
+    "deliveries",
     "validate_raw",
     "etl",
     "validate_features",
@@ -52,9 +54,26 @@ def test_dag_folder_holds_the_nightly_and_the_rollback(bag):
 
 
 def test_tasks_run_in_pipeline_order(dag):
-    assert {t.task_id for t in dag.tasks} == set(ORDER)
+    """One chain of steps; the export hangs off score, so results, drift and report never wait for it."""
+    assert {t.task_id for t in dag.tasks} == {*ORDER, "export"}
     for upstream, downstream in pairwise(ORDER):
-        assert dag.get_task(upstream).downstream_task_ids == {downstream}
+        expected = {downstream, "export"} if upstream == "score" else {downstream}
+        assert dag.get_task(upstream).downstream_task_ids == expected
+    assert dag.get_task("export").downstream_task_ids == set()
+
+
+def test_with_approval_required_the_export_waits_for_a_campaign_manager(home, monkeypatch, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    overlay = write_overlay(tmp_path, {"targeting": {"approval": "required", "approval_timeout_hours": 9}})
+    monkeypatch.setenv("UPLIFT_CONF", f"{os.environ['UPLIFT_CONF']}{os.pathsep}{overlay}")
+    dag = DagBag(dag_folder=str(PROJECT / "dags")).dags["uplift_nightly"]
+    approve = dag.get_task("approve")
+    assert isinstance(approve, ApprovalOperator)
+    assert dag.get_task("score").downstream_task_ids == {"results", "approve"}
+    assert approve.downstream_task_ids == {"export"} and approve.upstream_task_ids == {"score"}
+    assert approve.defaults == ["Reject"] and approve.response_timeout.total_seconds() == 9 * 3600
 
 
 def test_spark_steps_are_submitted_to_spark_default(dag):
@@ -65,7 +84,7 @@ def test_spark_steps_are_submitted_to_spark_default(dag):
     etl = dag.get_task("etl")
     assert etl._conn_id == "spark_default"
     assert etl.application.endswith("jobs/bin/spark_job.py")
-    assert etl.application_args == ["etl", "--run-date", "{{ ds }}"]
+    assert etl.application_args == ["etl", "--run-date", "{{ ti.xcom_pull(task_ids='deliveries') }}"]
 
 
 def test_with_a_connect_server_the_spark_steps_are_its_clients(home, monkeypatch, tmp_path):
@@ -78,8 +97,9 @@ def test_with_a_connect_server_the_spark_steps_are_its_clients(home, monkeypatch
     monkeypatch.setenv("UPLIFT_CONF", f"{os.environ['UPLIFT_CONF']}{os.pathsep}{overlay}")
     dag = DagBag(dag_folder=str(PROJECT / "dags")).dags["uplift_nightly"]
     assert not [t.task_id for t in dag.tasks if isinstance(t, SparkSubmitOperator)]
-    assert [t.task_id for t in dag.topological_sort()] == ORDER
-    assert {t.task_id for t in dag.tasks if t.task_type == "_PythonDecoratedOperator"} == set(ORDER)
+    assert [t.task_id for t in dag.topological_sort() if t.task_id != "export"] == ORDER
+    python_tasks = {t.task_id for t in dag.tasks if t.task_type == "_PythonDecoratedOperator"}
+    assert python_tasks == {*ORDER[1:], "export"}
     assert [a.name for a in dag.get_task("score").outlets] == ["uplift_audience"]
 
 
@@ -87,6 +107,56 @@ def test_audience_is_published_as_an_asset(dag):
     outlets = dag.get_task("score").outlets
     assert [a.name for a in outlets] == ["uplift_audience"]
     assert outlets[0].uri.endswith("/var/lake/audience")
+
+
+def nightly_module():
+    """dags/uplift_nightly.py imported as a module, for its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("uplift_nightly_dag", PROJECT / "dags" / "uplift_nightly.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_run_date_is_the_param_else_the_logical_date(dag):
+    module = nightly_module()
+    assert dag.params["run_date"] is None
+    assert module.run_date_of({"params": {"run_date": "2026-10-30"}}) == date(2026, 10, 30)
+    assert module.run_date_of({"params": {"run_date": None}, "ds": "2026-10-29"}) == date(2026, 10, 29)
+    assert module.run_date_of({"params": {"run_date": "2026-10-30"}, "ds": "2026-10-29"}) == date(2026, 10, 30)
+    assert module.run_date_of({"params": {}}) is None  # a manual run without a logical date or the param
+    deliveries = dag.get_task("deliveries")
+    assert deliveries.mode == "reschedule" and deliveries.retries == 0
+
+
+def test_airflow_connections_give_the_steps_their_addresses(home, monkeypatch):
+    """AIRFLOW_CONN_* (or any secrets backend) connections become the variables jobs.settings reads."""
+    from jobs.settings import load_settings
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_UPLIFT_SPARK_CONNECT",
+        json.dumps({"conn_type": "spark_connect", "host": "sparkhost", "port": 15010}),
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_UPLIFT_MLFLOW", "https://mlflow.example:5443")
+    monkeypatch.setenv("AIRFLOW_CONN_UPLIFT_AUDIENCE_POSTGRES", "postgres://uplift:secret@db.example:5432/campaigns")
+    env = nightly_module().connection_env()
+    assert env == {
+        "UPLIFT_SPARK_REMOTE": "sc://sparkhost:15010",
+        "UPLIFT_MLFLOW_TRACKING_URI": "https://mlflow.example:5443",
+        "UPLIFT_AUDIENCE_PG_DSN": "postgresql://uplift:secret@db.example:5432/campaigns",
+    }
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    settings = load_settings()
+    assert settings.spark.remote == "sc://sparkhost:15010"
+    assert settings.mlflow.tracking_uri == "https://mlflow.example:5443"
+
+
+def test_without_connections_the_yaml_addresses_stay(home, monkeypatch):
+    for conn in ("UPLIFT_SPARK_CONNECT", "UPLIFT_MLFLOW", "UPLIFT_AUDIENCE_POSTGRES"):
+        monkeypatch.delenv(f"AIRFLOW_CONN_{conn}", raising=False)
+    assert nightly_module().connection_env() == {}
 
 
 def test_schedule_is_nightly_by_data_interval(dag):

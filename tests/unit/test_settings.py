@@ -7,6 +7,16 @@ def test_settings_load_with_absolute_paths(settings, home):
     assert settings.paths.lake == home / "var" / "lake"
     assert settings.mlflow.tracking_uri == f"sqlite:///{home}/var/mlflow/mlflow.db"
     assert settings.experiment.all_arms == ["control", "subject_1", "subject_2", "subject_3"]
+    assert settings.spark.event_log_dir == str(home / "var" / "spark-events")
+
+
+def test_address_variables_replace_the_yaml_addresses(home, monkeypatch):
+    """What the DAG sets from its Airflow connections; the files' values where a variable is unset."""
+    monkeypatch.setenv("UPLIFT_SPARK_REMOTE", "sc://spark.example:15002")
+    monkeypatch.delenv("UPLIFT_MLFLOW_TRACKING_URI", raising=False)
+    settings = load_settings()
+    assert settings.spark.remote == "sc://spark.example:15002"
+    assert settings.mlflow.tracking_uri == f"sqlite:///{home}/var/mlflow/mlflow.db"
 
 
 @pytest.mark.parametrize(
