@@ -8,7 +8,7 @@ training run's MLflow artifacts. Tables are queried with DuckDB over the Parquet
 so a page never loads a whole audience into memory.
 
 The segments and the budget what-if are jobs.targeting.queries, the queries `uplift audience
-what-if` runs too. The gate's decision is also told in a campaign manager's words (`gate_summary`),
+what-if` runs too. The gate's decision is told in a campaign manager's words (jobs.ui.decision),
 and a night is set beside the previous published one (`previous_night`).
 """
 
@@ -28,19 +28,14 @@ from jobs.names import (
     AUDIENCE,
     AUDIENCE_SUMMARY,
     BUDGET_CURVE,
-    CHALLENGER,
-    CHAMPION_POLICY,
     DRIFT_PAGE,
     DRIFT_REPORT,
     FAILURE_NOTE,
     GATE_REPORT,
     RESULTS,
-    everyone,
-    is_constant_policy,
     of_outcome,
     policy_model_version,
     uplift_column,
-    versus,
 )
 from jobs.settings import Settings, report_dir
 from jobs.targeting.queries import (
@@ -56,6 +51,7 @@ from jobs.targeting.queries import (
     segment_rates,
     where_clause,
 )
+from jobs.ui.decision import gate_summary
 
 MAX_LEVELS_SHOWN = 50  # values of a categorical attribute offered on the segment page
 
@@ -242,50 +238,6 @@ def _arm_guardrails(settings: Settings, row: dict) -> dict[str, dict]:
     present = {o: v for o, v in totals.items() if v is not None and not pd.isna(v)}
     per_send = guardrail_figures(settings, {o: v / row["sends"] if row["sends"] else 0.0 for o, v in present.items()})
     return {o: {"increase": float(present[o]), **figures} for o, figures in per_send.items()}
-
-
-def gate_summary(settings: Settings, gate: dict) -> dict | None:
-    """The gate's decision as a campaign manager reads it (None when gate.json lacks the figures).
-
-    What is sent tonight (`sent`: the model version, or the arm everyone gets, or none), what the
-    challenger's targeting is worth per customer and how much more than the best policy without a
-    model (`alternative`: the arm everyone gets, None for sending no one), and, when the challenger
-    is not sent, why (`why`: a guardrail it breaks, not clearly beating the alternative under the
-    gate's rule, worse than the champion; `other` when the reason is elsewhere: drift, a backfill).
-    """
-    values, differences = gate.get("policy_values") or {}, gate.get("differences") or {}
-    best = gate.get("best_constant")
-    if CHALLENGER not in values or versus(best) not in differences:
-        return None
-    deployed = gate.get("deployed_policy") or ""
-    constant = deployed.split(":", 1)[1] if is_constant_policy(deployed) else None
-    summary = {
-        "decision": gate.get("decision"),
-        "sent": {"version": policy_model_version(deployed), "arm": constant},
-        "challenger": values[CHALLENGER],
-        "alternative": next((a for a in settings.experiment.arms if everyone(a) == best), None),
-        "versus_alternative": differences[versus(best)],
-        "rule": gate.get("rule"),
-        "why": [],
-    }
-    if summary["decision"] == "promote":
-        return summary
-    limits = gate.get("guardrails") or {}
-    for outcome, g in (values[CHALLENGER].get("guardrails") or {}).items():
-        if g.get("above"):
-            limit = g["above"][0]
-            summary["why"].append(
-                {"kind": "guardrail", "outcome": outcome, **g, "limit": limit, "at": limits.get(outcome, {}).get(limit)}
-            )
-    d = summary["versus_alternative"]
-    if not (d["low"] > 0 if summary["rule"] == "interval" else d["value"] > 0):
-        summary["why"].append({"kind": "not better"})
-    champion = differences.get(versus(CHAMPION_POLICY))
-    if champion and champion["value"] < -settings.gate.champion_tolerance:
-        summary["why"].append({"kind": "champion", **champion, "version": (gate.get("champion") or {}).get("version")})
-    if not summary["why"]:
-        summary["why"].append({"kind": "other"})
-    return summary
 
 
 def previous_night(settings: Settings, run_date: date) -> dict | None:

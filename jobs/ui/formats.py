@@ -3,8 +3,8 @@
 Money (net value, spend, value per customer) with two decimals; customers and sends as whole counts;
 responses (expected or measured increments of an outcome) as counts with one decimal, because they
 are expectations; rates, shares and uplifts as percentages. A missing figure is a dash. The budget
-control's answers and the curve's hover labels are rendered here too, so the page's script never
-formats a number itself.
+control's answers and the curve's hover labels are rendered on the server with these filters too,
+so the page's script never formats a number itself.
 """
 
 from __future__ import annotations

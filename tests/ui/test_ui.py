@@ -378,6 +378,7 @@ def _text(html: str) -> str:
 def test_the_run_page_says_the_gates_decision_in_plain_words(airflow, settings):
     from jobs.names import CHALLENGER, everyone, versus
     from jobs.ui import pages as ui
+    from jobs.ui.decision import gate_summary
 
     gate = json.loads((report_dir(settings, RUN_DATE) / "gate.json").read_text())
     page = _get(airflow, f"/campaigns/runs/{DAY}").text
@@ -398,7 +399,7 @@ def test_the_run_page_says_the_gates_decision_in_plain_words(airflow, settings):
 
     def told(changes: dict) -> str:
         context = ui.run_context(settings, RUN_DATE)
-        context["run"]["summary"] = campaigns.gate_summary(settings, {**gate, **changes})
+        context["run"]["summary"] = gate_summary(settings, {**gate, **changes})
         html = ui.templates.get_template("run.html").render(root="", user="viewer", **context)
         return _text(html.split('id="gate-summary">')[1].split("</div>")[0])
 
@@ -444,7 +445,7 @@ def test_the_run_page_says_the_gates_decision_in_plain_words(airflow, settings):
         }
     )
     assert "Instead, no one is sent a message." in text and "against sending no one" in text
-    assert campaigns.gate_summary(settings, {"decision": "promote"}) is None  # a record without the figures
+    assert gate_summary(settings, {"decision": "promote"}) is None  # a record without the figures
 
 
 def test_the_run_page_sets_the_night_beside_the_previous_published_one(settings, nightly, tmp_path):
