@@ -76,6 +76,15 @@ def publish(settings, customers: int, seed: int = 3) -> None:
             "recommended_arm": arm,
             "selected": selected,
             "holdout": holdout,
+            "resting": False,
+            # The assignment record (no exploration in this synthetic night).
+            "assignment": np.where(holdout, "holdout", np.where(selected, "target", "none")),
+            "assigned_arm": np.where(holdout, exp.control, np.where(selected, arm, None)),
+            "propensity": np.where(
+                holdout, targeting.holdout_share, np.where(selected, 1 - targeting.holdout_share, 1.0)
+            ),
+            "inclusion_probability": selected.astype(float),
+            "campaign_id": settings.export.campaign_of(RUN_DATE),
             "expected_uplift": np.where(selected, np.column_stack([uplift[a] for a in exp.arms])[rows, best], 0),
             "expected_net_value": best_net,
             "send_cost": np.where(selected, costs, 0.0),
@@ -99,6 +108,7 @@ def publish(settings, customers: int, seed: int = 3) -> None:
         audience[audience["selected"]]
         .groupby("recommended_arm")
         .agg(customers=("customer_id", "size"), holdout=("holdout", "sum"))
+        .assign(explore=0)
         .join(
             sent.groupby("recommended_arm").agg(
                 sends=("customer_id", "size"),
