@@ -101,6 +101,7 @@ class Stack:
         self.port = port
         self.procs: dict[str, subprocess.Popen] = {}
         self.token: str | None = None
+        self.parked: dict[tuple[str, int], float] = {}  # (run, try) of an approval -> when it was seen waiting
 
     def start(self) -> None:
         commands = {
@@ -183,9 +184,16 @@ class Stack:
         return self.ok("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
 
     def answer_approvals(self, run_ids: list[str], answers: dict[str, str]) -> None:
-        """Answer each run's pending `approve` as a campaign manager would in the UI (default: Approve)."""
+        """Answer each run's pending `approve` as a campaign manager would in the UI (default: Approve),
+        some seconds after it parked: an answer within a second or two, before the scheduler has taken
+        the parked task's exit from the LocalExecutor, gets the resumed task failed by Airflow ("state
+        changed externally")."""
         for run_id in run_ids:
-            if self.task(run_id, "approve")["state"] == "awaiting_input":
+            approve = self.task(run_id, "approve")
+            if approve["state"] != "awaiting_input":
+                continue
+            parked = self.parked.setdefault((run_id, approve["try_number"]), time.monotonic())
+            if time.monotonic() - parked >= 15:
                 choice = answers.get(run_id, "Approve")
                 path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
                 self.ok("PATCH", path, json={"chosen_options": [choice]})
