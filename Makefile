@@ -11,6 +11,8 @@ VENV := $(CURDIR)/.venv
 RUN_DATE ?= 2026-10-30
 
 export UPLIFT_HOME ?= $(CURDIR)
+# The demo's experiment (conf/base declares none): set UPLIFT_CONF to your overlay for your own.
+export UPLIFT_CONF ?= $(CURDIR)/conf/examples/demo.yml
 export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False

@@ -32,6 +32,7 @@ import yaml
 
 from benchmarks import publish
 from benchmarks.nightly import free_port
+from jobs.settings import DEMO_CONF
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_DATE = "2026-10-30"
@@ -61,7 +62,7 @@ def main() -> None:
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "PATH": str(bin_dir) + os.pathsep + os.environ["PATH"],
     }
-    env["UPLIFT_CONF"] = str(overlay)
+    env["UPLIFT_CONF"] = f"{DEMO_CONF}{os.pathsep}{overlay}"
     (home / "airflow").mkdir()
     try:
         walls = {

@@ -39,7 +39,7 @@ def run(scale: int, keep: bool) -> dict:
     from jobs.runtime.connect import address, stop
     from jobs.settings import load_settings
 
-    settings = load_settings()
+    settings = load_settings(demo=True)
     print(f"[x{scale}] home {home}", flush=True)
     stages = {"generate": measured(generate_command(customers, per_day), env, logs / "generate.log")}
     generated = stages["generate"].pop("output")

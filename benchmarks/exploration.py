@@ -76,7 +76,7 @@ def _value(holdout: pd.DataFrame, settings) -> dict:
 
 
 def run_seed(seed: int) -> list[dict]:
-    base = in_memory(load_settings(), 0.0)
+    base = in_memory(load_settings(demo=True), 0.0)
     arms = base.experiment.arms
     rng = np.random.default_rng(seed)
     features, truth = demo_customers(rng, CUSTOMERS, NIGHT)
@@ -84,7 +84,7 @@ def run_seed(seed: int) -> list[dict]:
     scored = uplifts_of(first, features)
     rows = []
     for share in SHARES:
-        local = in_memory(load_settings(), share)
+        local = in_memory(load_settings(demo=True), share)
         chosen = policy.apply(scored, local.targeting, arms, NIGHT)
         own = own_sends(chosen, features, truth, local, NIGHT, NIGHTS, np.random.default_rng([seed, 1]))
         holdout = pd.concat([own, first.predict_proba(own).reset_index(drop=True)], axis=1)
@@ -112,7 +112,7 @@ def run_seed(seed: int) -> list[dict]:
                 "value_covered": estimate["low"] <= truth_value <= estimate["high"],
                 "gain_ratio": ranking_gain(learned, truth, arms) / ranking_gain(randomized, truth, arms),
             }
-        if share == load_settings().targeting.exploration_share:
+        if share == load_settings(demo=True).targeting.exploration_share:
             for floor in FLOORS[1:]:
                 clipped = holdout.assign(propensity=holdout["propensity"].clip(lower=floor))
                 estimate = _value(clipped, local)

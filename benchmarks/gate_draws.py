@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args(argv)
     data = {name: getattr(args, name) for name in SUITE}
-    base = load_settings()
+    base = load_settings(demo=True)
     root = Path(tempfile.mkdtemp(prefix="gate-draws-"))
     started = time.perf_counter()
     try:

@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-date", type=date.fromisoformat, default=date(2026, 10, 30))
     run_date = parser.parse_args().run_date
-    settings = load_settings()
+    settings = load_settings(demo=True)
     use_tracking(settings)
     features = pd.read_parquet(partition_dir(settings, "features/scoring", run_date))
     model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}@champion")

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         root = Path(tempfile.mkdtemp(prefix=f"loop-{seed}-"))
         try:
-            settings = _home(load_settings(), root)
+            settings = _home(load_settings(demo=True), root)
             settings = settings.model_copy(update={"gate": settings.gate.model_copy(update={"beats": args.rule})})
             table = simulate(settings, nights=args.nights, first_night=FIRST_NIGHT, seed=seed, **DATA)
         finally:

@@ -46,6 +46,7 @@ import psutil
 import yaml
 
 from benchmarks import commit, publish, result_path
+from jobs.settings import DEMO_CONF
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_DATE = date(2026, 10, 30)
@@ -254,7 +255,7 @@ def bench_home(prefix: str) -> tuple[Path, Path, dict]:
     env = {
         **os.environ,
         "UPLIFT_HOME": str(home),
-        "UPLIFT_CONF": str(home / "bench.yml"),
+        "UPLIFT_CONF": f"{DEMO_CONF}{os.pathsep}{home / 'bench.yml'}",
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
@@ -292,7 +293,7 @@ def run_size(size: str, keep: bool, references: bool = True) -> dict:
     from jobs.runtime.connect import address, stop
     from jobs.settings import load_settings
 
-    settings = load_settings()
+    settings = load_settings(demo=True)
     print(f"[{size}] home {home}", flush=True)
     stages = {"generate": measured(generate_command(customers, per_day), env, logs / "generate.log")}
     generated = stages["generate"].pop("output")

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
     args = parser.parse_args(argv)
-    base = load_settings()
+    base = load_settings(demo=True)
     spark = get_spark(base, "uplift-policy-coverage")
     started = time.perf_counter()
     rows = []

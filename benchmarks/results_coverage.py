@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         root = Path(tempfile.mkdtemp(prefix=f"results-{seed}-"))
         try:
-            settings = _short(_home(load_settings(), root))
+            settings = _short(_home(load_settings(demo=True), root))
             settings = settings.model_copy(
                 update={"monitoring": settings.monitoring.model_copy(update={"window": args.window})}
             )

@@ -163,7 +163,7 @@ def measure(customers: int, repeat: int) -> dict:
     from jobs.settings import load_settings
     from jobs.ui import campaigns
 
-    settings = load_settings()
+    settings = load_settings(demo=True)
     started = time.perf_counter()
     publish(settings, customers)
     publish_s = time.perf_counter() - started

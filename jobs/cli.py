@@ -145,7 +145,7 @@ def simulate(
     from jobs.demo.simulate import simulate as run_simulate
 
     data = _demo_data(customers, days, sends_per_day, seed)
-    table = run_simulate(load_settings(), nights=nights, first_night=first_night.date(), **data)
+    table = run_simulate(load_settings(demo=True), nights=nights, first_night=first_night.date(), **data)
     for line in table:
         typer.echo(json.dumps(line))
 
@@ -169,7 +169,7 @@ def generate(
     from jobs.demo.generate import generate as run_generate
 
     result = run_generate(
-        load_settings(),
+        load_settings(demo=True),
         last_day=last_day.date(),
         shift_on=shift_on.date() if shift_on else None,
         **_demo_data(customers, days, sends_per_day, seed),

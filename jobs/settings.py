@@ -379,10 +379,17 @@ def _absolute(path: Path, root: Path) -> Path:
     return path if path.is_absolute() else (root / path).resolve()
 
 
-def config_files(conf_dir: Path | None = None) -> list[Path]:
-    """The YAML files that make up the settings, in merge order (later wins)."""
+# The demo's experiment, an overlay like a user's (`make demo` names it in UPLIFT_CONF; `uplift
+# generate` and `uplift simulate`, the demo's own commands, always read it).
+DEMO_CONF = PROJECT_ROOT / "conf" / "examples" / "demo.yml"
+
+
+def config_files(conf_dir: Path | None = None, demo: bool = False) -> list[Path]:
+    """The YAML files that make up the settings, in merge order (later wins): conf/base, the demo's
+    experiment when asked for, conf/local/*.yml, then the files UPLIFT_CONF names."""
     conf_dir = conf_dir or PROJECT_ROOT / "conf"
-    files = sorted((conf_dir / "base").glob("*.yml")) + sorted((conf_dir / "local").glob("*.yml"))
+    files = sorted((conf_dir / "base").glob("*.yml")) + ([DEMO_CONF] if demo else [])
+    files += sorted((conf_dir / "local").glob("*.yml"))
     if extra := os.environ.get("UPLIFT_CONF"):
         files += [Path(p) for p in extra.split(os.pathsep) if p]
     return files
@@ -400,21 +407,31 @@ ADDRESS_ENV = {
 }
 
 
-def load_settings(conf_dir: Path | None = None) -> Settings:
+def load_settings(conf_dir: Path | None = None, demo: bool = False) -> Settings:
     """Merge and validate the settings; relative paths become absolute under UPLIFT_HOME.
 
-    The variables of ADDRESS_ENV, when set, replace the addresses the files give."""
+    The variables of ADDRESS_ENV, when set, replace the addresses the files give. demo: merge the
+    demo's experiment (DEMO_CONF) over conf/base, as the demo's own commands do."""
     raw: dict = {}
-    for path in config_files(conf_dir):
+    files = config_files(conf_dir, demo)
+    for path in files:
         raw = _merge(raw, _read_yaml(path))
+    if not raw.get("experiment", {}).get("arms"):
+        raise SettingsError(
+            f"no experiment declared in {', '.join(str(p) for p in files)}: conf/base holds the product's "
+            "defaults only. Declare yours in an overlay (conf/local/<name>.yml, or a file named in UPLIFT_CONF): "
+            "experiment (control, arms, expected_split, attribution_window_days, qualifying_response_types), "
+            "features (attributes, history) and targeting (value_per_response, cost_per_send; outcomes if any), "
+            f"as docs/own-data.md shows. For the demo: UPLIFT_CONF={DEMO_CONF}"
+        )
     for variable, (section, key) in ADDRESS_ENV.items():
         if value := os.environ.get(variable):
             raw.setdefault(section, {})[key] = value
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as err:
-        files = ", ".join(str(p) for p in config_files(conf_dir))
-        raise SettingsError(f"invalid pipeline settings in {files}: {_problems(err)}") from None
+        names = ", ".join(str(p) for p in files)
+        raise SettingsError(f"invalid pipeline settings in {names}: {_problems(err)}") from None
     root = Path(os.environ.get("UPLIFT_HOME", PROJECT_ROOT))
     paths = Paths(**{k: _absolute(v, root) for k, v in settings.paths.model_dump().items()})
     mlflow = settings.mlflow.model_copy(

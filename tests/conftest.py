@@ -26,6 +26,13 @@ TEST_CONF = {
 }
 
 
+def with_demo(*overlays: Path) -> str:
+    """UPLIFT_CONF for the demo's experiment (conf/examples/demo.yml) with these overlays on top."""
+    from jobs.settings import DEMO_CONF
+
+    return os.pathsep.join(str(p) for p in (DEMO_CONF, *overlays))
+
+
 def write_overlay(home: Path, overlay: dict) -> Path:
     path = home / "conf.yml"
     path.write_text(yaml.safe_dump(overlay))
@@ -36,7 +43,7 @@ def write_overlay(home: Path, overlay: dict) -> Path:
 def home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("uplift_home")
     os.environ["UPLIFT_HOME"] = str(home)
-    os.environ["UPLIFT_CONF"] = str(write_overlay(home, TEST_CONF))
+    os.environ["UPLIFT_CONF"] = with_demo(write_overlay(home, TEST_CONF))
     os.environ["AIRFLOW_HOME"] = str(home / "airflow")
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     venv_bin = str(Path(sys.executable).parent)

@@ -73,10 +73,10 @@ def digest(settings, run_date) -> dict:
 if __name__ == "__main__":  # regenerate the fixture (only ever from the code before outcomes)
     sys.path.insert(0, str(HERE))
     root = Path(tempfile.mkdtemp(prefix="single_outcome_"))
-    from conftest import TEST_CONF, write_overlay
+    from conftest import TEST_CONF, with_demo, write_overlay
 
     os.environ["UPLIFT_HOME"] = str(root)
-    os.environ["UPLIFT_CONF"] = str(write_overlay(root, TEST_CONF))
+    os.environ["UPLIFT_CONF"] = with_demo(write_overlay(root, TEST_CONF))
     from jobs.settings import load_settings
 
     result = run(load_settings(), root / "run")

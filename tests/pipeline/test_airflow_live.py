@@ -35,7 +35,7 @@ import yaml
 from aiosmtpd.controller import Controller
 from test_dag import champion_version
 
-from conftest import RUN_DATE, TEST_CONF, write_overlay
+from conftest import RUN_DATE, TEST_CONF, with_demo, write_overlay
 from helpers import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -262,7 +262,7 @@ def project(settings, generated, spark_connect, mailbox, tmp_path_factory) -> tu
     env = {
         **os.environ,
         "UPLIFT_HOME": str(root),
-        "UPLIFT_CONF": str(overlay),
+        "UPLIFT_CONF": with_demo(overlay),
         "AIRFLOW_CONN_UPLIFT_SPARK_CONNECT": json.dumps(
             {"conn_type": "spark_connect", "host": "localhost", "port": int(remote.rsplit(":", 1)[1])}
         ),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from conftest import RUN_DATE
+from conftest import RUN_DATE, with_demo
 from jobs.cli import app
 from jobs.names import STEPS
 
@@ -58,7 +58,7 @@ def _uplift(*args: str, **env: str) -> subprocess.CompletedProcess:
 def _typo(tmp_path: Path) -> str:
     overlay = tmp_path / "typo.yml"
     overlay.write_text("features:\n  attributes:\n    age: {kind: numerc}\n")
-    return str(overlay)
+    return with_demo(overlay)
 
 
 def test_a_wrong_setting_is_one_line_naming_the_key_the_value_and_the_file(home, tmp_path):
@@ -73,6 +73,13 @@ def test_debug_shows_the_traceback_of_a_user_error(home, tmp_path):
     done = _uplift("--debug", "model", "status", UPLIFT_CONF=_typo(tmp_path))
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "SettingsError" in done.stderr
+
+
+def test_without_an_experiment_the_error_says_what_to_declare(home):
+    done = _uplift("model", "status", UPLIFT_CONF="")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("uplift: no experiment declared") and "conf/examples/demo.yml" in line
 
 
 def test_a_missing_input_is_its_message_and_exit_2(home):

@@ -13,7 +13,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import RUN_DATE, TEST_CONF, write_overlay
+from conftest import RUN_DATE, TEST_CONF, with_demo, write_overlay
 from helpers import airflow_env, on_server
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -175,7 +175,7 @@ def airflow_home(settings, generated, spark_connect, tmp_path_factory):
     its Spark steps on a Connect server as `make demo`'s."""
     root = tmp_path_factory.mktemp("airflow_project")
     shutil.copytree(settings.paths.lake / "raw", root / "var" / "lake" / "raw")
-    project = {"UPLIFT_HOME": str(root), "UPLIFT_CONF": str(write_overlay(root, TEST_CONF))}
+    project = {"UPLIFT_HOME": str(root), "UPLIFT_CONF": with_demo(write_overlay(root, TEST_CONF))}
     env = airflow_env(root, on_server(project, spark_connect))
     return root, env
 

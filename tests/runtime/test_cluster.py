@@ -25,7 +25,7 @@ import pandas as pd
 import pyspark
 import pytest
 
-from conftest import RUN_DATE, TEST_CONF, write_overlay
+from conftest import RUN_DATE, TEST_CONF, with_demo, write_overlay
 from helpers import free_port
 from jobs.data.lake import partition_dir
 
@@ -116,7 +116,7 @@ def cluster_run(settings, nightly, cluster, tmp_path_factory):
     probe_out = root / "probe.json"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("UPLIFT_HOME", str(root))
-        env.setenv("UPLIFT_CONF", str(write_overlay(root, overlay)))
+        env.setenv("UPLIFT_CONF", with_demo(write_overlay(root, overlay)))
         env.setenv("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps(connection))
         env.delenv(settings.export.postgres_dsn_env, raising=False)  # no audience copy from here
         bag = DagBag(dag_folder=str(PROJECT / "dags"))

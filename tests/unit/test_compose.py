@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import with_demo
 from jobs.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,8 @@ def test_every_variable_is_documented_and_secrets_are_required():
 
 
 def test_the_production_overlay_is_valid(monkeypatch):
-    monkeypatch.setenv("UPLIFT_CONF", str(ROOT / "conf" / "production" / "pipeline.yml"))
+    # With an experiment's overlay (the demo's here; a deployment mounts its own in conf/local/).
+    monkeypatch.setenv("UPLIFT_CONF", with_demo(ROOT / "conf" / "production" / "pipeline.yml"))
     settings = load_settings()
     assert settings.mlflow.tracking_uri == "http://mlflow:5000"
     assert settings.mlflow.artifact_root == "mlflow-artifacts:/uplift"

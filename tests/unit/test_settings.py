@@ -1,6 +1,7 @@
 import pytest
 
-from jobs.settings import load_settings
+from conftest import with_demo
+from jobs.settings import DEMO_CONF, load_settings
 
 
 def test_settings_load_with_absolute_paths(settings, home):
@@ -29,7 +30,7 @@ def test_address_variables_replace_the_yaml_addresses(home, monkeypatch):
 def test_a_wrong_setting_is_named_in_the_error(home, tmp_path, monkeypatch, overlay, named):
     bad = tmp_path / "bad.yml"
     bad.write_text(overlay)
-    monkeypatch.setenv("UPLIFT_CONF", str(bad))
+    monkeypatch.setenv("UPLIFT_CONF", with_demo(bad))
     with pytest.raises(ValueError, match=named) as err:
         load_settings()
     assert "bad.yml" in str(err.value)
@@ -38,7 +39,7 @@ def test_a_wrong_setting_is_named_in_the_error(home, tmp_path, monkeypatch, over
 def test_split_must_cover_every_arm(home, tmp_path, monkeypatch):
     bad = tmp_path / "bad.yml"
     bad.write_text("experiment:\n  expected_split: {control: 0.5, subject_1: 0.5}\n")
-    monkeypatch.setenv("UPLIFT_CONF", str(bad))
+    monkeypatch.setenv("UPLIFT_CONF", with_demo(bad))
     with pytest.raises(ValueError, match="expected_split"):
         load_settings()
 
@@ -46,7 +47,7 @@ def test_split_must_cover_every_arm(home, tmp_path, monkeypatch):
 def _load_with(tmp_path, monkeypatch, text: str):
     overlay = tmp_path / "overlay.yml"
     overlay.write_text(text)
-    monkeypatch.setenv("UPLIFT_CONF", str(overlay))
+    monkeypatch.setenv("UPLIFT_CONF", with_demo(overlay))
     return load_settings()
 
 
@@ -97,3 +98,39 @@ features:
 def test_an_inconsistent_overlay_fails_at_load_naming_the_key(home, tmp_path, monkeypatch, overlay, named):
     with pytest.raises(ValueError, match=named):
         _load_with(tmp_path, monkeypatch, overlay)
+
+
+def test_conf_base_declares_no_experiment(home, monkeypatch):
+    """conf/base is the product's defaults: without an overlay the error says what to declare."""
+    monkeypatch.delenv("UPLIFT_CONF", raising=False)
+    with pytest.raises(ValueError, match="no experiment declared") as err:
+        load_settings()
+    assert str(DEMO_CONF) in str(err.value) and "docs/own-data.md" in str(err.value)
+    demo = load_settings(demo=True)  # the demo's commands read its overlay themselves
+    assert demo.experiment.arms == ["subject_1", "subject_2", "subject_3"] and "unsubscribe" in demo.targeting.outcomes
+
+
+def test_a_users_overlay_states_only_its_own_experiment(home, tmp_path, monkeypatch):
+    """Nothing of the demo's experiment is inherited: no unsubscribe outcome, attribute, history or pii."""
+    overlay = tmp_path / "mine.yml"
+    overlay.write_text(
+        """
+experiment:
+  control: holdout
+  arms: [offer]
+  expected_split: {holdout: 0.5, offer: 0.5}
+  attribution_window_days: 3
+  qualifying_response_types: [visit]
+features:
+  attributes: {recency: {kind: numeric}}
+targeting:
+  value_per_response: 2.0
+  cost_per_send: {offer: 0.1}
+"""
+    )
+    monkeypatch.setenv("UPLIFT_CONF", str(overlay))
+    settings = load_settings()
+    assert settings.targeting.outcomes == {} and settings.targeting.guardrails == {}
+    assert settings.features.names == ["recency"] and settings.features.pii == []
+    assert settings.features.eligibility == "true"
+    assert settings.targeting.exploration_share == 0.05, "the product's defaults still apply"
