@@ -1,14 +1,17 @@
 """uplift_nightly run by Airflow's own processes on localhost: REST API with login, backfill, clearing a task.
 
-No mocks and no `airflow dags test`: `airflow api-server`, `airflow scheduler` and `airflow
-dag-processor` run with the LocalExecutor on a temporary AIRFLOW_HOME, in one project home
-shared by the whole module, its Spark Connect address given by an Airflow connection. First on
-SQLite, where 2026-10-30 is triggered through the REST API with a simple-auth-manager login, with
-no logical date and the run_date param, its sends landing while the night waits for them; then a
-night whose sends are refused (tried once) and a night whose deliveries never land (failed at the
-deadline, e-mailed to a local SMTP server). Then on a fresh PostgreSQL metadata database, where a
-scheduler-driven `airflow backfill create` runs two earlier nights, one after the other, and one
-run's `score` is cleared through the REST API and rerun by the scheduler.
+No mocks and no `airflow dags test`: `airflow api-server`, `scheduler`, `dag-processor` and
+`triggerer` (what `airflow standalone` runs) with the LocalExecutor on a temporary AIRFLOW_HOME,
+in one project home shared by the whole module, its Spark Connect address given by an Airflow
+connection, every send list awaiting a campaign manager's approval. First on SQLite, where
+2026-10-30 is triggered through the REST API with a simple-auth-manager login, with no logical
+date and the run_date param, its sends landing while the night waits for them, its send list
+approved; then a night whose sends are refused (tried once) and a night whose deliveries never
+land (failed at the deadline, e-mailed to a local SMTP server). Then on a fresh PostgreSQL
+metadata database, where a scheduler-driven `airflow backfill create` runs two earlier nights,
+one after the other (the first's send list rejected, the second's approved), and one run's
+`score` is cleared through the REST API and rerun by the scheduler (its new send list left
+unanswered until the approval times out).
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ LIVE_CONF = {
         "notify_email": [NOTIFY],
     },
     "spark": {**TEST_CONF["spark"], "remote": "sc://localhost:9"},
-    "targeting": {"approval": "required"},
+    # An approval left unanswered for 72 s is a rejection (the scheduler checks every 15 s).
+    "targeting": {"approval": "required", "approval_timeout_hours": 0.02},
 }
 
 # A whole DAG run takes 1.5-3 min on the 2-core machine, longer when other tests run alongside.
@@ -108,6 +112,7 @@ class Stack:
             "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             "scheduler": ["scheduler"],
             "dag-processor": ["dag-processor"],
+            "triggerer": ["triggerer"],  # as `airflow standalone` runs it
         }
         for name, args in commands.items():
             with open(self.home / f"{name}.log", "w") as log:
@@ -193,12 +198,14 @@ class Stack:
             if approve["state"] != "awaiting_input":
                 continue
             parked = self.parked.setdefault((run_id, approve["try_number"]), time.monotonic())
-            if time.monotonic() - parked >= 15:
-                choice = answers.get(run_id, "Approve")
+            choice = answers.get(run_id, "Approve")  # None: left unanswered, to time out
+            if choice is not None and time.monotonic() - parked >= 15:
                 path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
                 self.ok("PATCH", path, json={"chosen_options": [choice]})
 
-    def wait_for_success(self, run_ids: list[str], timeout: float, answers: dict[str, str] | None = None) -> None:
+    def wait_for_success(
+        self, run_ids: list[str], timeout: float, answers: dict[str, str | None] | None = None
+    ) -> None:
         def finished() -> bool:
             self.answer_approvals(run_ids, answers or {})
             states = {run_id: self.run_state(run_id) for run_id in run_ids}
@@ -303,6 +310,7 @@ def airflow_stack(project, name: str, sql_alchemy_conn: str | None = None) -> It
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
         # Not the default 8793: another scheduler on this machine may hold it.
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
     }
     if sql_alchemy_conn:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = sql_alchemy_conn
@@ -538,6 +546,7 @@ def test_clearing_score_reruns_it_with_the_same_audience(backfill, postgres_stac
     run_id = backfill["runs"][day]
     folder = partition(root, "audience", day)
     before, published = pd.read_parquet(folder), fingerprint(folder)
+    exported = fingerprint(partition(root, "exports", day))
     tries = stack.task(run_id, "score")["try_number"]
 
     cleared = stack.ok(
@@ -554,7 +563,7 @@ def test_clearing_score_reruns_it_with_the_same_audience(backfill, postgres_stac
     )
     assert {"score", "drift"} <= {ti["task_id"] for ti in cleared["task_instances"]}, cleared
     stack.wait(lambda: stack.task(run_id, "score")["try_number"] > tries, 300, "score requeued")
-    stack.wait_for_success([run_id], 900)  # the republished send list approved again
+    stack.wait_for_success([run_id], 900, answers={run_id: None})  # the new send list: no one answers
 
     score = stack.task(run_id, "score")
     assert (score["state"], score["try_number"]) == ("success", tries + 1)
@@ -564,6 +573,11 @@ def test_clearing_score_reruns_it_with_the_same_audience(backfill, postgres_stac
     pd.testing.assert_frame_equal(rows(after), rows(before))
     assert (after["campaign_id"] == before["campaign_id"].iloc[0] + "_v2").all(), "sent under an id of its own"
     assert fingerprint(partition(root, "audience_versions", day) / "version=1") == published, "kept as it was"
+    # Unanswered within targeting.approval_timeout_hours: a rejection, the send list approved before stays.
+    timed_out = stack.ok("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
+    assert timed_out["chosen_options"] == ["Reject"] and timed_out["responded_by_user"] is None, timed_out
+    assert stack.task(run_id, "export")["state"] == "skipped"
+    assert fingerprint(partition(root, "exports", day)) == exported
 
 
 def rows(audience: pd.DataFrame) -> pd.DataFrame:
