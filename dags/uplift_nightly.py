@@ -182,14 +182,16 @@ class SparkStep(SparkSubmitOperator):
             if "Error code is: 2." in str(err):
                 raise AirflowFailException(f"{self.step} refused its input or settings (see the log)") from err
             raise
-        if self.step == "score":
+        if self.step == "score" and "outlet_events" in context:
             import json
 
             from jobs.settings import report_dir
 
-            run_date = date.fromisoformat(context["ti"].xcom_pull(task_ids=DELIVERIES))
-            record = json.loads((report_dir(load_settings(), run_date) / "steps" / "score.json").read_text())
-            context["outlet_events"][AUDIENCE].extra = audience_event(run_date.isoformat(), record)
+            run_date = self.application_args[-1]  # rendered: the run date the deliveries task pushed
+            record = json.loads(
+                (report_dir(load_settings(), date.fromisoformat(run_date)) / "steps" / "score.json").read_text()
+            )
+            context["outlet_events"][AUDIENCE].extra = audience_event(run_date, record)
 
 
 def spark_step(step: str) -> SparkSubmitOperator:

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pyspark
@@ -124,7 +125,9 @@ def cluster_run(settings, nightly, cluster, tmp_path_factory):
         dag = bag.dags["uplift_nightly"]
         py_files = {task_id: dag.get_task(task_id).py_files for task_id in SPARK_TASKS}
         task = dag.get_task("score")
-        task.render_template_fields({"ds": RUN_DATE.isoformat()})
+        # What the DAG's first task, deliveries, pushes for the steps: the night's run date.
+        pushed = SimpleNamespace(xcom_pull=lambda task_ids: RUN_DATE.isoformat() if task_ids == "deliveries" else None)
+        task.render_template_fields({"ti": pushed})
         assert task.application_args == ["score", "--run-date", RUN_DATE.isoformat()]
         task.execute({})
         # The probe goes through the same operator, connection and settings as the real job.

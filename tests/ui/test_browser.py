@@ -49,6 +49,10 @@ def nights(nightly, tmp_path_factory) -> dict:
         for name, value in project.items():
             env.setenv(name, value)
         settings = load_settings()
+    # Only the published night stays: other tests of the session may have run earlier dates in its home.
+    for folder in [*settings.paths.lake.rglob("run_date=*"), *settings.paths.reports.glob("run_date=*")]:
+        if folder.is_dir() and folder.name != f"run_date={RUN_DATE}":
+            shutil.rmtree(folder)
     shutil.copytree(partition_dir(settings, "audience", RUN_DATE), partition_dir(settings, "audience", PREVIOUS))
     summary = pd.read_parquet(partition_dir(settings, "audience_summary", RUN_DATE))
     earlier = summary.assign(
