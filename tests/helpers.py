@@ -130,7 +130,7 @@ def wait_for_http(url: str, server: subprocess.Popen, what: str, timeout: float,
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting
             pass
         if server.poll() is not None:
             raise RuntimeError(f"{what} exited: {log()[-3000:]}")

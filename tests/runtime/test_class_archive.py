@@ -18,13 +18,3 @@ def test_a_driver_maps_the_archive_setup_built(settings):
 def test_without_an_archive_the_driver_runs_the_configured_options(settings, monkeypatch, tmp_path):
     monkeypatch.setattr("jobs.runtime.conf.class_archive", lambda: tmp_path / "none.jsa")
     assert driver_java_options(settings) == settings.spark.java_options
-
-
-def test_spark_writes_its_event_log_for_the_history_server(spark, settings):
-    """The suite's session (local, as the CLI's) logs its application where spark.event_log_dir says."""
-    from pathlib import Path
-
-    assert spark.conf.get("spark.eventLog.enabled") == "true"
-    spark.range(10).count()
-    logged = [p.name for p in Path(settings.spark.event_log_dir).iterdir()]
-    assert any(spark.sparkContext.applicationId in name for name in logged), logged
