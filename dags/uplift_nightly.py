@@ -29,6 +29,7 @@ go through spark-submit on the `spark_default` connection (for a cluster, the co
 
 from __future__ import annotations
 
+import html
 import logging
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
@@ -119,7 +120,7 @@ def on_failure(context) -> None:
             from_email=None,
             smtp_conn_id=settings.schedule.smtp_conn_id,
             subject=f"uplift_nightly {run_date or dag_run.run_id}: {step} failed",
-            html_content=f"<p>{reason}</p><p>run {dag_run.run_id}, task {context['ti'].task_id}</p>",
+            html_content=f"<p>{html.escape(reason)}</p><p>run {dag_run.run_id}, task {context['ti'].task_id}</p>",
         )(context)
 
 
