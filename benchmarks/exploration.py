@@ -37,7 +37,7 @@ from jobs.demo.simulate import (
     uplifts_of,
 )
 from jobs.model import evaluation, policy
-from jobs.model.train import fit_t_learner
+from jobs.model.train import fit_model
 from jobs.names import p_column
 from jobs.settings import load_settings
 
@@ -80,7 +80,7 @@ def run_seed(seed: int) -> list[dict]:
     arms = base.experiment.arms
     rng = np.random.default_rng(seed)
     features, truth = demo_customers(rng, CUSTOMERS, NIGHT)
-    first = fit_t_learner(randomized_sends(features, truth, RANDOMIZED_SENDS, base, rng), base)
+    first = fit_model(randomized_sends(features, truth, RANDOMIZED_SENDS, base, rng), base)
     scored = uplifts_of(first, features)
     rows = []
     for share in SHARES:
@@ -102,9 +102,9 @@ def run_seed(seed: int) -> list[dict]:
         }
         if share > 0:
             estimate = _value(holdout, local)
-            learned = uplifts_of(fit_t_learner(own, local), features)
+            learned = uplifts_of(fit_model(own, local), features)
             randomized = uplifts_of(
-                fit_t_learner(randomized_sends(features, truth, len(own), local, rng), local), features
+                fit_model(randomized_sends(features, truth, len(own), local, rng), local), features
             )
             line |= {
                 "value_error": estimate["value"] - truth_value,

@@ -64,6 +64,11 @@ def uplift_column(arm: str, outcome: str | None = None) -> str:
     return f"uplift_{key(arm, outcome)}"
 
 
+def raw_uplift_column(arm: str, outcome: str | None = None) -> str:
+    """The learner's uplift before calibration and the constant arms (the ranking the diagnostics judge)."""
+    return of_outcome(f"raw_uplift_{arm}", outcome)
+
+
 def uplift_high_column(arm: str, outcome: str | None = None) -> str:
     return f"uplift_high_{key(arm, outcome)}"
 
@@ -110,6 +115,9 @@ GATE_DECISION_TAG = "gate.decision"
 GATE_REASONS_TAG = "gate.reasons"
 GATE_POLICY_TAG = "gate.deployed_policy"
 ARM_MODE_PARAM = "arm_mode"
+LEARNER_PARAM = "learner"  # the training run's param: the learner of the selected candidate (jobs.model.learners)
+SELECTION_ARTIFACT = "selection.json"  # the training run's record of every candidate's value and the calibration
+CALIBRATION_PLOT = "calibration.png"  # the training run's picture of each arm's calibration
 
 
 def arm_metric(name: str, arm: str) -> str:

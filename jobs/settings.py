@@ -128,6 +128,12 @@ class Training(_Strict):
     max_rows: int | None = Field(default=None, gt=0)
     drivers_sample: int = Field(default=2000, gt=0)
     lightgbm: dict[str, float | int | str]
+    # The candidate learners (modules of jobs.model.learners) and the LightGBM settings over lightgbm
+    # their effect models try; the candidate whose calibrated policy is worth the most on the
+    # selection rows (this share of the customers trained on) is the challenger (jobs.model.selection).
+    learners: list[str] = Field(default_factory=lambda: ["t"], min_length=1)
+    effect_grid: list[dict[str, float | int | str]] = Field(default_factory=lambda: [{}], min_length=1)
+    selection_fraction: float = Field(default=0.2, gt=0, lt=1)
 
 
 class Gate(_Strict):

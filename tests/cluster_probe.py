@@ -20,7 +20,7 @@ def where(_):
 
     shipped = Path(os.getcwd()) / "uplift_jobs.zip"
     # Where unpickling the champion's boosters would load their class from (found, not imported: cheap).
-    model = importlib.util.find_spec("jobs.model.tlearner").origin
+    model = importlib.util.find_spec("jobs.model.portable").origin
     yield {
         "jobs": os.path.normpath(os.path.join(os.getcwd(), jobs.__file__)),
         "model": os.path.normpath(os.path.join(os.getcwd(), model)),

@@ -1,12 +1,10 @@
 """Today's single-outcome configuration, run end to end in process and reduced to a digest.
 
-`single_outcome_audience.json` next to this file holds the digest written by the code before
-outcomes and guardrails existed (commit 93c6a3e, `python tests/single_outcome.py`), with the three
-later changes that apply to that code too: policy.average_effects' interval (no pseudo-success
-per campaign), training reading its set in send_id order (jobs.model.train.load_training_set), and the
-training holdout, early stopping and every bootstrap drawn by customer (jobs.model.train.customer_split);
-tests/unit/test_outcomes.py runs the same configuration with today's code and compares, so adding
-outcomes cannot change what a single-outcome user gets.
+`single_outcome_audience.json` next to this file holds the digest of that configuration's audience
+(`python tests/single_outcome.py` writes it). tests/model/test_guardrails.py runs the same
+configuration with today's code and compares, so adding outcomes and guardrails cannot change what a
+single-outcome user gets. A change meant to move every audience (a new learner, a new policy rule)
+regenerates it, and says so in its commit.
 """
 
 from __future__ import annotations
@@ -70,7 +68,7 @@ def digest(settings, run_date) -> dict:
     }
 
 
-if __name__ == "__main__":  # regenerate the fixture (only ever from the code before outcomes)
+if __name__ == "__main__":  # regenerate the fixture
     sys.path.insert(0, str(HERE))
     root = Path(tempfile.mkdtemp(prefix="single_outcome_"))
     from conftest import TEST_CONF, with_demo, write_overlay

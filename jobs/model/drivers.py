@@ -1,16 +1,20 @@
-"""What drives each arm's uplift: SHAP values of the uplift itself, from both models of the arm.
+"""What drives each arm's uplift: SHAP values of the raw uplift itself, from the models that make it.
 
-The uplift of arm a for customer x is ``p_a(x) - p_control(x)``. Each of the two LightGBM
-models explains its own log-odds exactly with TreeSHAP (LightGBM's `pred_contrib`, which
+A T-learner's uplift of arm a for customer x is ``p_a(x) - p_control(x)``. Each LightGBM outcome
+model explains its own log-odds exactly with TreeSHAP (LightGBM's `pred_contrib`, which
 handles its categorical splits): ``f(x) = b + sum_j phi_j(x)``. The probability is the
 sigmoid of the log-odds, so each model's values are carried to the probability scale by
 the model's own secant ``(sigmoid(f(x)) - sigmoid(b)) / (f(x) - b)`` for that customer (the
-rescale rule), which keeps them additive: ``sum_j phi_j(x) = p(x) - sigmoid(b)``. The uplift's
+rescale rule), which keeps them additive: ``sum_j phi_j(x) = p(x) - sigmoid(b)``. An outcome
+model that is a cross-fitted pair is the mean of its two, and so are its values. The uplift's
 value for feature j is the arm model's minus the control model's, and for every customer
 
     base + sum_j shap_j(x) = uplift(x)        base = sigmoid(b_a) - sigmoid(b_control)
 
-up to floating point (tested at 1e-9). Interventional SHAP on the probability scale would
+up to floating point (tested at 1e-9). A learner with effect models (X, DR: the uplift is a weighted
+sum of regressors, jobs.model.portable) is explained by the same weighted sum of the regressors'
+TreeSHAP values, additive as they are. Calibration is a monotone map after the raw uplift: it
+changes no driver's order. Interventional SHAP on the probability scale would
 need a background set, which shap's TreeExplainer refuses for LightGBM's categorical splits.
 
 Computed at training time on a sample of the holdout (`training.drivers_sample` rows) and
@@ -26,7 +30,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from jobs.model.tlearner import design_matrix
+from jobs.model.portable import design_matrix
 
 DRIVERS_DIR = "drivers"  # artifact folder of the training run
 SUMMARY = "uplift_drivers.json"
@@ -51,15 +55,32 @@ def probability_shap(booster, x: pd.DataFrame) -> tuple[np.ndarray, float]:
     return phi * secant[:, None], p_base
 
 
-def uplift_shap(boosters: dict, frame: pd.DataFrame, model, arm: str) -> tuple[pd.DataFrame, float]:
-    """Per customer of frame, the SHAP value of every feature for arm's uplift, and the base uplift.
+def mean_probability_shap(boosters: list, x: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """probability_shap of the mean of boosters (a cross-fitted pair): the mean of theirs."""
+    parts = [probability_shap(b, x) for b in boosters]
+    return np.mean([phi for phi, _ in parts], axis=0), float(np.mean([base for _, base in parts]))
 
-    boosters: arm (control included) -> LightGBM Booster; model: anything with `numeric`,
-    `categories` and `control` (jobs.model.tlearner.PortableTLearner, jobs.model.pyfunc.TLearnerModel).
-    """
+
+def effect_shap(parts: list, x: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """TreeSHAP of a weighted sum of regressors [(weight, booster)]: the weighted sum of theirs."""
+    phi, base = np.zeros(x.shape), 0.0
+    for weight, booster in parts:
+        contrib = booster.predict(x, pred_contrib=True)
+        phi += weight * contrib[:, :-1]
+        base += weight * float(contrib[0, -1])
+    return phi, base
+
+
+def uplift_shap(loaded, frame: pd.DataFrame, model, arm: str) -> tuple[pd.DataFrame, float]:
+    """Per customer of frame, the SHAP value of every feature for arm's raw uplift, and the base uplift.
+
+    loaded: jobs.model.portable.Loaded; model: the PortableModel (numeric, categories, control)."""
     x = design_matrix(frame, model.numeric, model.categories)
-    treated, base_t = probability_shap(boosters[arm], x)
-    control, base_c = probability_shap(boosters[model.control], x)
+    if arm in loaded.effects:
+        values, base = effect_shap(loaded.effects[arm], x)
+        return pd.DataFrame(values, columns=x.columns, index=frame.index), base
+    treated, base_t = mean_probability_shap(loaded.outcome[arm], x)
+    control, base_c = mean_probability_shap(loaded.outcome[model.control], x)
     return pd.DataFrame(treated - control, columns=x.columns, index=frame.index), base_t - base_c
 
 
@@ -74,11 +95,11 @@ def summarize(values: pd.DataFrame, base: float) -> list[dict]:
     ]
 
 
-def explain(boosters: dict, sample: pd.DataFrame, model, arms: list[str], arm_modes: dict[str, str]) -> dict:
+def explain(loaded, sample: pd.DataFrame, model, arms: list[str], arm_modes: dict[str, str]) -> dict:
     """Every arm's uplift drivers on sample, and the per-customer values (for the artifacts)."""
     out = {"rows": len(sample), "arms": {}, "values": {}}
     for arm in arms:
-        values, base = uplift_shap(boosters, sample, model, arm)
+        values, base = uplift_shap(loaded, sample, model, arm)
         out["values"][arm] = values
         out["arms"][arm] = {
             "base_uplift": base,
@@ -94,8 +115,9 @@ def write(explained: dict, folder: Path, top: int = 10) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "rows": explained["rows"],
-        "definition": "mean |SHAP| of the uplift p_arm - p_control on a holdout sample; TreeSHAP of both models' "
-        "log-odds carried to probability by each customer's secant (base + sum = uplift)",
+        "definition": "mean |SHAP| of the raw uplift on a holdout sample: a T-learner's p_arm - p_control "
+        "(TreeSHAP of both models' log-odds carried to probability by each customer's secant), an X- or "
+        "DR-learner's effect regressors' TreeSHAP (base + sum = uplift)",
         "arms": explained["arms"],
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2))

@@ -28,6 +28,7 @@ deploy; jobs.model.gate_record keeps it on the training run and in the run date'
 from __future__ import annotations
 
 import json
+import os
 from datetime import date
 
 import mlflow
@@ -38,8 +39,8 @@ import pyarrow.dataset as pads
 from jobs.data.lake import MissingInputError, partition_dir
 from jobs.model import evaluation, policy
 from jobs.model.effects import training_effects
-from jobs.model.registry import CHAMPION, FLAGGED_TAG, alias_version
-from jobs.model.tlearner import serving_problem
+from jobs.model.portable import serving_problem
+from jobs.model.registry import CHAMPION, FLAGGED_TAG, alias_version, portable_model
 from jobs.model.tracking import HOLDOUT_ARTIFACT
 from jobs.names import (
     ARM_MODE_PARAM,
@@ -113,14 +114,13 @@ def _champion_choice(settings: Settings, holdout: pd.DataFrame, targeting, run_d
     champion = alias_version(settings, CHAMPION)
     if champion is None:
         return None, None, "no champion yet"
-    model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{champion.version}")
+    portable = portable_model(settings, champion.version)
     columns = ["customer_id", *settings.features.names]
     exp = settings.experiment
-    portable = model.unwrap_python_model().portable()
     problem = serving_problem(columns, portable, exp.control, exp.arms, settings.targeting.outcomes)
     if problem:  # trained on another feature spec or experiment: tonight it would not serve either
         return champion, None, f"champion v{champion.version} cannot serve this experiment: {problem}"
-    predicted = model.predict(holdout)
+    predicted = portable.predict(holdout, portable.load(), os.cpu_count() or 1)
     uplifts = pd.concat([holdout[["customer_id"]].reset_index(drop=True), predicted.reset_index(drop=True)], axis=1)
     chosen = policy.apply(uplifts, targeting, settings.experiment.arms, run_date, customers)
     return champion, chosen, None

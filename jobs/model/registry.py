@@ -13,13 +13,13 @@ from datetime import date
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from jobs.model.tlearner import PortableTLearner
+from jobs.model.portable import PortableModel
 from jobs.model.tracking import use_tracking
-from jobs.names import RUN_DATE_TAG, monitoring_tag
+from jobs.names import LEARNER_PARAM, RUN_DATE_TAG, monitoring_tag
 from jobs.settings import Settings
 
 CHAMPION, PREVIOUS = "champion", "previous"
-# The model's file of its boosters as model strings (PortableTLearner), under the model's artifacts/.
+# The model's file of its boosters as model strings (PortableModel), under the model's artifacts/.
 PORTABLE_ARTIFACT = "portable.json"
 
 
@@ -32,8 +32,8 @@ def alias_version(settings: Settings, alias: str):
         return None
 
 
-def portable_model(settings: Settings, version: str) -> PortableTLearner:
-    """A model version's boosters as PortableTLearner: its portable.json, or (a model logged
+def portable_model(settings: Settings, version: str) -> PortableModel:
+    """A model version's boosters as PortableModel: its portable.json, or (a model logged
     before there was one) the pyfunc's, unpickled."""
     use_tracking(settings)
     uri = f"models:/{settings.mlflow.registered_model}/{version}"
@@ -42,7 +42,7 @@ def portable_model(settings: Settings, version: str) -> PortableTLearner:
     except (MlflowException, OSError):
         return mlflow.pyfunc.load_model(uri).unwrap_python_model().portable()
     with open(path) as file:
-        return PortableTLearner.from_json(file.read())
+        return PortableModel.from_json(file.read())
 
 
 # A version's tag, set by jobs.monitoring.champion: the night and the evidence its realized results gave against it.
@@ -114,13 +114,24 @@ def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:
 
 
 def status(settings: Settings) -> dict:
-    """Champion and previous versions with the run date each was trained for."""
+    """Champion and previous versions with the run date each was trained for and the learner that fitted it."""
     out = {}
     for alias in (CHAMPION, PREVIOUS):
         version = alias_version(settings, alias)
         out[alias] = (
             None
             if version is None
-            else {"version": str(version.version), "run_date": version.tags.get(RUN_DATE_TAG), "run_id": version.run_id}
+            else {
+                "version": str(version.version),
+                "run_date": version.tags.get(RUN_DATE_TAG),
+                "run_id": version.run_id,
+                **_learner(version.run_id),
+            }
         )
     return out
+
+
+def _learner(run_id: str) -> dict:
+    """The learner and selected candidate of a version's training run (jobs.model.selection)."""
+    params = mlflow.MlflowClient().get_run(run_id).data.params
+    return {"learner": params.get(LEARNER_PARAM, "t"), "candidate": params.get("selected_candidate")}

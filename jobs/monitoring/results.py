@@ -641,8 +641,9 @@ def show(settings: Settings, audiences: int = 30) -> str:
     )
     for r in data["rows"]:
         lines.append(
-            f"{r['audience_date']:<11} {r['arm']:<12} {r['sent']:>7,} {r['holdout']:>7,}  {fig(r, 'incremental', 1):<30} "
-            f"{r['expected_incremental']:>9,.1f}  {fig(r, 'net_value'):<32} {r['expected_net_value']:>10,.2f}"
+            f"{r['audience_date']:<11} {r['arm']:<12} {r['sent']:>7,} {r['holdout']:>7,}  "
+            f"{fig(r, 'incremental', 1):<30} {r['expected_incremental']:>9,.1f}  "
+            f"{fig(r, 'net_value'):<32} {r['expected_net_value']:>10,.2f}"
         )
         for g in r["guardrails"] if r["arm"] == ALL else []:
             if g["per_send"] is not None:

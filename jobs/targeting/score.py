@@ -4,7 +4,7 @@ The driver resolves the champion in the MLflow registry and loads it once, while
 workers start and import LightGBM (`jobs.runtime.spark.start_python_workers`); its boosters go to
 the executors as LightGBM model strings (inside the scoring function: PySpark broadcasts a
 large one by itself, and a Spark Connect client has no broadcast of its own), where `mapInPandas` scores Arrow
-batches with `jobs.model.tlearner`, one LightGBM thread per Python worker (Spark runs one worker
+batches with `jobs.model.portable`, one LightGBM thread per Python worker (Spark runs one worker
 per core). The workers import neither MLflow nor the pickled pyfunc: a cold worker is ready
 in the time it takes to import LightGBM. The population never comes to the driver.
 
@@ -42,7 +42,7 @@ from jobs.data.lake import (
 )
 from jobs.model import policy
 from jobs.model.effects import training_effects
-from jobs.model.tlearner import PortableTLearner, output_columns, serving_problem
+from jobs.model.portable import PortableModel, output_columns, serving_problem
 from jobs.names import (
     AUDIENCE,
     AUDIENCE_SUMMARY,
@@ -78,9 +78,7 @@ log = logging.getLogger(__name__)
 SEARCH_CHUNK = 32
 
 
-def _predicted(
-    model: PortableTLearner, settings: Settings
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+def _predicted(model: PortableModel, settings: Settings) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """Batches of features -> batches of prediction_schema's columns (the boosters loaded once per partition)."""
     columns = [f.name for f in prediction_schema(settings)]
 
@@ -132,7 +130,7 @@ def apply_policy(
     scored: DataFrame,
     settings: Settings,
     run_date: date,
-    model: PortableTLearner | None = None,
+    model: PortableModel | None = None,
     resting: DataFrame | None = None,
 ) -> DataFrame:
     """Add recommended_arm, expected uplift and net value, rank, decile, selected and holdout.
@@ -289,7 +287,7 @@ def score(spark: SparkSession, settings: Settings, run_date: date) -> dict:
     features = read_partition(spark, settings, SCORING_SET, run_date)
     # The workers start and import LightGBM while MLflow loads here and resolves the champion.
     workers = start_python_workers(
-        features.select("customer_id"), ("lightgbm", "jobs.model.policy", "jobs.model.tlearner")
+        features.select("customer_id"), ("lightgbm", "jobs.model.policy", "jobs.model.portable")
     )
     champion, model, reasons = _serving_model(settings, run_date, features.columns)
     name, exp = settings.mlflow.registered_model, settings.experiment

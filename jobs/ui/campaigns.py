@@ -33,6 +33,7 @@ from jobs.names import (
     FAILURE_NOTE,
     GATE_REPORT,
     RESULTS,
+    SELECTION_ARTIFACT,
     of_outcome,
     policy_model_version,
     uplift_column,
@@ -379,3 +380,11 @@ def drivers(settings: Settings, run_date: date) -> dict:
     run_id, whose = training_run(settings, run_date)
     raw = artifact(settings, run_id, f"{DRIVERS_DIR}/{SUMMARY}")
     return {"run_id": run_id, "whose": whose, **(json.loads(raw) if raw else {"arms": {}})}
+
+
+def learner(settings: Settings, run_date: date) -> dict:
+    """Which learner made the model behind run_date's audience: jobs.model.selection's record (every
+    candidate's value on the selection rows, the calibration of each arm), {} for a model without one."""
+    run_id, _ = training_run(settings, run_date)
+    raw = artifact(settings, run_id, SELECTION_ARTIFACT)
+    return json.loads(raw) if raw else {}

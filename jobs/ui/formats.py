@@ -23,6 +23,11 @@ def money(v) -> str:
     return MISSING if _missing(v) else f"{v:,.2f}"
 
 
+def per_customer(v) -> str:
+    """A value per customer (a policy's net value): 0.0312."""
+    return MISSING if _missing(v) else f"{v:,.4f}"
+
+
 def count(v) -> str:
     """Customers, sends: 1,234."""
     return MISSING if _missing(v) else f"{int(round(v)):,}"
@@ -51,4 +56,12 @@ def interval(v: dict | None, low: str = "low", high: str = "high", kind: str = "
     return f"[{shown(v[low], **options)}, {shown(v[high], **options)}]"
 
 
-FILTERS = {"money": money, "count": count, "responses": responses, "pct": pct, "ratio": ratio, "interval": interval}
+FILTERS = {
+    "money": money,
+    "per_customer": per_customer,
+    "count": count,
+    "responses": responses,
+    "pct": pct,
+    "ratio": ratio,
+    "interval": interval,
+}

@@ -28,7 +28,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.background import BackgroundTask
 
 from jobs.data.lake import MissingInputError
-from jobs.names import DRIFT_PAGE
+from jobs.names import CALIBRATION_PLOT, DRIFT_PAGE
 from jobs.settings import load_settings, report_dir
 from jobs.targeting import queries
 from jobs.ui import campaigns, formats
@@ -40,7 +40,11 @@ REPORT_FILES = {  # report files a page links to, by name (nothing else under re
     DRIFT_PAGE: "text/html",
     "drift_predictions.html": "text/html",
 }
-RUN_ARTIFACTS = {"qini_and_deciles.png": "qini_and_deciles.png", "uplift_drivers.png": "drivers/uplift_drivers.png"}
+RUN_ARTIFACTS = {
+    "qini_and_deciles.png": "qini_and_deciles.png",
+    "uplift_drivers.png": "drivers/uplift_drivers.png",
+    CALIBRATION_PLOT: CALIBRATION_PLOT,
+}
 
 templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
@@ -213,7 +217,15 @@ def segments_page(request: Request, user: Viewer, run_date: str, arm: str | None
 @app.get("/runs/{run_date}/why", response_class=HTMLResponse)
 def why_page(request: Request, user: Viewer, run_date: str) -> HTMLResponse:
     settings, day = load_settings(), _day(run_date)
-    return _page(request, "why.html", user, run_date=day.isoformat(), drivers=campaigns.drivers(settings, day))
+    return _page(
+        request,
+        "why.html",
+        user,
+        run_date=day.isoformat(),
+        drivers=campaigns.drivers(settings, day),
+        learner=campaigns.learner(settings, day),
+        calibration_plot=CALIBRATION_PLOT,
+    )
 
 
 @app.get("/runs/{run_date}/download/{arm}.csv")

@@ -59,13 +59,13 @@ def test_training_rows_can_be_capped_keeping_arm_shares(spark, settings, generat
 
 def test_training_is_deterministic_for_a_seed(spark, settings, generated):
     from jobs.data.etl import run_etl
-    from jobs.model.train import fit_t_learner, load_training_set
+    from jobs.model.train import fit_model, load_training_set
 
     if not partition_dir(settings, "features/training", RUN_DATE).exists():
         run_etl(spark, settings, RUN_DATE)
     rows = load_training_set(settings, RUN_DATE).sample(20_000, random_state=0)
-    first = fit_t_learner(rows, settings).predict(None, rows.head(500))
-    second = fit_t_learner(rows, settings).predict(None, rows.head(500))
+    first = fit_model(rows, settings).predict(None, rows.head(500))
+    second = fit_model(rows, settings).predict(None, rows.head(500))
     assert first.equals(second)
 
 

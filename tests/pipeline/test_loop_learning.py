@@ -26,7 +26,7 @@ from jobs.demo.simulate import (
     uplifts_of,
 )
 from jobs.model import evaluation, policy
-from jobs.model.train import fit_t_learner
+from jobs.model.train import fit_model
 from jobs.names import p_column
 
 pytestmark = pytest.mark.slow  # the loop over seeds
@@ -43,11 +43,11 @@ def seeds(settings):
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
         features, truth = demo_customers(rng, CUSTOMERS, NIGHT)
-        first = fit_t_learner(randomized_sends(features, truth, RANDOMIZED_SENDS, local, rng), local)
+        first = fit_model(randomized_sends(features, truth, RANDOMIZED_SENDS, local, rng), local)
         chosen = policy.apply(uplifts_of(first, features), local.targeting, local.experiment.arms, NIGHT)
         own = own_sends(chosen, features, truth, local, NIGHT, NIGHTS, rng)
-        learned = uplifts_of(fit_t_learner(own, local), features)
-        randomized = uplifts_of(fit_t_learner(randomized_sends(features, truth, len(own), local, rng), local), features)
+        learned = uplifts_of(fit_model(own, local), features)
+        randomized = uplifts_of(fit_model(randomized_sends(features, truth, len(own), local, rng), local), features)
         runs.append(
             {"truth": truth, "first": first, "chosen": chosen, "own": own, "learned": learned, "randomized": randomized}
         )

@@ -76,9 +76,9 @@ def test_a_stable_share_of_the_selected_is_held_out(spark, settings):
 def test_a_scoring_set_with_other_features_than_the_models_is_refused_by_name():
     import pytest
 
-    from jobs.model.tlearner import FeatureMismatchError, PortableTLearner, check_features, serving_problem
+    from jobs.model.portable import FeatureMismatchError, PortableModel, check_features, serving_problem
 
-    model = PortableTLearner("control", ["a"], ["age", "spend"], {"region": ["N", "S"]}, {})
+    model = PortableModel("control", ["a"], ["age", "spend"], {"region": ["N", "S"]}, {})
     check_features(["customer_id", "spend", "region", "age"], model)  # order does not matter
     with pytest.raises(FeatureMismatchError, match=r"missing \['spend'\]; not known to the model \['tier'\]"):
         check_features(["customer_id", "age", "region", "tier"], model)
@@ -90,6 +90,6 @@ def test_the_workers_started_ahead_of_scoring_report_a_failure(spark):
     """score starts the Python workers while it resolves the champion: the warm-up job completes,
     and a worker that cannot import what scoring needs is an error, not a silent skip."""
     frame = spark.createDataFrame(pd.DataFrame({"customer_id": ["a", "b", "c"]}))
-    assert start_python_workers(frame, ("lightgbm", "jobs.model.tlearner")).result() is None
+    assert start_python_workers(frame, ("lightgbm", "jobs.model.portable")).result() is None
     with pytest.raises(Exception, match="jobs.no_such_module"):
         start_python_workers(frame, ("jobs.no_such_module",)).result()

@@ -4,7 +4,7 @@ A master and one worker are started here with the pyspark wheel's launcher; thei
 holds nothing of this project. The DAG is parsed with `spark.py_files` pointing at the artifact
 `make dist` builds and `spark_default` at the master; its scoring task then runs spark-submit in
 client mode (scoring is the job whose executors run our code: they unpickle the champion's
-boosters into `jobs.model.tlearner` classes). A probe submitted the same way shows where the
+boosters into `jobs.model.portable` classes). A probe submitted the same way shows where the
 executors import `jobs` from. The audience must equal the local-mode run's. (The ETL's executors
 run no Python; its cluster run would cost two more minutes and prove nothing the scoring run does not.)
 """
@@ -157,7 +157,7 @@ def test_executors_import_the_jobs_from_the_shipped_zip(cluster_run, cluster):
     assert executor["cwd"].startswith(str(cluster["work_dir"]) + os.sep), executor
     # Inside the executor's copy of the zip, not this checkout (importable there too).
     assert executor["jobs"] == os.path.join(executor["cwd"], "uplift_jobs.zip", "jobs", "__init__.py")
-    assert executor["model"] == os.path.join(executor["cwd"], "uplift_jobs.zip", "jobs", "model", "tlearner.py")
+    assert executor["model"] == os.path.join(executor["cwd"], "uplift_jobs.zip", "jobs", "model", "portable.py")
     assert executor["zip_sha256"] == digest
     assert executor["python"] == sys.executable  # spark.pyspark.python from the DAG
 

@@ -243,13 +243,13 @@ def daemons():
 seen = {}
 with step_session(settings, "uplift-test-idle") as spark:
     frame = spark.range(4).selectExpr("cast(id as string) AS customer_id")
-    start_python_workers(frame, ("jobs.model.tlearner",)).result()
+    start_python_workers(frame, ("jobs.model.portable",)).result()
     seen["daemons_after_python"] = len(daemons())
     started = time.monotonic()
     while daemons() and time.monotonic() - started < 240:
         time.sleep(2)
     seen["daemons_once_idle"], seen["idle_s"] = len(daemons()), round(time.monotonic() - started)
-    start_python_workers(frame, ("jobs.model.tlearner",)).result()
+    start_python_workers(frame, ("jobs.model.portable",)).result()
     seen["daemons_after_python_again"] = len(daemons())
 print(json.dumps(seen))
 """

@@ -36,6 +36,7 @@ PAGES = [
     f"/campaigns/runs/{DAY}/files/budget_curve.png",
     f"/campaigns/runs/{DAY}/artifacts/qini_and_deciles.png",
     f"/campaigns/runs/{DAY}/artifacts/uplift_drivers.png",
+    f"/campaigns/runs/{DAY}/artifacts/calibration.png",
     "/campaigns/icon.svg",
     "/campaigns/results",
     "/campaigns/results/trend.png",
@@ -339,6 +340,23 @@ def test_why_page_shows_every_arms_uplift_drivers_from_the_deployed_model(airflo
         assert f'data-arm="{arm}"' in page
         top = drivers["arms"][arm]["drivers"][0]["feature"]
         assert top in settings.features.names and f'<td class="l">{top}</td>' in page
+
+
+def test_why_page_names_the_learner_that_serves_as_uplift_model_status_does(airflow, settings):
+    page = _get(airflow, f"/campaigns/runs/{DAY}/why").text
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "uplift"), "model", "status"], check=True, capture_output=True, text=True
+    )
+    champion = json.loads(status.stdout)["champion"]
+    record = campaigns.learner(settings, RUN_DATE)
+    assert champion["candidate"] == record["selected"] and champion["learner"] == record["learner"]
+    assert f"The <b>{record['selected']}</b> learner made these uplifts" in page
+    for name, candidate in record["candidates"].items():
+        row = re.search(rf'<tr data-candidate="{re.escape(name)}"[^>]*>(.*?)</tr>', page).group(1)
+        assert f"{candidate['value']:,.4f}" in row
+    assert ('class="chosen"' in page) and f'data-candidate="{record["selected"]}" class="chosen"' in page
+    for k, curve in record["calibration"].items():
+        assert f'<tr data-arm="{k}"><td class="l">{k}</td><td>{curve["level"] * 100:,.2f}%</td>' in page
 
 
 def test_download_is_exactly_the_cli_export(airflow, settings, tmp_path: Path):

@@ -14,7 +14,7 @@ import pytest
 
 from jobs.features import FeatureSpec
 from jobs.model import evaluation, policy
-from jobs.model.train import fit_t_learner, guardrail_bounds
+from jobs.model.train import fit_model, guardrail_bounds
 from jobs.names import key, p_column
 from jobs.settings import Experiment, Outcome, Targeting
 
@@ -74,7 +74,7 @@ def _trading(n: int = 60_000, seed: int = 4) -> pd.DataFrame:
 def trading_model(settings):
     spec = FeatureSpec(attributes={"x": {"kind": "numeric"}, "seg": {"kind": "categorical"}})
     local = settings.model_copy(update={"experiment": _experiment(), "features": spec, "targeting": _targeting()})
-    return fit_t_learner(_trading(), local), local
+    return fit_model(_trading(), local), local
 
 
 def test_a_purchase_worth_ten_clicks_changes_the_arm_where_arms_trade_clicks_for_purchases(trading_model):
@@ -172,8 +172,7 @@ def test_bounds_come_from_the_holdout_uplift_observed_in_each_bin_of_predicted_u
             "arm": arm,
             "label__unsubscribe": unsubscribed.astype(int),
             # a model that ranks the harmed first but underestimates them tenfold
-            "p_c__unsubscribe": 0.004,
-            "p_a__unsubscribe": 0.004 + np.where(harmed, 0.005, 0.0) + rng.uniform(0, 1e-4, n),
+            "raw_uplift_a__unsubscribe": np.where(harmed, 0.005, 0.0) + rng.uniform(0, 1e-4, n),
         }
     )
     targeting = _guarded(max_uplift=0.01)

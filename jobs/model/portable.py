@@ -1,7 +1,10 @@
-"""The T-learner's prediction arithmetic, without MLflow: design matrix, probabilities, uplifts.
+"""A fitted uplift model's prediction arithmetic, without MLflow: design matrix, probabilities, uplifts.
 
-Uplift of arm a for customer x is ``p_a(x) - p_control(x)``, one LightGBM model per arm
-(control included) and outcome. The primary outcome's columns are `p_<arm>` and `uplift_<arm>`;
+Every learner (jobs.model.learners) fits the same parts: per arm (control included) and outcome, an
+outcome model p_a(x) (LightGBM), and, for a learner that models the uplift itself, effect models
+whose weighted sum is the arm's raw uplift (else the raw uplift is ``p_a(x) - p_control(x)``). The
+raw uplift goes through the arm's calibration curve (fitted on held-out rows, jobs.model.calibration)
+before the policy compares arms. The primary outcome's columns are `p_<arm>` and `uplift_<arm>`;
 a further outcome o's are `p_<arm>__o` and `uplift_<arm>__o` (`key`), and a guardrail
 outcome's also `uplift_high_<arm>__o`, the per-customer upper bound the policy checks.
 An arm whose ranking did not clear the gate's Qini diagnostic is a
@@ -59,57 +62,117 @@ def bounded_outcomes(bounds: dict[str, dict], outcomes: list[str]) -> list[str]:
 
 def with_uplifts(
     probabilities: pd.DataFrame,
+    raw: pd.DataFrame,
     control: str,
     arms: list[str],
     constant: dict[str, float] | None = None,
     outcomes: list[str] = (),
     bounds: dict[str, dict] | None = None,
+    calibration: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
-    """From `p_<key>` of every arm and outcome: add the targeting uplifts of every treatment arm.
+    """`output_columns` from `p_<key>` of every arm and outcome and the learner's raw uplifts (key -> uplift).
 
-    p_arm - p_control for a ranked (arm, outcome); its average effect for a constant one. bounds:
-    key -> {"edges", "highs"} of a guardrail outcome: a row's upper bound is the high of the bin
-    its p_arm - p_control falls in (a constant one has a single bin). Which arm a customer gets is
-    the targeting policy's decision (jobs.model.policy), not the model's.
+    The targeting uplift of a ranked (arm, outcome) is its raw uplift carried through its calibration
+    curve (`calibrate`), when it has one; a constant one's is its average effect. bounds: key ->
+    {"edges", "highs"} of a guardrail outcome: a row's upper bound is the high of the bin its raw
+    uplift falls in (a constant one has a single bin). Which arm a customer gets is the targeting
+    policy's decision (jobs.model.policy), not the model's.
     """
-    out, bounds = probabilities, bounds or {}
+    out, bounds, calibration = probabilities.copy(), bounds or {}, calibration or {}
     for outcome in [None, *outcomes]:
         for arm in arms:
-            k, c = key(arm, outcome), key(control, outcome)
-            raw = out[p_column(k)] - out[p_column(c)]
-            out[uplift_column(k)] = float(constant[k]) if constant and k in constant else raw
+            k = key(arm, outcome)
+            uplift = raw[k].to_numpy(float)
+            if constant and k in constant:
+                out[uplift_column(k)] = float(constant[k])
+            else:
+                out[uplift_column(k)] = calibrate(uplift, calibration[k]) if k in calibration else uplift
             if k in bounds:
                 edges, highs = bounds[k]["edges"], np.asarray(bounds[k]["highs"], dtype=float)
-                out[uplift_high_column(k)] = highs[np.searchsorted(edges, raw.to_numpy(), side="right")]
+                out[uplift_high_column(k)] = highs[np.searchsorted(edges, uplift, side="right")]
     return out[output_columns(control, arms, outcomes, bounded_outcomes(bounds, outcomes))]
 
 
+def calibrate(raw: np.ndarray, curve: dict) -> np.ndarray:
+    """A raw uplift carried through a calibration curve: linear between the curve's points (the
+    mean raw uplift of each bin, its calibrated uplift), flat beyond them (jobs.model.calibration)."""
+    return np.interp(raw, np.asarray(curve["x"], dtype=float), np.asarray(curve["y"], dtype=float))
+
+
+@dataclass
+class Loaded:
+    """A PortableModel's boosters, loaded: what `PortableModel.predict` computes with."""
+
+    outcome: dict[str, list[lgb.Booster]]  # key -> the outcome model's boosters (their mean is p_<key>)
+    effects: dict[str, list[tuple[float, lgb.Booster]]]  # key -> (weight, booster): the uplift is their weighted sum
+
+
 @dataclass(frozen=True)
-class PortableTLearner:
-    """A fitted T-learner as plain data (model strings): cheap to ship to Spark's Python workers."""
+class PortableModel:
+    """A fitted uplift model as plain data (model strings): cheap to ship to Spark's Python workers.
+
+    Every learner (jobs.model.learners) leaves the same form: the outcome models per arm and outcome
+    (`boosters`: p_<key> is the mean of a key's boosters, the cross-fitted pair), and, for a learner
+    that models the uplift itself (X, DR), `effects`: per key, weighted LightGBM regressors whose sum
+    is the raw uplift. A key without effects has the T-learner's raw uplift, p_arm - p_control.
+    """
 
     control: str
     arms: list[str]
     numeric: list[str]
     categories: dict[str, list[str]]
-    boosters: dict[str, str]  # key(arm, outcome) (control included) -> LightGBM model string, best iteration
+    boosters: dict[str, str | list[str]]  # key(arm, outcome) (control included) -> LightGBM model string(s)
     constant: dict[str, float] = field(default_factory=dict)  # constant key -> its average effect
     outcomes: list[str] = field(default_factory=list)  # the outcomes besides the primary one
     bounds: dict[str, dict] = field(default_factory=dict)  # guardrail key -> upper-bound bins
+    learner: str = "t"  # the learner that fitted it (jobs.model.learners)
+    effects: dict[str, list] = field(default_factory=dict)  # key -> [[weight, regressor model string], ...]
+    calibration: dict[str, dict] = field(default_factory=dict)  # key -> {"x": raw uplifts, "y": calibrated}
 
-    def load(self) -> dict[str, lgb.Booster]:
+    def load(self) -> Loaded:
         import lightgbm as lgb
 
-        return {arm: lgb.Booster(model_str=text) for arm, text in self.boosters.items()}
+        def strings(value: str | list[str]) -> list[str]:
+            return [value] if isinstance(value, str) else list(value)
 
-    def predict(self, frame: pd.DataFrame, boosters: dict[str, lgb.Booster], num_threads: int = 1) -> pd.DataFrame:
-        """`output_columns` for every row of frame, with boosters from `load()`."""
-        x = design_matrix(frame, self.numeric, self.categories)
-        probabilities = pd.DataFrame(
-            {p_column(arm): booster.predict(x, num_threads=num_threads) for arm, booster in boosters.items()},
-            index=frame.index,
+        return Loaded(
+            outcome={k: [lgb.Booster(model_str=s) for s in strings(v)] for k, v in self.boosters.items()},
+            effects={k: [(float(w), lgb.Booster(model_str=s)) for w, s in v] for k, v in self.effects.items()},
         )
-        return with_uplifts(probabilities, self.control, self.arms, self.constant, self.outcomes, self.bounds)
+
+    def probabilities(self, x: pd.DataFrame, loaded: Loaded, num_threads: int = 1) -> pd.DataFrame:
+        """p_<key> of every outcome model on a design matrix."""
+        return pd.DataFrame(
+            {
+                p_column(k): np.mean([b.predict(x, num_threads=num_threads) for b in boosters], axis=0)
+                for k, boosters in loaded.outcome.items()
+            },
+            index=x.index,
+        )
+
+    def raw_uplifts(
+        self, x: pd.DataFrame, probabilities: pd.DataFrame, loaded: Loaded, num_threads: int = 1
+    ) -> pd.DataFrame:
+        """Every treatment key's raw uplift (before calibration and the constant arms): the effect
+        models' weighted sum, or p_arm - p_control."""
+        out = {}
+        for outcome in [None, *self.outcomes]:
+            for arm in self.arms:
+                k = key(arm, outcome)
+                if k in loaded.effects:
+                    out[k] = sum(w * b.predict(x, num_threads=num_threads) for w, b in loaded.effects[k])
+                else:
+                    out[k] = (probabilities[p_column(k)] - probabilities[p_column(self.control, outcome)]).to_numpy()
+        return pd.DataFrame(out, index=x.index)
+
+    def predict(self, frame: pd.DataFrame, loaded: Loaded, num_threads: int = 1) -> pd.DataFrame:
+        """`output_columns` for every row of frame, with the boosters from `load()`."""
+        x = design_matrix(frame, self.numeric, self.categories)
+        p = self.probabilities(x, loaded, num_threads)
+        raw = self.raw_uplifts(x, p, loaded, num_threads)
+        return with_uplifts(
+            p, raw, self.control, self.arms, self.constant, self.outcomes, self.bounds, self.calibration
+        )
 
     def columns(self) -> list[str]:
         return output_columns(self.control, self.arms, self.outcomes, bounded_outcomes(self.bounds, self.outcomes))
@@ -118,7 +181,7 @@ class PortableTLearner:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> PortableTLearner:
+    def from_json(cls, text: str) -> PortableModel:
         return cls(**json.loads(text))
 
 
@@ -126,7 +189,7 @@ class FeatureMismatchError(UserError, RuntimeError):
     """The scoring set's features are not the ones the model was trained on."""
 
 
-def check_features(columns: list[str], model: PortableTLearner, keys: tuple[str, ...] = ("customer_id",)) -> None:
+def check_features(columns: list[str], model: PortableModel, keys: tuple[str, ...] = ("customer_id",)) -> None:
     """Refuse a scoring set whose feature columns differ from the model's, naming the columns."""
     trained = [*model.numeric, *model.categories]
     given = [c for c in columns if c not in keys]
@@ -148,7 +211,7 @@ def check_features(columns: list[str], model: PortableTLearner, keys: tuple[str,
 
 
 def serving_problem(
-    columns: list[str], model: PortableTLearner, control: str, arms: list[str], outcomes=None
+    columns: list[str], model: PortableModel, control: str, arms: list[str], outcomes=None
 ) -> str | None:
     """Why the model cannot score a set with these columns for this experiment (None when it can).
 
