@@ -84,12 +84,15 @@ lint: setup
 
 # The nightly run per size (S 250k, M 2.5M, L 10M sends), with references: benchmarks/results/<date>.{json,md};
 # then the Campaigns pages over a 500k-customer audience: benchmarks/results/ui-pages-<date>.json;
-# then the demo-size night through Airflow (task time): benchmarks/results/demo-night-<date>.json.
+# then the demo-size night through Airflow (task time): benchmarks/results/demo-night-<date>.json;
+# then our learners and scikit-uplift's and causalml's against the truth of three simulated experiments
+# (about 7 minutes): benchmarks/results/learners-<date>-<commit>.{json,md}.
 SIZE ?= S M L
 bench: setup $(CHROMIUM)
 	python -m benchmarks.nightly --size $(SIZE)
 	python -m benchmarks.ui_pages --customers 500000
 	python -m benchmarks.demo_night
+	python -m benchmarks.learners --seeds 5
 
 # The loop's statistics (docs/closing-the-loop.md): the gate's coverage over seeds of simulated nights
 # (about 30 minutes), what the exploration share costs and buys (about a minute and a half), and the
