@@ -103,9 +103,7 @@ def run_seed(seed: int) -> list[dict]:
         if share > 0:
             estimate = _value(holdout, local)
             learned = uplifts_of(fit_model(own, local), features)
-            randomized = uplifts_of(
-                fit_model(randomized_sends(features, truth, len(own), local, rng), local), features
-            )
+            randomized = uplifts_of(fit_model(randomized_sends(features, truth, len(own), local, rng), local), features)
             line |= {
                 "value_error": estimate["value"] - truth_value,
                 "value_width": estimate["high"] - estimate["low"],

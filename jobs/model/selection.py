@@ -61,7 +61,8 @@ def fit_model(rows: pd.DataFrame, settings: Settings, audience: int | None = Non
             f"the training rows hold {rows['customer_id'].nunique()} customers: too few to keep "
             f"{cfg.selection_fraction:.0%} of them for selecting and calibrating the learners"
         )
-    outcome_models, nuisance = learners.fit_outcomes(fit_rows, settings, categories)
+    needs = any(getattr(learners.learner(name), "OUT_OF_FOLD", True) for name in cfg.learners)
+    outcome_models, nuisance = learners.fit_outcomes(fit_rows, settings, categories, out_of_fold=needs)
     keys = [key(a, o) for o in [None, *settings.targeting.outcomes] for a in exp.arms]
     candidates = _fit_candidates(nuisance, settings, keys)
 

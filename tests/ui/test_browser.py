@@ -225,6 +225,18 @@ def test_a_campaign_manager_reads_the_cli_numbers_on_the_pages(nights, api_serve
         for arm in ("subject_1", "subject_2", "subject_3"):
             expect(page.locator(f'table.effects[data-arm="{arm}"] th', has_text="unsubscribe increase")).to_be_visible()
 
+        # which learner serves: the Why page names the one `uplift model status` names, with its calibration
+        page.goto(f"{api_server}/campaigns/runs/{DAY}/why")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(tmp_path / "why.png"), full_page=True)
+        champion = json.loads(_uplift(nights, "model", "status"))["champion"]
+        expect(page.locator("#learner b")).to_have_text(champion["candidate"])
+        expect(page.locator(f'table.candidates tr[data-candidate="{champion["candidate"]}"]')).to_contain_text("serves")
+        calibration = page.locator('img[alt="calibration per arm"]')
+        assert calibration.evaluate("img => img.complete && img.naturalWidth > 300")
+        for arm in nights["settings"].experiment.arms:
+            expect(page.locator(f'table.calibration tr[data-arm="{arm}"]')).to_be_visible()
+
         # nothing measured yet: the Results page says what `uplift audience results` says
         page.goto(f"{api_server}/campaigns/results")
         assert _uplift(nights, "audience", "results").startswith("No results yet")
@@ -243,7 +255,7 @@ def test_a_campaign_manager_reads_the_cli_numbers_on_the_pages(nights, api_serve
         # The policy's sends of subject_2, and its explore share on top.
         assert len(saved.read_text().splitlines()) - 1 > cli["arms"]["subject_2"]["sends"]
         browser.close()
-    for name in ("nav", "run", "segment"):
+    for name in ("nav", "run", "segment", "why"):
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000
 
 

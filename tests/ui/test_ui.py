@@ -356,7 +356,7 @@ def test_why_page_names_the_learner_that_serves_as_uplift_model_status_does(airf
         assert f"{candidate['value']:,.4f}" in row
     assert ('class="chosen"' in page) and f'data-candidate="{record["selected"]}" class="chosen"' in page
     for k, curve in record["calibration"].items():
-        assert f'<tr data-arm="{k}"><td class="l">{k}</td><td>{curve["level"] * 100:,.2f}%</td>' in page
+        assert f'<tr data-arm="{k}"><td class="l">{k}</td><td>{curve["average_effect"] * 100:,.2f}%</td>' in page
 
 
 def test_download_is_exactly_the_cli_export(airflow, settings, tmp_path: Path):

@@ -1,17 +1,19 @@
 """The learners behind one interface: how an arm's uplift is estimated from the training rows.
 
 Every learner shares the outcome models (`fit_outcomes`): per arm (control included) and outcome, a
-LightGBM classifier on the rows of that arm, cross-fitted over two halves of the customers. The pair
-serves p_<key> as the mean of its two models, and gives each training row its out-of-fold
-predictions (`Nuisance.oof`: by models that never saw that customer), which the X- and DR-learners'
-effect models, and their doubly robust values, need without overfitting.
+LightGBM classifier on the rows of that arm, which serves p_<key>. A learner that builds on them
+(X, DR) also gets each training row's out-of-fold predictions (`Nuisance.oof`: by two more models
+per key, each fitted on the half of the customers the row is not in), so that its effect models
+learn from outcome models that never saw the row. A learner module that needs none sets
+`OUT_OF_FOLD = False` (the T-learner): with only such learners, the cross-fitted pairs are not fitted.
 
 A learner is a module of this package named as in `training.learners`, with one function:
 
     effects(nuisance: Nuisance, arm: str, outcome: str | None, params: dict) -> list[(weight, Booster)] | None
 
 returning the weighted LightGBM regressors whose sum is the arm's raw uplift for outcome, or None
-for the T-learner's ``p_arm - p_control``. params: training.lightgbm with one entry of
+for the T-learner's ``p_arm - p_control``; and, when it reads no out-of-fold prediction,
+``OUT_OF_FOLD = False``. params: training.lightgbm with one entry of
 training.effect_grid on top. Adding a learner is one module here and its name in the conf.
 What all learners then share (calibration, selection by value, the gate) is jobs.model.selection's.
 """
@@ -45,7 +47,7 @@ class Nuisance:
 
     rows: pd.DataFrame  # the fit rows (customer_id, arm, labels, ...), index 0..n-1
     x: pd.DataFrame  # their design matrix
-    oof: pd.DataFrame  # p_<key> of every arm and outcome, by the fold model that did not see the row
+    oof: pd.DataFrame  # p_<key> of every arm and outcome, by a model that did not see the row's customer
     propensity: np.ndarray  # e_i(A_i): the received arm's probability among the rows sent
     control: str
     seed: int
@@ -103,25 +105,31 @@ def fit_regressor(rows: pd.DataFrame, x: pd.DataFrame, target: np.ndarray, param
 
 
 def fit_outcomes(
-    rows: pd.DataFrame, settings: Settings, categories: dict[str, list[str]]
+    rows: pd.DataFrame, settings: Settings, categories: dict[str, list[str]], out_of_fold: bool = True
 ) -> tuple[dict[str, list[lgb.Booster]], Nuisance]:
-    """The cross-fitted outcome models of every arm and outcome (key -> its FOLDS boosters), and the
-    Nuisance of rows. Fitted side by side, one thread each: small trees gain little from threads
-    within one fit, and lose a lot when the cores are shared (Spark workers, other jobs)."""
+    """The served outcome model of every arm and outcome (key -> [booster], fitted on all of rows), and
+    the Nuisance of rows: with out_of_fold, each row's predictions by a model of the same arm fitted
+    on the other half of the customers (FOLDS cross-fitted models per key, used for nothing else);
+    without, the served models' own (in-sample) predictions, for learners that need none.
+
+    Fitted side by side, one thread each: small trees gain little from threads within one fit, and
+    lose a lot when the cores are shared (Spark workers, other jobs)."""
     exp, cfg, spec = settings.experiment, settings.training, settings.features
     rows = rows.reset_index(drop=True)
     x = design_matrix(rows, spec.numeric, categories)
     fold = (_fold_draw(rows, cfg.seed) * FOLDS).astype(int)
     pairs = [(arm, outcome) for outcome in [None, *settings.targeting.outcomes] for arm in exp.all_arms]
-    tasks = [(f, arm, outcome) for f in range(FOLDS) for arm, outcome in pairs]
+    served = None  # the task of a model on all of the arm's rows
+    tasks = [(served, arm, outcome) for arm, outcome in pairs]
+    tasks += [(f, arm, outcome) for f in range(FOLDS) for arm, outcome in pairs] if out_of_fold else []
 
-    def fit(task: tuple[int, str, str | None]) -> lgb.Booster:
+    def fit(task: tuple[int | None, str, str | None]) -> lgb.Booster:
         f, arm, outcome = task
         label = label_column(outcome)
         of_arm = ((rows["arm"] == arm) & rows[label].notna()).to_numpy()
-        mine = of_arm & (fold != f)
+        mine = of_arm if f is served else of_arm & (fold != f)
         if rows.loc[mine, label].nunique() < 2:  # a rare outcome on few rows: this half never saw it
-            mine = of_arm  # both halves' model on every row of the arm (its out-of-fold predictions are in-sample)
+            mine = of_arm  # that half's model on every row of the arm (its out-of-fold predictions are in-sample)
         if rows.loc[mine, label].nunique() < 2:
             raise ValueError(
                 f"arm '{arm}' has {int(mine.sum())} training rows and a single value of {label}"
@@ -132,14 +140,18 @@ def fit_outcomes(
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         fitted = dict(zip(tasks, pool.map(fit, tasks), strict=True))
-    boosters = {key(arm, outcome): [fitted[(f, arm, outcome)] for f in range(FOLDS)] for arm, outcome in pairs}
+    boosters = {key(arm, outcome): [fitted[(served, arm, outcome)]] for arm, outcome in pairs}
+    threads = os.cpu_count() or 1
     oof = pd.DataFrame(index=rows.index)
     for arm, outcome in pairs:
+        if not out_of_fold:
+            oof[p_column(arm, outcome)] = fitted[(served, arm, outcome)].predict(x, num_threads=threads)
+            continue
         column = np.empty(len(rows))
         for f in range(FOLDS):
             held = fold == f
             if held.any():
-                column[held] = fitted[(f, arm, outcome)].predict(x[held], num_threads=os.cpu_count() or 1)
+                column[held] = fitted[(f, arm, outcome)].predict(x[held], num_threads=threads)
         oof[p_column(arm, outcome)] = column
     propensity = rows["propensity"].to_numpy(float) / rows["inclusion_probability"].to_numpy(float)
     return boosters, Nuisance(rows, x, oof, propensity, exp.control, cfg.seed)

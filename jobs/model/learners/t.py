@@ -5,6 +5,8 @@ a baseline that varies a lot, since the difference of two models then carries bo
 
 from __future__ import annotations
 
+OUT_OF_FOLD = False  # the served outcome models are the whole learner
+
 
 def effects(nuisance, arm: str, outcome: str | None, params: dict):
     return None
