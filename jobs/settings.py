@@ -134,6 +134,9 @@ class Training(_Strict):
     learners: list[str] = Field(default_factory=lambda: ["t"], min_length=1)
     effect_grid: list[dict[str, float | int | str]] = Field(default_factory=lambda: [{}], min_length=1)
     selection_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # The rows the X- and DR-learners' effect models (and their cross-fitted outcome models) learn
+    # from: a uniform sample of the customers of at most this many; null = all.
+    effect_max_rows: int | None = Field(default=None, gt=0)
 
 
 class Gate(_Strict):

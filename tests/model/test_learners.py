@@ -218,3 +218,17 @@ def test_the_dr_pseudo_outcome_is_the_textbook_formula():
 def test_an_unknown_learner_is_refused_by_name_with_the_known_ones():
     with pytest.raises(UnknownLearnerError, match=r"no learner 'causal_forest'.*\['dr', 't', 'x'\]"):
         learner("causal_forest")
+
+
+def test_effect_models_learn_from_a_customer_sample_when_the_rows_exceed_effect_max_rows(settings):
+    from jobs.model.learners import effect_sample
+
+    rows, _ = _strong(60_000, 3)
+    sample = effect_sample(rows, 20_000, seed=1)
+    assert 18_000 < sample.sum() < 22_000 and effect_sample(rows, None, 1).all()
+    test, truth = _strong(8_000, 4)
+    local = _settings(settings, ["dr"])
+    local = local.model_copy(update={"training": local.training.model_copy(update={"effect_max_rows": 20_000})})
+    model = fit_model(rows, local)
+    for arm in ARMS:
+        assert spearmanr(model.raw_uplifts(test)[arm], truth[arm]).statistic >= 0.6

@@ -32,7 +32,7 @@ import pandas as pd
 
 from jobs.model.policy import stable_draw
 from jobs.model.portable import design_matrix
-from jobs.model.splits import early_stopping_split
+from jobs.model.splits import customer_split, early_stopping_split
 from jobs.names import key, label_column, p_column
 from jobs.settings import Settings, UserError
 
@@ -108,16 +108,19 @@ def fit_outcomes(
     rows: pd.DataFrame, settings: Settings, categories: dict[str, list[str]], out_of_fold: bool = True
 ) -> tuple[dict[str, list[lgb.Booster]], Nuisance]:
     """The served outcome model of every arm and outcome (key -> [booster], fitted on all of rows), and
-    the Nuisance of rows: with out_of_fold, each row's predictions by a model of the same arm fitted
-    on the other half of the customers (FOLDS cross-fitted models per key, used for nothing else);
-    without, the served models' own (in-sample) predictions, for learners that need none.
+    the Nuisance the effect models learn from: with out_of_fold, a uniform sample of the customers
+    (at most training.effect_max_rows rows, `effect_sample`) with each row's predictions by a model of
+    the same arm fitted on the other half of the sample (FOLDS cross-fitted models per key, used for
+    nothing else); without, all rows with the served models' own (in-sample) predictions, for
+    learners that need none.
 
     Fitted side by side, one thread each: small trees gain little from threads within one fit, and
     lose a lot when the cores are shared (Spark workers, other jobs)."""
     exp, cfg, spec = settings.experiment, settings.training, settings.features
     rows = rows.reset_index(drop=True)
     x = design_matrix(rows, spec.numeric, categories)
-    fold = (_fold_draw(rows, cfg.seed) * FOLDS).astype(int)
+    sampled = effect_sample(rows, cfg.effect_max_rows, cfg.seed) if out_of_fold else np.ones(len(rows), dtype=bool)
+    fold = np.where(sampled, (_fold_draw(rows, cfg.seed) * FOLDS).astype(int), -1)  # -1: not in the sample
     pairs = [(arm, outcome) for outcome in [None, *settings.targeting.outcomes] for arm in exp.all_arms]
     served = None  # the task of a model on all of the arm's rows
     tasks = [(served, arm, outcome) for arm, outcome in pairs]
@@ -127,6 +130,8 @@ def fit_outcomes(
         f, arm, outcome = task
         label = label_column(outcome)
         of_arm = ((rows["arm"] == arm) & rows[label].notna()).to_numpy()
+        if f is not served:
+            of_arm &= sampled
         mine = of_arm if f is served else of_arm & (fold != f)
         if rows.loc[mine, label].nunique() < 2:  # a rare outcome on few rows: this half never saw it
             mine = of_arm  # that half's model on every row of the arm (its out-of-fold predictions are in-sample)
@@ -142,6 +147,7 @@ def fit_outcomes(
         fitted = dict(zip(tasks, pool.map(fit, tasks), strict=True))
     boosters = {key(arm, outcome): [fitted[(served, arm, outcome)]] for arm, outcome in pairs}
     threads = os.cpu_count() or 1
+    rows, x, fold = rows[sampled].reset_index(drop=True), x[sampled].reset_index(drop=True), fold[sampled]
     oof = pd.DataFrame(index=rows.index)
     for arm, outcome in pairs:
         if not out_of_fold:
@@ -155,6 +161,13 @@ def fit_outcomes(
         oof[p_column(arm, outcome)] = column
     propensity = rows["propensity"].to_numpy(float) / rows["inclusion_probability"].to_numpy(float)
     return boosters, Nuisance(rows, x, oof, propensity, exp.control, cfg.seed)
+
+
+def effect_sample(rows: pd.DataFrame, max_rows: int | None, seed: int) -> np.ndarray:
+    """True on the rows of a uniform sample of the customers holding about max_rows rows (all: None or fewer)."""
+    if max_rows is None or len(rows) <= max_rows:
+        return np.ones(len(rows), dtype=bool)
+    return customer_split(rows["customer_id"], max_rows / len(rows), seed, "effects")
 
 
 def _fold_draw(rows: pd.DataFrame, seed: int) -> np.ndarray:
