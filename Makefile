@@ -93,6 +93,7 @@ bench: setup $(CHROMIUM)
 	python -m benchmarks.ui_pages --customers 500000
 	python -m benchmarks.demo_night
 	python -m benchmarks.learners --seeds 5
+	python -m benchmarks.learners_time --rows 400000
 
 # The loop's statistics (docs/closing-the-loop.md): the gate's coverage over seeds of simulated nights
 # (about 30 minutes), what the exploration share costs and buys (about a minute and a half), and the
