@@ -34,7 +34,16 @@ from jobs.features import FeatureSpec
 from jobs.model import policy
 from jobs.model.policy import NONE
 from jobs.monitoring.drift import DriftFailed
-from jobs.names import AUDIENCE, GATE_REPORT, MONITORING_REPORT, STEPS, p_column, probability_arms, uplift_column
+from jobs.names import (
+    AUDIENCE,
+    GATE_REPORT,
+    MONITORING_REPORT,
+    STEPS,
+    is_uplift_column,
+    p_column,
+    probability_arms,
+    uplift_column,
+)
 from jobs.settings import Experiment, Settings, report_dir
 
 log = logging.getLogger(__name__)
@@ -305,8 +314,10 @@ def own_sends(
 
 
 def uplifts_of(model, features: pd.DataFrame) -> pd.DataFrame:
-    """customer_id and a fitted T-learner's targeting uplifts (uplift_<arm>) for features' rows."""
-    return pd.concat([features[["customer_id"]], model.with_uplifts(model.predict_proba(features))], axis=1)
+    """customer_id and a fitted model's targeting uplifts (uplift_<arm>, calibrated) for features' rows."""
+    predicted = model.predict(None, features).reset_index(drop=True)
+    uplifts = predicted[[c for c in predicted.columns if is_uplift_column(c)]]
+    return pd.concat([features[["customer_id"]].reset_index(drop=True), uplifts], axis=1)
 
 
 def ranking_gain(uplifts: pd.DataFrame, truth: pd.DataFrame, arms: list[str], top: float = 0.3) -> float:

@@ -25,10 +25,13 @@ def early_stopping_split(rows: pd.DataFrame, label: str, seed: int) -> tuple[pd.
     """The rows to fit on and the validation rows that stop the boosting: 15% of the customers.
     Where that leaves either side with a single label (a handful of customers or responders), a
     split of the rows stratified by label instead: early stopping needs both labels on each side.
-    A continuous label (an effect model's target) is split by customer only."""
+    A continuous label (an effect model's target) is split by customer only; a label held by a single
+    row leaves no split: the rows then stop on themselves (the boosting runs to its rounds)."""
     valid = customer_split(rows["customer_id"], EARLY_STOPPING_SHARE, seed, "early_stopping")
     fit, held = rows[~valid], rows[valid]
     if rows[label].nunique() > 2 or (fit[label].nunique() == 2 and held[label].nunique() == 2):
         return fit, held
+    if rows[label].value_counts().min() < 2:  # a label on one row: no split keeps it on both sides
+        return rows, rows
     fit, held = train_test_split(rows, test_size=EARLY_STOPPING_SHARE, stratify=rows[label], random_state=seed)
     return fit, held

@@ -59,7 +59,6 @@ from jobs.names import (
     arm_metric,
     key,
     label_column,
-    p_column,
     raw_uplift_column,
     uplift_column,
 )
@@ -213,14 +212,14 @@ def guardrail_bounds(scored: pd.DataFrame, flat: dict[str, dict], settings: Sett
 
 
 def feature_importance(model: UpliftModel) -> pd.DataFrame:
-    """Gain importance of every feature in every outcome model (p_<key>, its cross-fitted pair summed)
-    and every effect model (effect_<key>, its regressors summed)."""
+    """Gain importance of every feature in every outcome model (a column per key: the arm, or
+    arm__outcome) and every effect model (effect_<key>, its regressors summed)."""
     loaded = model.loaded
 
     def gain(boosters) -> np.ndarray:
         return sum(b.feature_importance(importance_type="gain") for b in boosters)
 
-    columns = {p_column(k): gain(v) for k, v in loaded.outcome.items()}
+    columns = {k: gain(v) for k, v in loaded.outcome.items()}
     columns |= {f"effect_{k}": gain(b for _, b in v) for k, v in loaded.effects.items()}
     return pd.DataFrame(columns, index=model.features).rename_axis("feature")
 

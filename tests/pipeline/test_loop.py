@@ -203,10 +203,12 @@ def test_a_good_champion_is_never_flagged(loop, served):
     ]
     assert all(not a["evidence"] for a in actions), [a["evidence"] for a in actions]
     assert any(a.get("realized_value") for a in actions), "the champion's realized value was assessed"
-    reasons = json.loads((report_dir(local, date.fromisoformat(served[-1]["night"])) / "gate.json").read_text())
-    assert any("realized" in r and "of its own audiences" in r for r in reasons["reasons"]), (
-        "the gate shows it beside its offline value"
-    )
+    files = [report_dir(local, date.fromisoformat(n["night"])) / "gate.json" for n in table + served]
+    gates = [json.loads(f.read_text()) for f in files if f.exists()]
+    assessed = [g for g in gates if (g.get("champion") or {}).get("realized_value")]
+    assert assessed, "some night's champion had realized results when the gate met it"
+    for gate in assessed:  # the gate shows the realized value beside its offline value whenever there is one
+        assert any("realized" in r and "of its own audiences" in r for r in gate["reasons"]), gate["reasons"]
 
 
 def _serve_settings(local, root):

@@ -82,7 +82,13 @@ def test_train_gate_promote_record_run_metrics_and_champion_in_postgres(on_postg
     # The model's files went to the configured artifact root, not next to the database.
     assert list(Path(cfg.artifact_root).rglob("MLmodel"))
 
-    champion = {"version": trained["model_version"], "run_date": RUN_DATE.isoformat(), "run_id": trained["run_id"]}
+    champion = {
+        "version": trained["model_version"],
+        "run_date": RUN_DATE.isoformat(),
+        "run_id": trained["run_id"],
+        "learner": "t",
+        "candidate": trained["learner"],
+    }
     assert registry.status(on_postgres) == {"champion": champion, "previous": None}
     # `uplift model status` with the overlay an operator adds to point MLflow at PostgreSQL.
     overlay = write_overlay(on_postgres.paths.lake.parent, {"mlflow": cfg.model_dump(include={"tracking_uri"})})
