@@ -226,3 +226,29 @@ def test_the_calibration_deciles_order_as_the_truth_does(spark, settings, tmp_pa
     assert top - bottom == pytest.approx(0.05, abs=0.02)
     slope = calibration_slope(table.assign(truth=truth), against="truth")
     assert 0 < slope["slope_low"] < 1 < slope["slope_high"], slope
+
+
+def test_monitoring_tests_every_constant_not_only_the_noisiest_best_one():
+    """The best constant by its estimate is an arm explored on few rows (noisy, no evidence); the
+    champion is surely below another one: that is evidence, at 95% for the constants together."""
+    from jobs.monitoring.champion import _beaten_by
+
+    def constants(subject_2_difference: float) -> pd.DataFrame:
+        rows = [  # policy, value, paired difference (champion minus it), its 95% half-width
+            ("no one", 0.0, 0.0, 0.0),
+            ("everyone gets subject_1", -0.1, 0.1, 0.2),
+            ("everyone gets subject_2", -subject_2_difference, subject_2_difference, 0.2),
+            ("everyone gets subject_3", 1.8, -1.8, 4.2),
+        ]
+        return pd.DataFrame(
+            [
+                {"policy": p, "value": v, "difference": d, "difference_low": d - h, "difference_high": d + h}
+                for p, v, d, h in rows
+            ]
+        )
+
+    beaten = _beaten_by(constants(-0.33))
+    assert beaten["policy"] == "everyone gets subject_2" and beaten["upper"] < 0
+    # Below subject_2 at 95% alone (-0.25 + 0.2 < 0) but not at 95% for the four constants together.
+    assert _beaten_by(constants(-0.25)) is None
+    assert _beaten_by(constants(0.3)) is None
