@@ -126,6 +126,9 @@ class Training(_Strict):
     seed: int
     holdout_fraction: float = Field(gt=0, lt=1)
     max_rows: int | None = Field(default=None, gt=0)
+    # The training set's window: the latest matured sends, back to the day by which every arm
+    # (control included) has at least this many; null = every matured send (jobs.data.etl).
+    rows_per_arm: int | None = Field(default=None, gt=0)
     drivers_sample: int = Field(default=2000, gt=0)
     lightgbm: dict[str, float | int | str]
     # The candidate learners (modules of jobs.model.learners) and the LightGBM settings over lightgbm

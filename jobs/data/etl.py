@@ -6,6 +6,9 @@ Every feature of a row is computed as of an anchor time from data strictly befor
   each further outcome (`targeting.outcomes`) has its own label column, `label__<outcome>`,
   from its response types within its own window, and null on the sends that window has not
   yet matured for (`_timeline`);
+  With `training.rows_per_arm`, only the latest matured sends are training rows: back to the
+  day by which every arm has that many (`window_start`); the earlier ones still count in the
+  history features;
 - a scoring row is an eligible customer of the run date's users snapshot, anchored at the
   end of the run date.
 User attributes come from the latest snapshot dated before the anchor's day. Which attributes
@@ -153,7 +156,12 @@ def _history_columns(spec: FeatureSpec) -> list[str]:
 
 
 def _timeline(
-    sends: DataFrame, responses: DataFrame, scoring_anchors: DataFrame, settings: Settings, run_date: date
+    sends: DataFrame,
+    responses: DataFrame,
+    scoring_anchors: DataFrame,
+    settings: Settings,
+    run_date: date,
+    first_day: date | None = None,
 ) -> DataFrame:
     """Both sets' anchors with their labels and history aggregates, from one pass over time.
 
@@ -164,8 +172,9 @@ def _timeline(
     - labels: a window starting 1 microsecond after the row and ending `window_days` later
       (inclusive): `label` = a qualifying response in it, `label__<outcome>` = a response of
       that outcome's types in its own window, null on the sends that window has not matured for.
-    A matured send (`date(sent_at) <= run_date - attribution_window_days`) is its own training
-    anchor (as_of = sent_at) and reads its figures off its own row. Returned: the matured sends
+    A matured send (`date(sent_at) <= run_date - attribution_window_days`, and not before
+    first_day: `window_start`) is its own training anchor (as_of = sent_at) and reads its figures
+    off its own row; the sends before first_day still count in the history of later rows. Returned: the matured sends
     (`scoring` false: send_id as anchor_id, campaign_id, arm, the labels) and the scoring anchors
     (`scoring` true), each with `customer_id`, `as_of` and the aggregates. A join of anchors to
     events would pair every anchor with every event of its customer, then group them again.
@@ -181,7 +190,10 @@ def _timeline(
     is_send = F.col("_kind") == 1
     aggs = _window_aggregates(h, by_time, flags, outcomes, run_date)
     last_matured = run_date - timedelta(days=exp.attribution_window_days)
-    anchor = (F.col("_kind") == 0) | (is_send & (F.to_date("at") <= F.lit(last_matured)))
+    trained = F.to_date("at") <= F.lit(last_matured)
+    if first_day is not None:
+        trained &= F.to_date("at") >= F.lit(first_day)
+    anchor = (F.col("_kind") == 0) | (is_send & trained)
     return (
         rows.select(
             (F.col("_kind") == 0).alias("scoring"),
@@ -199,6 +211,21 @@ def _timeline(
 
 
 DAY_MICROS = 86_400_000_000
+
+
+def window_start(counts: dict[tuple[date, str], int], arms: list[str], rows_per_arm: int | None) -> date | None:
+    """The first send day of the training window: walking back from the latest matured day, the day
+    by which every arm (counts: matured sends per (day, arm)) has rows_per_arm sends; None (every
+    matured send) without a budget or when some arm never reaches it."""
+    if rows_per_arm is None:
+        return None
+    seen = dict.fromkeys(arms, 0)
+    for day in sorted({d for d, _ in counts}, reverse=True):
+        for arm in arms:
+            seen[arm] += counts.get((day, arm), 0)
+        if min(seen.values()) >= rows_per_arm:
+            return day
+    return None
 
 
 def _events(sends, responses, scoring_anchors, flags: list[str], response_types: list[list[str]]) -> DataFrame:
@@ -358,8 +385,12 @@ def build_sets(
     sends = history.sends.where(F.col("sent_at") < end_of_day)
     responses = history.responses.where(F.col("responded_at") < end_of_day).drop("response_id")
     last_matured = run_date - timedelta(days=exp.attribution_window_days)
-    matured_days = sends.select(F.to_date("sent_at").alias("d")).where(F.col("d") <= F.lit(last_matured))
-    send_days = [row.d for row in matured_days.distinct().collect()]
+    matured = sends.select(F.to_date("sent_at").alias("d"), "arm").where(F.col("d") <= F.lit(last_matured))
+    counts = matured.groupBy("d", "arm").count().collect()  # days x arms: small
+    first_day = window_start(
+        {(row.d, row.arm): row["count"] for row in counts}, exp.all_arms, settings.training.rows_per_arm
+    )
+    send_days = sorted({row.d for row in counts if first_day is None or row.d >= first_day})
     _require_snapshots(settings, snapshot_days, send_days)
     training_pairs = _snapshot_pairs(snapshot_days, send_days)
 
@@ -370,7 +401,7 @@ def build_sets(
         F.col("customer_id").alias("anchor_id"), "customer_id", F.lit(scoring_day).cast("timestamp").alias("as_of")
     )
     # Both sets' anchors, labels and history in one pass, kept for the two writes.
-    timeline = _timeline(sends, responses, scoring_anchors, settings, run_date).persist()
+    timeline = _timeline(sends, responses, scoring_anchors, settings, run_date, first_day).persist()
 
     def anchors_of(scoring: bool) -> DataFrame:
         return timeline.where(F.col("scoring") == scoring).withColumn("anchor_day", F.to_date("as_of"))

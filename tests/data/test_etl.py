@@ -240,3 +240,41 @@ def test_window_edges_late_responses_and_attribute_history(spark, edges):
     run_etl(spark, edges, earlier)
     before = pd.read_parquet(partition_dir(edges, "features/training", earlier)).set_index("send_id")
     assert before.loc["s_D", "label"] == 0, "a run sees only deliveries dated up to its run date"
+
+
+def test_window_start_walks_back_until_every_arm_has_its_rows():
+    from jobs.data.etl import window_start
+
+    days = [RUN - timedelta(days=k) for k in range(5)]  # RUN is the latest
+    counts = {(d, "control"): 10 for d in days} | {(d, "subject_1"): 30 for d in days}
+    assert window_start(counts, ["control", "subject_1"], None) is None
+    assert window_start(counts, ["control", "subject_1"], 30) == days[2]  # control: 10 a day
+    assert window_start(counts, ["control", "subject_1"], 50) == days[4]
+    assert window_start(counts, ["control", "subject_1"], 51) is None  # never reached: every send
+    assert window_start(counts, ["control", "subject_1", "subject_2"], 1) is None  # an arm never sent
+
+
+def test_a_row_budget_keeps_the_latest_sends_and_their_full_history(spark, settings, generated):
+    """With training.rows_per_arm the training set is the full one's latest send days, row for row
+    (features from the whole history), back to the first day every arm has its rows by; the scoring
+    set does not change."""
+    from pyspark.sql import functions as F
+
+    from conftest import RUN_DATE
+    from jobs.data.etl import build_sets
+
+    full_training, full_scoring = build_sets(spark, settings, RUN_DATE)
+    budget = 4000
+    windowed = settings.model_copy(update={"training": settings.training.model_copy(update={"rows_per_arm": budget})})
+    training, scoring = build_sets(spark, windowed, RUN_DATE)
+    days = training.select(F.min(F.to_date("sent_at")).alias("first")).first()["first"]
+    per_arm = dict(training.groupBy("arm").count().collect())
+    assert min(per_arm.values()) >= budget and set(per_arm) == set(settings.experiment.all_arms)
+    assert max(per_arm.values()) < full_training.count() / len(per_arm), "a window, not every send"
+    expected = full_training.where(F.to_date("sent_at") >= F.lit(days))
+    assert training.count() == expected.count()
+    assert training.exceptAll(expected).count() == 0 and expected.exceptAll(training).count() == 0
+    # Starting a day later, some arm would have fewer rows than the budget.
+    later = full_training.where(F.to_date("sent_at") > F.lit(days)).groupBy("arm").count().collect()
+    assert min(row["count"] for row in later) < budget
+    assert scoring.exceptAll(full_scoring).count() == 0 and full_scoring.exceptAll(scoring).count() == 0
