@@ -344,11 +344,14 @@ def point_in_time_features(
 
 
 class History(NamedTuple):
-    """The sends and responses delivered up to a run date, one row per id (`dedupe`), cached."""
+    """The sends and responses delivered up to a run date, one row per id (`dedupe`), cached: with a
+    training window (`first_day`), only the deliveries from the window's longest history feature
+    before its first day on."""
 
     sends: DataFrame
     responses: DataFrame
     delivered: dict[str, int]  # rows read, per source
+    first_day: date | None = None  # the training window's first send day (`window_start`); None: every send
 
     def duplicates_removed(self) -> dict[str, int]:
         """Rows read of sends and responses, and how many of them `dedupe` dropped."""
@@ -360,14 +363,44 @@ class History(NamedTuple):
 
 
 def read_history(spark: SparkSession, settings: Settings, run_date: date) -> History:
-    """Sends and responses up to run_date, deduplicated once for the labels and both feature sets."""
-    sends = read_raw(spark, settings, "sends", run_date)
-    responses = read_raw(spark, settings, "responses", run_date)
+    """Sends and responses up to run_date, deduplicated once for the labels and both feature sets.
+
+    With training.rows_per_arm, the deliveries dated before the training window's first send day
+    less the longest history window are not read: no training or scoring row looks back to them
+    (an event is delivered on or after its own day). A copy of a send or response delivered again
+    later then stands for the one before that date."""
+    first_day = _training_window(spark, settings, run_date)
+    days: dict[str, set[date] | None] = {"sends": None, "responses": None}
+    if first_day is not None:
+        since = first_day - timedelta(days=longest_history_window(settings.features))
+        for source in days:
+            days[source] = {d for d in map(partition_date, raw_partitions(settings, source, run_date)) if d >= since}
+    sends = read_raw(spark, settings, "sends", run_date, days=days["sends"])
+    responses = read_raw(spark, settings, "responses", run_date, days=days["responses"])
     return History(
         sends=dedupe(sends, "send_id", ["dt", "sent_at", "customer_id", "arm"]).drop("dt").persist(),
         responses=dedupe(responses, "response_id", ["dt", "responded_at", "customer_id"]).drop("dt").persist(),
         delivered={"sends": sends.count(), "responses": responses.count()},  # from the files' footers
+        first_day=first_day,
     )
+
+
+def longest_history_window(spec: FeatureSpec) -> int:
+    """How many days before an anchor its history features look (0: none)."""
+    h = spec.history
+    return max([*h.n_sends, *h.n_responses, *h.response_rate, h.days_since_last_response or 0, h.previous_arm or 0])
+
+
+def _training_window(spark: SparkSession, settings: Settings, run_date: date) -> date | None:
+    """The training window's first send day (`window_start`) from the matured sends' counts per day
+    and arm (each send_id once), or None without training.rows_per_arm."""
+    if settings.training.rows_per_arm is None:
+        return None
+    last_matured = run_date - timedelta(days=settings.experiment.attribution_window_days)
+    sends = read_raw(spark, settings, "sends", run_date).select("send_id", F.to_date("sent_at").alias("d"), "arm")
+    matured = sends.where(F.col("d") <= F.lit(last_matured)).dropDuplicates(["send_id"])
+    counts = {(row.d, row.arm): row["count"] for row in matured.groupBy("d", "arm").count().collect()}
+    return window_start(counts, settings.experiment.all_arms, settings.training.rows_per_arm)
 
 
 def build_sets(
@@ -385,12 +418,11 @@ def build_sets(
     sends = history.sends.where(F.col("sent_at") < end_of_day)
     responses = history.responses.where(F.col("responded_at") < end_of_day).drop("response_id")
     last_matured = run_date - timedelta(days=exp.attribution_window_days)
-    matured = sends.select(F.to_date("sent_at").alias("d"), "arm").where(F.col("d") <= F.lit(last_matured))
-    counts = matured.groupBy("d", "arm").count().collect()  # days x arms: small
-    first_day = window_start(
-        {(row.d, row.arm): row["count"] for row in counts}, exp.all_arms, settings.training.rows_per_arm
-    )
-    send_days = sorted({row.d for row in counts if first_day is None or row.d >= first_day})
+    first_day = history.first_day
+    matured = sends.select(F.to_date("sent_at").alias("d")).where(F.col("d") <= F.lit(last_matured))
+    if first_day is not None:
+        matured = matured.where(F.col("d") >= F.lit(first_day))
+    send_days = [row.d for row in matured.distinct().collect()]
     _require_snapshots(settings, snapshot_days, send_days)
     training_pairs = _snapshot_pairs(snapshot_days, send_days)
 

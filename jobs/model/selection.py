@@ -22,6 +22,7 @@ is logged with the model (jobs.model.train).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,13 +84,11 @@ def fit_model(rows: pd.DataFrame, settings: Settings, audience: int | None = Non
     best = choose(list(candidates), table)
     curves = {k: evidence.curve(k, raws[best][k].to_numpy()) for k in keys}
     learner, effects = candidates[best]
-    model = PortableModel(
-        **{
-            **base.__dict__,
-            "learner": learner,
-            "effects": {k: [[w, b.model_to_string()] for w, b in v] for k, v in effects.items()},
-            "calibration": {k: {"x": c["x"], "y": c["y"]} for k, c in curves.items()},
-        }
+    model = dataclasses.replace(
+        base,
+        learner=learner,
+        effects={k: [[w, b.model_to_string()] for w, b in v] for k, v in effects.items()},
+        calibration={k: {"x": c["x"], "y": c["y"]} for k, c in curves.items()},
     )
     out = UpliftModel(model)
     out.selection = {

@@ -254,15 +254,20 @@ def test_window_start_walks_back_until_every_arm_has_its_rows():
     assert window_start(counts, ["control", "subject_1", "subject_2"], 1) is None  # an arm never sent
 
 
-def test_a_row_budget_keeps_the_latest_sends_and_their_full_history(spark, settings, generated):
+@pytest.mark.parametrize("longest", [90, 5], ids=["the demo's 90-day history", "a 5-day history"])
+def test_a_row_budget_keeps_the_latest_sends_and_their_full_history(spark, settings, generated, longest):
     """With training.rows_per_arm the training set is the full one's latest send days, row for row
     (features from the whole history), back to the first day every arm has its rows by; the scoring
-    set does not change."""
+    set does not change. Deliveries older than the window's history are not read."""
     from pyspark.sql import functions as F
 
     from conftest import RUN_DATE
-    from jobs.data.etl import build_sets
+    from jobs.data.etl import build_sets, read_history
+    from jobs.features import History
 
+    if longest != 90:
+        history = History(n_sends=[3], n_responses=[longest], response_rate=[4], days_since_last_response=longest)
+        settings = settings.model_copy(update={"features": settings.features.model_copy(update={"history": history})})
     full_training, full_scoring = build_sets(spark, settings, RUN_DATE)
     budget = 4000
     windowed = settings.model_copy(update={"training": settings.training.model_copy(update={"rows_per_arm": budget})})
@@ -278,3 +283,8 @@ def test_a_row_budget_keeps_the_latest_sends_and_their_full_history(spark, setti
     later = full_training.where(F.to_date("sent_at") > F.lit(days)).groupBy("arm").count().collect()
     assert min(row["count"] for row in later) < budget
     assert scoring.exceptAll(full_scoring).count() == 0 and full_scoring.exceptAll(scoring).count() == 0
+    read = {"full": read_history(spark, settings, RUN_DATE), "windowed": read_history(spark, windowed, RUN_DATE)}
+    assert read["windowed"].first_day == days
+    fewer = read["windowed"].delivered["sends"] < read["full"].delivered["sends"]
+    assert fewer == (longest == 5), (longest, days, {k: v.delivered for k, v in read.items()})
+    spark.catalog.clearCache()
