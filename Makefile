@@ -86,7 +86,8 @@ lint: setup
 # then the Campaigns pages over a 500k-customer audience: benchmarks/results/ui-pages-<date>.json;
 # then the demo-size night through Airflow (task time): benchmarks/results/demo-night-<date>.json;
 # then our learners and scikit-uplift's and causalml's against the truth of three simulated experiments
-# (about 7 minutes): benchmarks/results/learners-<date>-<commit>.{json,md}.
+# (about 7 minutes): benchmarks/results/learners-<date>-<commit>.{json,md}; then the decision value
+# against the training rows per arm (about 11 minutes): benchmarks/results/training-budget-<date>-<commit>.{json,md}.
 SIZE ?= S M L
 bench: setup $(CHROMIUM)
 	python -m benchmarks.nightly --size $(SIZE)
@@ -94,6 +95,7 @@ bench: setup $(CHROMIUM)
 	python -m benchmarks.demo_night
 	python -m benchmarks.learners --seeds 5
 	python -m benchmarks.learners_time --rows 400000
+	python -m benchmarks.training_budget --seeds 3
 
 # The loop's statistics (docs/closing-the-loop.md): the gate's coverage over seeds of simulated nights
 # (about 30 minutes), what the exploration share costs and buys (about a minute and a half), and the
