@@ -29,6 +29,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from jobs.data.etl import window_start
 from jobs.data.lake import ASSIGNMENT_RECORD, MissingInputError, own_campaigns, raw_dir, raw_partitions
 from jobs.features import FeatureSpec
 from jobs.names import label_column
@@ -203,7 +204,8 @@ def _split_sql(settings: Settings) -> str:
 
 
 def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
-    """Write out_dir/training.parquet and out_dir/scoring.parquet as jobs.data.etl.build_sets defines them.
+    """Write out_dir/training.parquet and out_dir/scoring.parquet as jobs.data.etl.build_sets defines them,
+    its training window (`training.rows_per_arm`) included; every delivery is read.
 
     The features are the conf's feature spec's. Reads parquet deliveries only (conf `format:
     parquet`; a CSV source raises), honouring the conf's column mapping. Everything stays
@@ -249,6 +251,19 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
         con.execute(
             f"CREATE TEMP TABLE qualifying AS SELECT * FROM responses WHERE response_type IN ({qualifying_types})"
         )
+        # The training window (jobs.data.etl.window_start), from the matured sends per day and arm.
+        first_day = window_start(
+            {
+                (d, arm): n
+                for d, arm, n in con.execute(
+                    f"SELECT CAST(sent_at AS DATE), arm, count(*) FROM sends "
+                    f"WHERE CAST(sent_at AS DATE) <= {last_matured} GROUP BY ALL"
+                ).fetchall()
+            },
+            exp.all_arms,
+            settings.training.rows_per_arm,
+        )
+        in_window = "" if first_day is None else f" AND CAST(s.sent_at AS DATE) >= DATE '{first_day}'"
         # Each further outcome's label: its types within its window, null before the window has matured.
         outcome_labels = "".join(
             f""", CASE WHEN CAST(s.sent_at AS DATE) <= DATE '{run_date - timedelta(days=o.window_days)}'
@@ -264,7 +279,7 @@ def duckdb_etl(settings: Settings, run_date: date, out_dir: Path) -> dict:
                 SELECT 1 FROM qualifying r WHERE r.customer_id = s.customer_id
                 AND r.responded_at > s.sent_at AND r.responded_at <= s.sent_at + {window}) AS INTEGER) AS label
                 {outcome_labels}
-            FROM sends s WHERE CAST(s.sent_at AS DATE) <= {last_matured}
+            FROM sends s WHERE CAST(s.sent_at AS DATE) <= {last_matured}{in_window}
         """)
         con.execute("""
             CREATE TEMP TABLE training_anchors AS

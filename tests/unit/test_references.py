@@ -155,8 +155,10 @@ OTHER_SPEC = FeatureSpec(
 )
 
 
-def test_duckdb_matches_spark_on_another_feature_spec(spark, settings, generated, tmp_path):
-    s = settings_in(settings, tmp_path, features=OTHER_SPEC)
+@pytest.mark.parametrize("rows_per_arm", [None, 4000], ids=["every send", "a training window"])
+def test_duckdb_matches_spark_on_another_feature_spec(spark, settings, generated, tmp_path, rows_per_arm):
+    training_conf = settings.training.model_copy(update={"rows_per_arm": rows_per_arm})
+    s = settings_in(settings, tmp_path, features=OTHER_SPEC, training=training_conf)
     copy_raw(settings, s)
     spark_training, spark_scoring = (frame.toPandas() for frame in build_sets(spark, s, RUN_DATE))
     duckdb_etl(s, RUN_DATE, tmp_path / "duckdb")
@@ -170,6 +172,8 @@ def test_duckdb_matches_spark_on_another_feature_spec(spark, settings, generated
     assert training["n_sends_7d"].nunique() > 2 and training["response_rate_14d"].gt(0).any()
     assert training["response_rate_14d"].isna().any() and scoring["age_years"].min() >= 30
     assert training["domain"].nunique() > 1
+    days = training["sent_at"].dt.normalize().nunique()
+    assert (days < 20) == (rows_per_arm is not None), days  # the window holds a few of the 23 matured days
 
 
 def test_pandas_tlearner_trains_on_the_same_rows_and_finds_the_uplift(settings, nightly):
