@@ -87,7 +87,8 @@ lint: setup
 # then the demo-size night through Airflow (task time): benchmarks/results/demo-night-<date>.json;
 # then our learners and scikit-uplift's and causalml's against the truth of three simulated experiments
 # (about 7 minutes): benchmarks/results/learners-<date>-<commit>.{json,md}; then the decision value
-# against the training rows per arm (about 11 minutes): benchmarks/results/training-budget-<date>-<commit>.{json,md}.
+# against the training rows per arm (about 11 minutes): benchmarks/results/training-budget-<date>-<commit>.{json,md};
+# then a night's steps at 30, 60 and 90 days of history: benchmarks/results/history-growth-<date>-<commit>.{json,md}.
 SIZE ?= S M L
 bench: setup $(CHROMIUM)
 	python -m benchmarks.nightly --size $(SIZE)
@@ -96,6 +97,7 @@ bench: setup $(CHROMIUM)
 	python -m benchmarks.learners --seeds 5
 	python -m benchmarks.learners_time --rows 400000
 	python -m benchmarks.training_budget --seeds 3
+	python -m benchmarks.history_growth --days 30 60 90
 
 # The loop's statistics (docs/closing-the-loop.md): the gate's coverage over seeds of simulated nights
 # (about 30 minutes), what the exploration share costs and buys (about a minute and a half), and the
