@@ -224,25 +224,36 @@ def renew_session(settings: Settings, stale: str) -> str:
 
 
 def stop_pid(pid: int, timeout_s: float = 60) -> None:
-    """SIGTERM to the server's process group (its JVM and Python workers); SIGKILL if it lingers."""
+    """SIGTERM to the server's process group (its JVM and Python workers); SIGKILL if it lingers.
+    Returns once every process of the group has exited (the JVM, which holds the port, may outlive
+    the process that launched it)."""
     import psutil
 
+    try:
+        group = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        group = []
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
+
+    def running(process: psutil.Process) -> bool:
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE  # a zombie has exited; its parent collects it
+        except psutil.NoSuchProcess:
+            return False
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         # A server this process started is its child: collect it, or it stays a zombie.
         with suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:  # exited; its parent collects it
-                return
-        except psutil.NoSuchProcess:
+        if not any(running(p) for p in group):
             return
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def stop(settings: Settings) -> dict:
