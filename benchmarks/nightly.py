@@ -196,7 +196,8 @@ def step_command(step: str, settings) -> list[str]:
 
 
 def raw_predict_reference(settings) -> dict:
-    """The champion's LightGBM boosters on the scoring features in memory: seconds and rows/s."""
+    """The champion's LightGBM boosters (outcome and effect models) on the scoring features in memory:
+    seconds and rows/s."""
     import mlflow
     import pandas as pd
 
@@ -207,12 +208,14 @@ def raw_predict_reference(settings) -> dict:
     use_tracking(settings)
     champion = alias_version(settings, CHAMPION)
     model = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{champion.version}")
-    tlearner = model.unwrap_python_model()
-    features = pd.read_parquet(partition_dir(settings, "features/scoring", RUN_DATE), columns=tlearner.features)
-    x = tlearner.design_matrix(features)
+    served = model.unwrap_python_model()
+    features = pd.read_parquet(partition_dir(settings, "features/scoring", RUN_DATE), columns=served.features)
+    x = served.design_matrix(features)
+    boosters = [b for models in served.loaded.outcome.values() for b in models]
+    boosters += [b for models in served.loaded.effects.values() for _, b in models]
     started = time.perf_counter()
-    for booster in tlearner.models.values():
-        booster.predict_proba(x, num_threads=os.cpu_count())
+    for booster in boosters:
+        booster.predict(x, num_threads=os.cpu_count())
     seconds = time.perf_counter() - started
     return {"rows": len(x), "seconds": round(seconds, 2), "rows_per_s": round(len(x) / seconds)}
 
